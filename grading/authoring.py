@@ -1,0 +1,135 @@
+"""Build nbgrader source notebooks (`solutions/chNN_<name>.ipynb`) from the exercises in storylib.
+
+    nb = SolutionNotebook("ch01_bigram", title="Chapter 1 — the bigram language model")
+    nb.markdown("Some words for the learner ...")
+    nb.exercise("ch01.counts", try_it="N = count_bigrams(stories[:50], vocab)\\nN.sum()")
+    nb.question("ch01_q_uniform", points=1, prompt="...", solution="uniform = math.log(V)",
+                test="assert abs(uniform - math.log(V)) < 1e-9")
+    nb.write()
+
+`exercise(id)` adds: the contract (signature and docstring, read from the reference source), where
+to write the code, a free cell to try it, and a locked autograder cell worth the exercise's points
+that runs the package tests of that exercise out of process (`grading.notebook.check_exercise`).
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+from grading.exercises import Exercise, discover
+from grading.harness import COURSE_ROOT
+
+
+def enclosing_function(ex: Exercise, root: Path = COURSE_ROOT) -> tuple[str, str, str]:
+    """(qualified name, signature source, docstring) of the function holding the exercise region."""
+    source = (root / ex.path).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    best: tuple[str, ast.FunctionDef] | None = None
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        nonlocal best
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                if child.lineno - 1 <= ex.begin and (child.end_lineno or 0) - 1 >= ex.end:
+                    best = (prefix + child.name, child)
+                    visit(child, prefix + child.name + ".")
+
+    visit(tree, "")
+    if best is None:
+        raise ValueError(f"{ex.id}: its region is not inside a function")
+    name, fn = best
+    lines = source.splitlines()
+    body_start = fn.body[0].lineno - 1
+    signature = textwrap.dedent("\n".join(lines[fn.lineno - 1 : body_start])).rstrip()
+    if fn.decorator_list:
+        signature = textwrap.dedent("\n".join(lines[fn.decorator_list[0].lineno - 1 : body_start])).rstrip()
+    return name, signature, ast.get_docstring(fn) or ""
+
+
+def _meta(grade_id: str, *, grade: bool = False, solution: bool = False, locked: bool = False,
+          points: int = 0) -> dict:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
+            "task": False}
+    if grade:
+        meta["points"] = points
+    return {"nbgrader": meta}
+
+
+class SolutionNotebook:
+    def __init__(self, name: str, title: str, setup: str | None = None) -> None:
+        self.name = name  # e.g. ch01_bigram
+        self.nb = nbformat.v4.new_notebook()
+        self.nb.metadata.update(
+            kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
+            language_info={"name": "python"},
+        )
+        self.exercises = {ex.id: ex for ex in discover(COURSE_ROOT)}
+        self._n = 0
+        self.markdown(f"# {title}")
+        self.code(
+            setup
+            or "%load_ext autoreload\n%autoreload 2\n# storylib is *your* package: it sits next to this notebook.",
+            locked=True,
+        )
+
+    def _id(self, stem: str) -> str:
+        self._n += 1
+        return f"{self.name}_{self._n:02d}_{stem}"
+
+    def markdown(self, text: str, locked: bool = True) -> None:
+        cell = nbformat.v4.new_markdown_cell(textwrap.dedent(text).strip())
+        if locked:
+            cell.metadata.update(_meta(self._id("md"), locked=True))
+        self.nb.cells.append(cell)
+
+    def code(self, source: str, locked: bool = False) -> None:
+        cell = nbformat.v4.new_code_cell(textwrap.dedent(source).strip())
+        if locked:
+            cell.metadata.update(_meta(self._id("code"), locked=True))
+        self.nb.cells.append(cell)
+
+    def exercise(self, ex_id: str, try_it: str = "", notes: str = "") -> None:
+        ex = self.exercises[ex_id]
+        qualname, signature, doc = enclosing_function(ex)
+        module = ".".join(ex.path.with_suffix("").parts)
+        self.markdown(
+            f"## Exercise `{ex.id}` ({ex.points} pts) — book §{ex.section}\n\n"
+            f"Open **`{ex.path.as_posix()}`** and write the body of `{qualname}` between the "
+            f"`BEGIN SOLUTION {ex.id}` and `END SOLUTION` lines.\n\n"
+            f"```python\n{signature}\n    \"\"\"{doc}\"\"\"\n```\n\n"
+            f"*Hint:* {ex.hint}\n\n{notes}".rstrip()
+            + f"\n\nCheck it from a terminal with `llm101n check {ex.id}`, or run the graded cell below."
+        )
+        top = qualname.split(".")[0]
+        self.code(f"from {module} import {top}\n\n{textwrap.dedent(try_it).strip()}".strip())
+        test = self._id(ex.id.replace(".", "_"))
+        cell = nbformat.v4.new_code_cell(
+            f"# Autograder: runs the tests of {ex.id} against your storylib ({ex.points} points).\n"
+            f"from grading.notebook import check_exercise\n\ncheck_exercise({ex.id!r})"
+        )
+        cell.metadata.update(_meta(test, grade=True, locked=True, points=ex.points))
+        self.nb.cells.append(cell)
+
+    def question(self, grade_id: str, points: int, prompt: str, solution: str, test: str) -> None:
+        """An inline question: the learner writes `solution` in the notebook; `test` grades it."""
+        self.markdown(f"### Question ({points} pt{'s' if points != 1 else ''})\n\n{textwrap.dedent(prompt).strip()}")
+        cell = nbformat.v4.new_code_cell(
+            "### BEGIN SOLUTION\n" + textwrap.dedent(solution).strip() + "\n### END SOLUTION"
+        )
+        cell.metadata.update(_meta(grade_id, solution=True))
+        self.nb.cells.append(cell)
+        cell = nbformat.v4.new_code_cell(textwrap.dedent(test).strip())
+        cell.metadata.update(_meta(grade_id + "_test", grade=True, locked=True, points=points))
+        self.nb.cells.append(cell)
+
+    def write(self, path: Path | None = None) -> Path:
+        path = path or COURSE_ROOT / "solutions" / f"{self.name}.ipynb"
+        nbformat.validate(self.nb)
+        nbformat.write(self.nb, path)
+        return path

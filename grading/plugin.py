@@ -1,0 +1,112 @@
+"""The pytest plugin that the grading harness loads explicitly (`-p grading.plugin`).
+
+- `@pytest.mark.exercise("ch01.counts")` ties a test to one exercise; `--exercise SELECTOR` keeps only
+  the tests of matching exercises (`ch01` or `ch01.counts`).
+- `--expect-root DIR` stops the session unless `import storylib` resolves inside DIR, so a learner's
+  checks can never silently run against the reference (or the reverse).
+- `--report-json FILE` writes one record per test: the harness reads results from there, never from
+  what the tests (or the code under test) print.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from grading.exercises import matches
+
+_records: list[dict] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llm101n")
+    group.addoption("--exercise", action="append", default=[], help="keep only tests of these exercises")
+    group.addoption("--expect-root", default=None, help="storylib must be imported from this folder")
+    group.addoption("--report-json", default=None, help="write per-test results here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "exercise(id): the exercise a test grades, e.g. exercise('ch01.counts')")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    root = session.config.getoption("--expect-root")
+    if root is None:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("storylib")
+    where = None if spec is None or spec.origin is None else Path(spec.origin).resolve()
+    want = Path(root).resolve()
+    if where is None or want not in where.parents:
+        pytest.exit(f"storylib resolves to {where}, not to the package under {want}", returncode=4)
+
+
+def exercise_of(item: pytest.Item) -> str | None:
+    marks = list(item.iter_markers("exercise"))
+    if not marks:
+        return None
+    if len(marks) > 1 or len(marks[0].args) != 1:
+        raise pytest.UsageError(f"{item.nodeid}: a test grades exactly one exercise")
+    return str(marks[0].args[0])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selectors: list[str] = config.getoption("--exercise")
+    if not selectors:
+        return
+    keep, drop = [], []
+    for item in items:
+        ex = exercise_of(item)
+        (keep if ex is not None and any(matches(ex, s) for s in selectors) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
+
+def _message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    if isinstance(report.longrepr, tuple):  # skip: (file, line, reason)
+        return str(report.longrepr[2])
+    return str(report.longrepr or "")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # One record per test: the first non-passing phase wins; a pass is recorded at "call".
+    if report.when == "call" or report.outcome != "passed":
+        if any(r["nodeid"] == report.nodeid for r in _records):
+            return
+        _records.append(
+            {
+                "nodeid": report.nodeid,
+                "outcome": "failed" if report.outcome == "failed" else report.outcome,
+                "when": report.when,
+                "message": "" if report.outcome == "passed" else _message(report),
+                "duration": round(report.duration, 4),
+            }
+        )
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        _records.append(
+            {"nodeid": report.nodeid, "outcome": "error", "when": "collect", "message": _message(report),
+             "duration": 0.0}
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--report-json")
+    if path is None:
+        return
+    exercises = {item.nodeid: exercise_of(item) for item in session.items}
+    for record in _records:
+        record["exercise"] = exercises.get(record["nodeid"])
+    Path(path).write_text(
+        json.dumps({"finished": time.time(), "exitstatus": int(exitstatus), "tests": _records}, indent=1)
+    )
