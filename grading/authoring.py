@@ -36,7 +36,7 @@ def enclosing_function(ex: Exercise, root: Path = COURSE_ROOT) -> tuple[str, str
             if isinstance(child, ast.ClassDef):
                 visit(child, prefix + child.name + ".")
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                if child.lineno - 1 <= ex.begin and (child.end_lineno or 0) - 1 >= ex.end:
+                if child.lineno - 1 <= ex.begin <= (child.end_lineno or 0) - 1:
                     best = (prefix + child.name, child)
                     visit(child, prefix + child.name + ".")
 
@@ -99,10 +99,10 @@ class SolutionNotebook:
         qualname, signature, doc = enclosing_function(ex)
         module = ".".join(ex.path.with_suffix("").parts)
         self.markdown(
-            f"## Exercise `{ex.id}` ({ex.points} pts) — book §{ex.section}\n\n"
-            f"Open **`{ex.path.as_posix()}`** and write the body of `{qualname}` between the "
-            f"`BEGIN SOLUTION {ex.id}` and `END SOLUTION` lines.\n\n"
-            f"```python\n{signature}\n    \"\"\"{doc}\"\"\"\n```\n\n"
+            f"## Exercise `{ex.id}` ({ex.points} pt{'s' if ex.points != 1 else ''}) — book §{ex.section}\n\n"
+            f"Open **`{ex.path.as_posix()}`** and write the body of `{qualname}` in place of the "
+            f"`raise NotImplementedError` between the two marker lines of `{ex.id}`.\n\n"
+            f"```python\n{signature}\n" + (f'    """{doc}"""\n' if doc else "") + "```\n\n"
             f"*Hint:* {ex.hint}\n\n{notes}".rstrip()
             + f"\n\nCheck it from a terminal with `llm101n check {ex.id}`, or run the graded cell below."
         )

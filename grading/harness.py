@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from grading.exercises import Exercise, check_selector, discover, matches
 TESTS = Path(__file__).resolve().parent / "tests"
 COURSE_ROOT = Path(__file__).resolve().parent.parent  # the reference repo
 PER_TEST_TIMEOUT = 60
+PLUGIN_PACKAGE = "_llm101n_grader"  # the private copy of plugin.py the test process loads
 
 
 class HarnessError(RuntimeError):
@@ -66,10 +68,12 @@ def find_root(start: Path | None = None) -> Path:
     raise HarnessError(f"no storylib/ package found in {here} or above; set STORYLIB_ROOT")
 
 
-def clean_env(root: Path) -> dict[str, str]:
+def clean_env(root: Path, private_site: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
     env.update(
-        PYTHONPATH=str(root),
+        # The grader's own plugin first, then the installed packages, the learner's folder last: a
+        # learner's pytest.py, torch/ or grading/ cannot stand in for the real ones.
+        PYTHONPATH=os.pathsep.join([str(private_site), *site.getsitepackages(), str(root)]),
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONHASHSEED="0",
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
@@ -95,13 +99,17 @@ def run_tests(
     with tempfile.TemporaryDirectory(prefix="llm101n-check-") as tmp:
         tmpdir = Path(tmp)
         shutil.copytree(TESTS, tmpdir / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        private = tmpdir / "site" / PLUGIN_PACKAGE
+        private.mkdir(parents=True)
+        for name in ("__init__.py", "plugin.py", "exercises.py"):
+            shutil.copy(Path(__file__).parent / name, private / name)
         ini = tmpdir / "pytest.ini"
         ini.write_text("[pytest]\naddopts =\nfilterwarnings =\n    ignore::DeprecationWarning\n")
         report = tmpdir / "report.json"
         cmd = [
             sys.executable, "-m", "pytest", *[f"tests/{f}" for f in files],
             "-c", str(ini), "--rootdir", str(tmpdir), "--confcutdir", str(tmpdir),
-            "-p", "no:cacheprovider", "-p", "pytest_timeout", "-p", "grading.plugin",
+            "-p", "no:cacheprovider", "-p", "pytest_timeout", "-p", f"{PLUGIN_PACKAGE}.plugin",
             "--timeout", str(timeout), "--report-json", str(report), "--expect-root", str(root),
             "-q", "--no-header", "-rN", "--tb=short",
         ]
@@ -109,7 +117,8 @@ def run_tests(
             cmd += ["--exercise", s]
         try:
             proc = subprocess.run(
-                cmd, cwd=tmpdir, env=clean_env(root), capture_output=True, text=True, timeout=total_timeout
+                cmd, cwd=tmpdir, env=clean_env(root, tmpdir / "site"), capture_output=True, text=True,
+                timeout=total_timeout,
             )
         except subprocess.TimeoutExpired as e:
             raise HarnessError(f"the test run took longer than {total_timeout} s and was stopped") from e

@@ -1,4 +1,7 @@
-"""The pytest plugin that the grading harness loads explicitly (`-p grading.plugin`).
+"""The pytest plugin that the grading harness loads explicitly.
+
+The harness copies this file and exercises.py into a private package in its temporary folder, ahead
+of the learner's folder on PYTHONPATH, so a learner's own `grading/` cannot stand in for it.
 
 - `@pytest.mark.exercise("ch01.counts")` ties a test to one exercise; `--exercise SELECTOR` keeps only
   the tests of matching exercises (`ch01` or `ch01.counts`).
@@ -16,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from grading.exercises import matches
+try:
+    from .exercises import matches
+except ImportError:  # imported as grading.plugin
+    from grading.exercises import matches
 
 _records: list[dict] = []
 

@@ -1,0 +1,55 @@
+# LLM101n — the two commands a newcomer needs:
+#   make start   set up, build the book, open JupyterLab on your workspace (prints both URLs)
+#   make test    set up, then every test: lint, package tests, honesty gate, nbgrader class, book, browser
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+LLM := $(VENV)/bin/llm101n
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: start test setup book lint unit honesty exercises exercises-check class e2e release screenshots clean
+
+start: setup book
+	$(LLM) start
+
+test: setup lint unit honesty exercises-check class book e2e
+	@echo "make test: all green"
+
+setup:
+	@bash scripts/setup.sh
+
+book: setup
+	bash scripts/build_book.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Package and platform tests, on the reference storylib (no browser).
+unit: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q grading/tests tests --ignore=tests/e2e
+
+honesty: setup
+	$(LLM) honesty
+
+exercises: setup
+	$(LLM) exercises
+
+exercises-check: setup
+	$(LLM) exercises --check
+
+class: setup
+	$(LLM) class _build/class
+
+e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+release: setup
+	$(LLM) release dist/learner --force
+
+screenshots: setup
+	$(PY) scripts/screenshots.py
+
+clean:
+	rm -rf _build dist

@@ -1,0 +1,206 @@
+"""`llm101n`: the course's command line.
+
+    llm101n start [--instructor]       JupyterLab on your workspace + the built book, on 127.0.0.1
+    llm101n check ch01 [ch02.backward]  grade exercises of your storylib, as a table
+    llm101n list [ch01]                 the exercises: id, points, book section, file, hint
+    llm101n release DIR                 write the learner edition (stubs, notebooks, tests)
+    llm101n honesty [ch01]              every exercise's tests fail on its stub and pass on the reference
+    llm101n exercises [--check]         regenerate exercises/ from solutions/ with nbgrader
+    llm101n class DIR                   grade a simulated class end to end with nbgrader
+    llm101n data download|info          TinyStories for your machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from grading.exercises import discover, matches
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from grading.harness import HarnessError, check
+
+    try:
+        report = check(args.selectors, Path(args.root) if args.root else None)
+    except (HarnessError, ValueError) as e:
+        print(f"llm101n check: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    return 0 if all(r.passed for r in report.results) else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for ex in discover(ROOT):
+        if not args.selectors or any(matches(ex.id, s) for s in args.selectors):
+            print(f"{ex.id:<22} {ex.points:>2} pts  §{ex.section:<6} {ex.path.as_posix():<28} {ex.hint}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from grading.release import release
+
+    try:
+        written = release(Path(args.dest), update=args.update, force=args.force)
+    except FileExistsError as e:
+        print(f"llm101n release: {e}", file=sys.stderr)
+        return 2
+    print(f"learner edition in {args.dest}: {len(written)} files written")
+    return 0
+
+
+def cmd_honesty(args: argparse.Namespace) -> int:
+    from grading.honesty import gate
+
+    return gate(args.selectors or None, workers=args.workers)
+
+
+def cmd_exercises(args: argparse.Namespace) -> int:
+    from grading.nbclass import generate_exercises
+
+    return generate_exercises(check_only=args.check)
+
+
+def cmd_class(args: argparse.Namespace) -> int:
+    from grading.nbclass import simulate
+
+    return simulate(Path(args.dir).resolve())
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(ROOT))
+    from storylib import data
+
+    return int(data.main(args.rest) or 0)
+
+
+def _wait_http(url: str, seconds: float = 60) -> bool:
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from grading.release import release
+
+    book = ROOT / "_build" / "html"
+    if args.instructor:
+        where = ROOT
+    else:
+        where = Path(args.workspace).resolve()
+        fresh = not (where / "storylib").exists()
+        release(where, update=not fresh)
+        print(f"{'created' if fresh else 'updated'} your workspace: {where}  (your storylib lives here)")
+    env = dict(os.environ, PYTHONPATH=str(where), STORYLIB_ROOT=str(where))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    token = secrets.token_hex(16)
+    procs = []
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ip={args.host}",
+         f"--port={args.lab_port}", f"--ServerApp.root_dir={where}", f"--IdentityProvider.token={token}"],
+        env=env, cwd=where,
+    )
+    procs.append(lab)
+    if book.is_dir():
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(args.book_port), "--bind", args.host, "--directory", str(book)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+    lab_url = f"http://{args.host}:{args.lab_port}/lab?token={token}"
+    ok = _wait_http(f"http://{args.host}:{args.lab_port}/api/status?token={token}")
+    print("\n" + "=" * 72)
+    print(f"  JupyterLab : {lab_url}" + ("" if ok else "   (not answering yet)"))
+    if book.is_dir():
+        print(f"  The book   : http://{args.host}:{args.book_port}/")
+    else:
+        print("  The book   : not built yet — run `make book`")
+    print("  Your checks: llm101n check ch01   (in a terminal in JupyterLab)")
+    print("  Storyteller: arrives with Chapter 12 (kv-cache inference)")
+    print("=" * 72 + "\n  Ctrl-C stops everything.", flush=True)
+    if args.exit_after:
+        time.sleep(args.exit_after)
+        for p in procs:
+            p.send_signal(signal.SIGINT if p is lab else signal.SIGTERM)
+    try:
+        lab.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="grade exercises of your storylib")
+    p.add_argument("selectors", nargs="+", metavar="ID", help="a chapter (ch01) or an exercise (ch01.counts)")
+    p.add_argument("--root", help="the folder holding storylib/ (default: found from the current folder)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("list", help="list the exercises")
+    p.add_argument("selectors", nargs="*", metavar="ID")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("release", help="write the learner edition into DIR")
+    p.add_argument("dest", metavar="DIR")
+    p.add_argument("--update", action="store_true", help="add only files that are not there yet")
+    p.add_argument("--force", action="store_true", help="overwrite the packages in DIR")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("honesty", help="run the honesty gate")
+    p.add_argument("selectors", nargs="*", metavar="ID")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_honesty)
+
+    p = sub.add_parser("exercises", help="regenerate exercises/ from solutions/")
+    p.add_argument("--check", action="store_true", help="only report whether exercises/ is stale")
+    p.set_defaults(func=cmd_exercises)
+
+    p = sub.add_parser("class", help="grade a simulated class with nbgrader")
+    p.add_argument("dir", metavar="DIR", help="the nbgrader course folder to create (replaced if present)")
+    p.set_defaults(func=cmd_class)
+
+    p = sub.add_parser("data", help="TinyStories: download | info")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("start", help="start JupyterLab and the book")
+    p.add_argument("--instructor", action="store_true", help="work on the reference storylib, not a workspace")
+    p.add_argument("--workspace", default=str(ROOT / "workspace"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--lab-port", type=int, default=8888)
+    p.add_argument("--book-port", type=int, default=8000)
+    p.add_argument("--exit-after", type=float, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_start)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Interactive widgets for the book (anywidget, self-contained JavaScript, no network).
+
+A lazy index: `from storylib.widgets import BigramExplorer` imports only that widget's module, so a
+learner's stubbed exercises elsewhere in storylib never stop a chapter's widget from loading.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_WIDGETS = {
+    "AttentionExplorer": "storylib.widgets.attention",
+    "BigramExplorer": "storylib.widgets.bigram",
+    "EmbeddingExplorer": "storylib.widgets.mlp",
+    "GraphExplorer": "storylib.widgets.graph",
+}
+
+__all__ = sorted(_WIDGETS)
+
+
+def __getattr__(name: str):
+    if name in _WIDGETS:
+        return getattr(importlib.import_module(_WIDGETS[name]), name)
+    raise AttributeError(f"module 'storylib.widgets' has no attribute {name!r}")

@@ -1,0 +1,66 @@
+"""`llm101n start`: a real JupyterLab on a fresh learner workspace, plus the book, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path, browser):
+    lab_port, book_port = _free_port(), _free_port()
+    workspace = tmp_path / "workspace"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grading.cli", "start", "--workspace", str(workspace),
+         "--lab-port", str(lab_port), "--book-port", str(book_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.time() + 120
+        lab_url = None
+        while time.time() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if m := re.search(r"JupyterLab : (\S+)", line):
+                lab_url = m.group(1)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert lab_url, "llm101n start printed no JupyterLab URL:\n" + "".join(lines[-30:])
+        assert (workspace / "storylib" / "bigram.py").exists() and (workspace / "ch01_bigram.ipynb").exists()
+        assert "The book   : http://127.0.0.1:" in "".join(lines), "".join(lines[-30:])
+        with urllib.request.urlopen(f"http://127.0.0.1:{book_port}/", timeout=10) as r:
+            assert r.status == 200
+
+        token = lab_url.split("token=")[1]
+        page = browser.new_page()
+        page.goto(lab_url)
+        page.wait_for_selector(".jp-DirListing-content", timeout=60_000)
+        page.wait_for_selector(".jp-DirListing-item[title*='ch01_bigram.ipynb']", timeout=30_000)
+        names = page.locator(".jp-DirListing-itemText").all_inner_texts()
+        assert "storylib" in names and "ch01_bigram.ipynb" in names, names
+        page.close()
+        req = urllib.request.Request(f"http://127.0.0.1:{lab_port}/api/status", headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

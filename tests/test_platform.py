@@ -1,0 +1,170 @@
+"""The course platform: exercise markers, the learner edition, and a grader that tells the truth."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grading.exercises import MarkerError, discover, is_stubbed, parse_source, source_files, stub_text
+from grading.harness import COURSE_ROOT, HarnessError, check, run_tests
+from grading.release import release
+
+ROOT = COURSE_ROOT
+EXERCISES = discover(ROOT)
+CHAPTERS = sorted({ex.chapter for ex in EXERCISES})
+
+
+def test_course_has_exercises_in_chapters_1_and_2():
+    assert sum(ex.chapter == "ch01" for ex in EXERCISES) >= 5
+    assert sum(ex.chapter == "ch02" for ex in EXERCISES) >= 5
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("    ### BEGIN SOLUTION ch01.x\n    pass\n    ### END SOLUTION\n", "malformed"),
+        ("    ### BEGIN SOLUTION ch01.x (§1.1, 1 pts): h\n    pass\n", "never closed"),
+        ("    pass\n    ### END SOLUTION\n", "without BEGIN"),
+        ("  ### BEGIN SOLUTION ch01.x (§1.1, 1 pts): h\n  ### BEGIN SOLUTION ch01.y (§1.1, 1 pts): h\n", "inside"),
+        ("    ### BEGIN SOLUTION ch01.x (§1.1, 1 pts): h\n    pass\n        ### END SOLUTION\n", "indented"),
+    ],
+)
+def test_malformed_markers_are_rejected(text, problem):
+    with pytest.raises(MarkerError, match=problem):
+        parse_source(text, Path("storylib/x.py"))
+
+
+def test_stub_keeps_markers_and_replaces_only_the_region():
+    src = (
+        "def f(x):\n    '''doc'''\n    y = 1\n"
+        "    ### BEGIN SOLUTION ch09.f (§9.2, 3 pts): add y\n    return x + y\n    ### END SOLUTION\n"
+    )
+    out = stub_text(src, Path("storylib/f.py"))
+    assert out.splitlines()[:4] == src.splitlines()[:4]
+    assert out.splitlines()[4] == "    raise NotImplementedError('ch09.f: add y — see book §9.2')"
+    assert out.splitlines()[5] == "    ### END SOLUTION"
+    (ex,) = parse_source(out, Path("storylib/f.py"))
+    assert is_stubbed(out, ex) and not is_stubbed(src, parse_source(src, Path("storylib/f.py"))[0])
+
+
+@pytest.mark.parametrize("rel", source_files(ROOT), ids=str)
+def test_every_stubbed_module_still_compiles(rel):
+    ast.parse(stub_text((ROOT / rel).read_text(encoding="utf-8"), rel))
+
+
+@pytest.fixture(scope="module")
+def learner(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("learner")
+    release(dest)
+    return dest
+
+
+def test_release_differs_from_reference_only_inside_regions(learner):
+    for rel in source_files(ROOT):
+        ref = (ROOT / rel).read_text(encoding="utf-8")
+        out = (learner / rel).read_text(encoding="utf-8")
+        assert out == stub_text(ref, rel), f"{rel} differs outside its exercise regions"
+        for ex in parse_source(out, rel):
+            assert is_stubbed(out, ex), f"{ex.id} still holds reference code in the learner edition"
+    names = {p.name for p in learner.glob("*.ipynb")}
+    assert names == {p.name for p in (ROOT / "exercises").glob("*.ipynb")} and names
+    assert {p.name for p in (learner / "tests").glob("test_*.py")} == {
+        p.name for p in (ROOT / "grading" / "tests").glob("test_*.py")
+    }
+
+
+def test_release_never_overwrites_a_learners_work(learner):
+    mine = learner / "storylib" / "bigram.py"
+    mine.write_text(mine.read_text() + "\n# my notes\n")
+    with pytest.raises(FileExistsError):
+        release(learner)
+    release(learner, update=True)
+    assert mine.read_text().endswith("# my notes\n")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_untouched_learner_edition_scores_zero_and_reference_scores_full(learner, chapter):
+    stub = check([chapter], learner)
+    assert stub.points == 0 and all(r.tests for r in stub.results)
+    ref = check([chapter], ROOT)
+    assert ref.points == ref.possible > 0, ref.table()
+
+
+def test_check_is_fast_enough_for_a_chapter():
+    start = time.perf_counter()
+    report = check(["ch01"], ROOT)
+    assert report.results and time.perf_counter() - start < 10
+
+
+def _hostile_workspace(dest: Path) -> Path:
+    """A learner folder full of things that would make stubs look like passes if the grader trusted them."""
+    release(dest)
+    (dest / "conftest.py").write_text(
+        "import pytest\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+        "    out = yield\n    rep = out.get_result()\n    rep.outcome = 'passed'\n"
+    )
+    (dest / "pytest.ini").write_text("[pytest]\naddopts = -k nothing_matches\n")
+    (dest / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = '-k nothing_matches'\n")
+    (dest / "pytest.py").write_text("import sys\nprint('1000 passed')\nsys.exit(0)\n")
+    (dest / "grading").mkdir()
+    (dest / "grading" / "__init__.py").write_text("")
+    (dest / "grading" / "plugin.py").write_text("raise SystemExit(0)\n")
+    (dest / "_llm101n_grader").mkdir()
+    (dest / "_llm101n_grader" / "plugin.py").write_text("raise SystemExit(0)\n")
+    (dest / "storylib" / "conftest.py").write_text((dest / "conftest.py").read_text())
+    (dest / "tests" / "conftest.py").write_text((dest / "conftest.py").read_text())
+    return dest
+
+
+def test_hostile_workspace_cannot_fake_a_pass(tmp_path, monkeypatch):
+    root = _hostile_workspace(tmp_path / "eve")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-k nothing_matches")
+    monkeypatch.setenv("PYTEST_PLUGINS", "grading.plugin")
+    report = check(["ch01"], root)
+    assert report.points == 0
+    assert all(r.tests and all(t.outcome == "failed" for t in r.tests) for r in report.results)
+    assert "not written yet" in report.results[0].first_failure
+
+
+def test_a_crashing_storylib_gives_a_clear_error(tmp_path):
+    release(tmp_path)
+    init = tmp_path / "storylib" / "__init__.py"
+    init.write_text("import os\nos._exit(3)\n")
+    with pytest.raises(HarnessError, match="without a report"):
+        run_tests(tmp_path, ["ch01"])
+
+
+def test_checks_never_grade_the_reference_by_mistake(tmp_path):
+    (tmp_path / "storylib").mkdir()  # no __init__.py: not a package
+    with pytest.raises(HarnessError, match="storylib resolves to"):
+        run_tests(tmp_path, ["ch01"])
+
+
+def test_cli_check_prints_a_table_and_exit_code(learner):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
+    llm = [sys.executable, "-m", "grading.cli"]
+    out = subprocess.run([*llm, "check", "ch01"], cwd=learner, env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "ch01." in out.stdout and "FAIL" in out.stdout and "total 0/" in out.stdout
+    out = subprocess.run([*llm, "check", "ch01", "--root", str(ROOT)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "FAIL" not in out.stdout, out.stdout + out.stderr
+    out = subprocess.run([*llm, "check", "chapter1"], cwd=learner, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "not a chapter or exercise id" in out.stderr
+
+
+def test_a_learner_solution_is_graded_as_theirs(learner, tmp_path):
+    """Copy the reference region of one exercise into a learner edition: exactly that one passes."""
+    root = tmp_path / "one"
+    shutil.copytree(learner, root)
+    ex = next(e for e in EXERCISES if e.chapter == "ch01")
+    ref = (ROOT / ex.path).read_text(encoding="utf-8")
+    others = [e.id for e in parse_source(ref, ex.path) if e.id != ex.id]
+    (root / ex.path).write_text(stub_text(ref, ex.path, others), encoding="utf-8")
+    report = check(["ch01"], root)
+    assert [r.exercise.id for r in report.results if r.passed] == [ex.id]
