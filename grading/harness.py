@@ -208,6 +208,7 @@ class Report:
 
 def check(selectors: list[str], root: Path | None = None) -> Report:
     """Grade the exercises named by `selectors` in the storylib under `root` (default: found from cwd)."""
+    selectors = [check_selector(s) for s in selectors]
     root = find_root() if root is None else Path(root).resolve()
     wanted = [ex for ex in discover(COURSE_ROOT) if any(matches(ex.id, s) for s in selectors)]
     if not wanted:

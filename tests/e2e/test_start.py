@@ -55,7 +55,9 @@ def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path,
         names = page.locator(".jp-DirListing-itemText").all_inner_texts()
         assert "storylib" in names and "ch01_bigram.ipynb" in names, names
         page.close()
-        req = urllib.request.Request(f"http://127.0.0.1:{lab_port}/api/status", headers={"Authorization": f"token {token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{lab_port}/api/status", headers={"Authorization": f"token {token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
     finally:
