@@ -257,13 +257,13 @@ def test_mlp_matches_tanh_gelu_reference():
 def test_mlp_matches_hf_gpt2_mlp():
     hf = hf_model(seed=3)
     sd = hf.state_dict()
-    ours = small_model()
+    ours = gpt2.MLP(GPTConfig(**SMALL)).eval()  # built alone: needs no later exercise (GPT.init_weights)
     with torch.no_grad():
         for name in ("c_fc", "c_proj"):
-            getattr(ours.transformer.h[1].mlp, name).weight.copy_(sd[f"transformer.h.1.mlp.{name}.weight"].T)
-            getattr(ours.transformer.h[1].mlp, name).bias.copy_(sd[f"transformer.h.1.mlp.{name}.bias"])
+            getattr(ours, name).weight.copy_(sd[f"transformer.h.1.mlp.{name}.weight"].T)
+            getattr(ours, name).bias.copy_(sd[f"transformer.h.1.mlp.{name}.bias"])
         x = randn(2, 7, 48, seed=31, dtype=torch.float32)
-        y, want = ours.transformer.h[1].mlp(x), hf.transformer.h[1].mlp(x)
+        y, want = ours(x), hf.transformer.h[1].mlp(x)
     assert torch.allclose(y, want, atol=1e-5), (
         f"MLP differs from Hugging Face's GPT2MLP by {(y - want).abs().max():.3g}"
     )
