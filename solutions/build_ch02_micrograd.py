@@ -10,45 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grading.authoring as authoring  # noqa: E402
 from grading.authoring import SolutionNotebook  # noqa: E402
-
-_original_enclosing_function = authoring.enclosing_function
-
-
-def _enclosing_function(ex, root=authoring.COURSE_ROOT):
-    """Like authoring.enclosing_function, but also when the region is the last thing in its function.
-
-    ast's end_lineno stops at the last statement, so a trailing `### END SOLUTION` comment lies outside
-    the function; here a function holds a region when its BEGIN line does. (Remove once authoring.py
-    does the same.)
-    """
-    import ast
-    import textwrap
-
-    source = (root / ex.path).read_text(encoding="utf-8")
-    best = None
-
-    def visit(node, prefix):
-        nonlocal best
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef):
-                visit(child, prefix + child.name + ".")
-            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                if child.lineno - 1 <= ex.begin <= (child.end_lineno or 0) - 1:
-                    best = (prefix + child.name, child)
-                    visit(child, prefix + child.name + ".")
-
-    visit(ast.parse(source), "")
-    if best is None:
-        return _original_enclosing_function(ex, root)
-    name, fn = best
-    lines = source.splitlines()
-    signature = textwrap.dedent("\n".join(lines[fn.lineno - 1 : fn.body[0].lineno - 1])).rstrip()
-    return name, signature, ast.get_docstring(fn) or ""
-
-
-authoring.enclosing_function = _enclosing_function
 
 
 def build() -> Path:
