@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 LLM := $(VENV)/bin/llm101n
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export OMP_NUM_THREADS ?= 2
+# tiktoken's encodings, cached offline by scripts/assets.sh (tiktoken downloads into it if empty)
+export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.assets/tiktoken
 
 .PHONY: start test setup book lint unit honesty exercises exercises-check class e2e release screenshots clean
 

@@ -8,6 +8,7 @@
     llm101n exercises [--check]         regenerate exercises/ from solutions/ with nbgrader
     llm101n class DIR                   grade a simulated class end to end with nbgrader
     llm101n data download|info          TinyStories for your machine
+    llm101n train CONFIG [--resume]     train a storyteller (storylib.train), e.g. configs/cpu_learner.toml
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     return int(data.main(args.rest) or 0)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from grading.harness import HarnessError, find_root
+
+    try:  # the storylib of the folder you are in (a workspace: your own code), else the reference
+        root = find_root()
+    except HarnessError:
+        root = ROOT
+    sys.path.insert(0, str(root))
+    from storylib import train
+
+    return int(train.main(args.rest) or 0)
+
+
 def _wait_http(url: str, seconds: float = 60) -> bool:
     import urllib.request
 
@@ -93,6 +107,20 @@ def _wait_http(url: str, seconds: float = 60) -> bool:
         except OSError:
             time.sleep(0.5)
     return False
+
+
+def _storyteller_hello() -> str:
+    """Load the shipped default model with the reference storylib, in a child process; a line to print."""
+    code = "from storylib.train import storyteller_hello; print(storyteller_hello())"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "models/storyteller did not load within 120 s"
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"models/storyteller could not be loaded: {last}"
+    return r.stdout.strip()
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -108,6 +136,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"{'created' if fresh else 'updated'} your workspace: {where}  (your storylib lives here)")
     env = dict(os.environ, PYTHONPATH=str(where), STORYLIB_ROOT=str(where))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    if (ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh)
+        env.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / ".assets" / "tiktoken"))
+    hello = _storyteller_hello()
     token = secrets.token_hex(16)
     procs = []
     lab = subprocess.Popen(
@@ -130,7 +161,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     else:
         print("  The book   : not built yet — run `make book`")
     print("  Your checks: llm101n check ch01   (in a terminal in JupyterLab)")
-    print("  Storyteller: arrives with Chapter 12 (kv-cache inference)")
+    print(f"  Storyteller: {hello}")
+    print("               (the chat arrives with Chapter 12: kv-cache inference)")
     print("=" * 72 + "\n  Ctrl-C stops everything.", flush=True)
     if args.exit_after:
         time.sleep(args.exit_after)
@@ -153,6 +185,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # all that follows is storylib.train's, its --help included
+        return cmd_train(argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("data", help="TinyStories: download | info")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a storyteller: CONFIG [--resume] [--set k=v]; export CKPT OUT",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("start", help="start JupyterLab and the book")
     p.add_argument("--instructor", action="store_true", help="work on the reference storylib, not a workspace")

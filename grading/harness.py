@@ -80,6 +80,8 @@ def clean_env(root: Path, private_site: Path) -> dict[str, str]:
         NUMBA_ENABLE_CUDASIM="1",
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
     )
+    if (COURSE_ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh)
+        env.setdefault("TIKTOKEN_CACHE_DIR", str(COURSE_ROOT / ".assets" / "tiktoken"))
     return env
 
 

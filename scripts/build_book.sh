@@ -27,6 +27,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1
 export MPLBACKEND=Agg
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$ROOT/.assets/tiktoken}"   # filled by scripts/assets.sh
 
 args=(build "$ROOT" --builder html --path-output "$ROOT")
 if [ -n "${BOOK_TOC:-}" ]; then args+=(--toc "$BOOK_TOC"); fi

@@ -38,8 +38,8 @@ from typing import IO
 
 __all__ = [
     "EOT", "HF_URL", "FILES", "RemoteFile", "DownloadError", "ChecksumError",
-    "data_dir", "cache_dir", "load_stories", "split_stories", "split_files",
-    "download_tinystories", "synthetic_stories", "write_fixture", "main",
+    "data_dir", "cache_dir", "course_file", "load_stories", "split_stories", "split_files",
+    "download_tinystories", "synthetic_stories", "HARD_STRINGS", "write_fixture", "main",
 ]
 
 EOT = "<|endoftext|>"  # the line that ends every story
@@ -80,6 +80,19 @@ def _shared_candidates() -> list[Path]:
             if (cand := d / SHARED) not in out:
                 out.append(cand)
     return out
+
+
+def course_file(relpath: str | os.PathLike) -> Path:
+    """A file the course ships (a trained tokenizer or model), found from the reference repo or a workspace.
+
+    storylib/ sits in the repo or in a learner workspace (<repo>/workspace), so look in the folder that holds
+    storylib/ and in every folder above it. Raises FileNotFoundError saying where it looked.
+    """
+    tried = [d / relpath for d in (REPO, *REPO.parents)]
+    for path in tried:
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{relpath} not found; looked in {tried[0]} and the folders above it")
 
 
 def data_dir() -> Path:
@@ -457,6 +470,28 @@ def synthetic_stories(n: int, seed: int = 0, unicode: bool = False) -> list[str]
     """
     rng = random.Random(seed)  # documented stable across platforms and Python versions for int seeds
     return [_story(rng, unicode) for _ in range(n)]
+
+
+# Strings that break naive tokenizers: a catalogue for round-trip and equality tests (ch06 and later).
+HARD_STRINGS: tuple[str, ...] = (
+    "",
+    "a",
+    " ",
+    "é",
+    "🐶",
+    "👩‍👩‍👧",  # one grapheme, five code points joined by zero-width joiners
+    "안녕하세요, 세계! 토큰화는 재미있어요.",
+    "Once upon a time, Zoë met 小明 and Amélie — они были друзьями 🌈.",
+    "spaces:     five, and a tab\there",
+    "lines\n\n\nthree newlines, then CRLF\r\nand   trailing   ",
+    "numbers 1234567890 3.14159 1,000,000 2026-11-25",
+    "I'LL can't WE'RE you've she'd it's O'Neil",
+    "def f(x):\n    return x ** 2  # code, with indentation\n",
+    "<|endoftext|>Once upon a time<|endoftext|>",
+    "\u0000\u001b[31mcontrol\u007f characters\u200b",
+    "a" * 96,
+    "!!!???...,,,;;;'''\"\"\"",
+)
 
 
 def write_fixture(dir: Path | str, n_train: int = 200, n_valid: int = 50, seed: int = 0,

@@ -11,12 +11,13 @@ Parameter names follow Hugging Face's `GPT2LMHeadModel`, so its state dict loads
     GPT               embeddings, blocks, tied head, GPT-2 init        (exercises ch05.init, ch05.forward)
     GPT.generate      sampling with temperature and top-k              (exercise ch05.generate)
     from_hf_state_dict / to_hf_state_dict, bits_per_byte
+    GPTConfig.fused   PyTorch's own LayerNorm and attention kernels instead of ours: the trainer's speed path
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,9 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    # The trainer's speed path: PyTorch's own F.layer_norm and F.scaled_dot_product_attention (flash attention
+    # on a GPU) instead of the hand-written LayerNorm and attention below. Same math, same parameters.
+    fused: bool = False
 
 
 # ----------------------------------------------------------------------------- LayerNorm, by hand
@@ -114,13 +118,15 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, n_embd: int, bias: bool = True, eps: float = 1e-5):
+    def __init__(self, n_embd: int, bias: bool = True, eps: float = 1e-5, fused: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.fused = eps, fused
         self.weight = nn.Parameter(torch.ones(n_embd))
         self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None
 
     def forward(self, x):
+        if self.fused:  # PyTorch's kernel: the same function, faster (and torch.compile fuses it)
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         return LayerNormFunction.apply(x, self.weight, self.bias, self.eps)
 
 
@@ -131,7 +137,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
-        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.n_head, self.n_embd, self.fused = config.n_head, config.n_embd, config.fused
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v side by side
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -148,6 +154,8 @@ class CausalSelfAttention(nn.Module):
         back side by side as y, (B, T, C); the last line mixes them with c_proj. Write the math out: no
         F.scaled_dot_product_attention.
         """
+        if self.fused:  # the trainer's speed path (GPTConfig.fused), as nanoGPT's `if self.flash:`
+            return self._forward_fused(x)
         B, T, C = x.shape
         ### BEGIN SOLUTION ch05.attention (§5.3, 3 pts): heads; q·kᵀ/√hs; -inf where s > t; softmax; @ v; merge; c_proj
         hs = C // self.n_head
@@ -159,6 +167,15 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         ### END SOLUTION
         return self.resid_dropout(self.c_proj(y))
+
+    def _forward_fused(self, x):
+        """The same attention with PyTorch's fused kernel (flash attention on a GPU): for training, not learning."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.attn_dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
 class MLP(nn.Module):
@@ -182,9 +199,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias, fused=config.fused)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias, fused=config.fused)
         self.mlp = MLP(config)
 
     def forward(self, x):
@@ -213,7 +230,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias, fused=config.fused),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -323,19 +340,26 @@ class GPT(nn.Module):
 
 
 @torch.no_grad()
-def bits_per_byte(model: GPT, stories: Sequence[str], batch_size: int = 32) -> float:
+def bits_per_byte(model: GPT, stories: Sequence[str], batch_size: int = 32,
+                  encode_fn: Callable[[str], Sequence[int]] | None = None, eot: int = EOT) -> float:
     """The cost of the stories in bits per UTF-8 byte, each story read on its own.
 
     A story is [EOT, b1, ..., bn, EOT]: the model predicts each byte and the final EOT (n + 1 predictions,
     as in Chapter 1). A story longer than block_size is read in windows that overlap by half a block, and
     each prediction is scored once, with at least block_size / 2 bytes of context (except at the start).
     Total bits / total bytes of the stories.
+
+    Another tokenizer (Chapter 6's BPE): pass its `encode_fn` (text -> ids, e.g. `tok.encode_ordinary`) and the
+    id of its <|endoftext|> as `eot`; a story is then [EOT, t1, ..., tm, EOT]. The bits are still divided by the
+    UTF-8 bytes of the stories, so models with different tokenizers are measured on the same scale.
     """
     model.eval()
+    encode_fn = encode if encode_fn is None else encode_fn
+    device = next(model.parameters()).device
     W, S = model.config.block_size, max(1, model.config.block_size // 2)
     windows: list[tuple[list[int], int]] = []  # (ids of the window, how many of its predictions to skip)
     for s in stories:
-        ids = [EOT, *encode(s), EOT]
+        ids = [eot, *encode_fn(s), eot]
         for start in range(0, max(1, len(ids) - W + S), S):
             chunk = ids[start : start + W + 1]
             windows.append((chunk, 0 if start == 0 else W - S))
@@ -345,12 +369,13 @@ def bits_per_byte(model: GPT, stories: Sequence[str], batch_size: int = 32) -> f
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size]
         L = max(len(c) for c, _ in batch) - 1
-        x = torch.full((len(batch), L), EOT, dtype=torch.int64)
+        x = torch.full((len(batch), L), eot, dtype=torch.int64)
         y = torch.full((len(batch), L), -100, dtype=torch.int64)  # -100: not scored
         for j, (c, skip) in enumerate(batch):
             x[j, : len(c) - 1] = torch.tensor(c[:-1])
             y[j, skip : len(c) - 1] = torch.tensor(c[1 + skip :])
-        logits, _ = model(x)
-        nats += F.cross_entropy(logits.double().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+        logits, _ = model(x.to(device))
+        nats += F.cross_entropy(logits.double().view(-1, logits.size(-1)), y.to(device).view(-1),
+                                reduction="sum").item()
     n_bytes = sum(len(s.encode("utf-8")) for s in stories)
     return nats / math.log(2) / n_bytes

@@ -13,6 +13,8 @@ _WIDGETS = {
     "BigramExplorer": "storylib.widgets.bigram",
     "EmbeddingExplorer": "storylib.widgets.mlp",
     "GraphExplorer": "storylib.widgets.graph",
+    "TokenViewer": "storylib.widgets.tokens",
+    "LossMaskView": "storylib.widgets.datasets",
 }
 
 __all__ = sorted(_WIDGETS)

@@ -20,6 +20,7 @@ import torch
 import traitlets
 
 from storylib.bigram import BOUNDARY, Vocab
+from storylib.widgets._dom import DOM_JS
 
 # The model's forward pass, in plain JavaScript. Pure functions, no DOM: the tests run it under node.
 FORWARD_JS = r"""
@@ -146,13 +147,6 @@ function encode(model, text) {
 """
 
 _RENDER_JS = r"""
-function el(tag, attrs, parent, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 function label(model, id) {
   if (id === 0) return "◆";
@@ -403,7 +397,7 @@ def strongest_link(
 class AttentionExplorer(anywidget.AnyWidget):
     """Attention heatmaps of every layer and head of a TinyAttentionLM, for a sentence the reader types."""
 
-    _esm = FORWARD_JS + _RENDER_JS
+    _esm = DOM_JS + FORWARD_JS + _RENDER_JS
     _css = _CSS
     weights = traitlets.Dict().tag(sync=True)  # export_model(model, vocab)
     text = traitlets.Unicode("").tag(sync=True)

@@ -16,6 +16,7 @@ import torch
 import traitlets
 
 from storylib.bigram import BOUNDARY, Vocab
+from storylib.widgets._dom import DOM_JS
 
 _ESM = r"""
 // mulberry32: a tiny seeded PRNG, so a seed always gives the same story.
@@ -50,13 +51,6 @@ function draw(p, rand) {
   return p.length - 1;
 }
 
-function el(tag, attrs, parent, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 function render({ model, el: host }) {
   const labels = model.get("labels"), chars = model.get("chars"), P = model.get("probs");
@@ -162,7 +156,7 @@ _CSS = """
 class BigramExplorer(anywidget.AnyWidget):
     """Next-character distributions of a bigram table, with a temperature slider and a story sampler."""
 
-    _esm = _ESM
+    _esm = DOM_JS + _ESM
     _css = _CSS
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # printable names: ◆, ␣, ⏎, a, b, ...
     chars = traitlets.List(traitlets.Unicode()).tag(sync=True)  # what each token writes ("" for ◆)

@@ -16,6 +16,7 @@ import torch
 import traitlets
 
 from storylib.gpt2 import EOT, GPT, encode
+from storylib.widgets._dom import DOM_JS
 
 _ESM = r"""
 function softmax(z, T, k) {
@@ -29,13 +30,6 @@ function softmax(z, T, k) {
 }
 const pct = (p) => (100 * p).toFixed(p < 0.001 ? 2 : 1) + "%";
 
-function el(tag, attrs, parent, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
 
 function bars(parent, rows, chosen) {
   // rows: [[token, p], ...]; chosen: the token actually generated
@@ -152,7 +146,7 @@ def byte_label(i: int) -> str:
 
 
 class GenerationLens(anywidget.AnyWidget):
-    _esm = _ESM
+    _esm = DOM_JS + _ESM
     _css = _CSS
     ids = traitlets.List(traitlets.Int()).tag(sync=True)
     n_prompt = traitlets.Int(1).tag(sync=True)

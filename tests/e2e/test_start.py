@@ -44,6 +44,11 @@ def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path,
         assert lab_url, "llm101n start printed no JupyterLab URL:\n" + "".join(lines[-30:])
         assert (workspace / "storylib" / "bigram.py").exists() and (workspace / "ch01_bigram.ipynb").exists()
         assert "The book   : http://127.0.0.1:" in "".join(lines), "".join(lines[-30:])
+        story = next((ln for ln in lines if "Storyteller:" in ln), "")
+        assert "M parameters, loaded offline" in story and "Once upon a time" in story, (
+            "llm101n start should load the shipped storyteller (models/storyteller) and print its first words:\n"
+            + "".join(lines[-30:])
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{book_port}/", timeout=10) as r:
             assert r.status == 200
 

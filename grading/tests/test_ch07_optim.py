@@ -1,0 +1,535 @@
+"""Chapter 7 — optimization: fan-in init, SGD, Adam/AdamW, parameter groups, the schedule, clipping, accumulation.
+
+Oracles: PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW) run side by side with ours on the same model,
+torch.nn.utils.clip_grad_norm_, autograd on one big batch, and float64 formulas written out here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from storylib import optim
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class TinyNet(nn.Module):
+    """Embedding -> Linear -> LayerNorm -> tanh -> Linear: matrices, biases and gains, odd sizes."""
+
+    def __init__(self, vocab: int = 13, emb: int = 7, hidden: int = 11, out: int = 5):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.fc1 = nn.Linear(emb, hidden)
+        self.ln = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, idx):
+        return self.fc2(torch.tanh(self.ln(self.fc1(self.emb(idx)))))
+
+
+def tiny_net(seed: int, dtype: torch.dtype) -> TinyNet:
+    torch.manual_seed(seed)
+    net = TinyNet().to(dtype)
+    with torch.no_grad():  # LayerNorm gains and all biases away from (1, 0), so decaying them would show
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen(p.numel()), dtype=dtype))
+    return net
+
+
+def batch(seed: int, n: int = 19):
+    g = gen(seed)
+    return torch.randint(0, 13, (n,), generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def hand_groups(net: TinyNet, wd: float) -> list[dict]:
+    """Decay on the matrices, none on biases and LayerNorm: built here, not with optim.param_groups."""
+    params = list(net.parameters())
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def train_side_by_side(make_ours, make_ref, dtype, steps: int, seed: int = 0):
+    """Train two copies of one TinyNet, one with each optimizer, on the same batches; return both nets."""
+    a = tiny_net(seed, dtype)
+    b = copy.deepcopy(a)
+    opt_a, opt_b = make_ours(a), make_ref(b)
+    for step in range(steps):
+        idx, y = batch(1000 + step)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(idx), y).backward()
+            opt.step()
+    return a, b
+
+
+def max_param_diff(a: nn.Module, b: nn.Module) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        d = (p.detach() - q.detach()).abs().max().item()
+        if d > worst:
+            worst, where = d, name
+    return worst, where
+
+
+def moved(a: nn.Module, seed: int, dtype) -> float:
+    """How far training moved a's parameters from their start (so that 'equal' is not trivially true)."""
+    start = tiny_net(seed, dtype)
+    pairs = zip(a.parameters(), start.parameters(), strict=True)
+    return max((p.detach() - q.detach()).abs().max().item() for p, q in pairs)
+
+
+# ----------------------------------------------------------------------------- ch07.fan_in_init
+
+
+@pytest.mark.exercise("ch07.fan_in_init")
+@pytest.mark.parametrize("shape, gain", [((301, 523), 1.0), ((250, 97), 5 / 3), ((64, 19, 5), math.sqrt(2))])
+def test_fan_in_init_has_the_right_std(shape, gain):
+    w = torch.full(shape, 7.0, dtype=torch.float64)
+    out = optim.init_fan_in_(w, gain, generator=gen(1))
+    assert out is w, "init_fan_in_ should fill the tensor in place and return that same tensor"
+    fan = shape[1] * math.prod(shape[2:])
+    want = gain / math.sqrt(fan)
+    std, mean = w.std().item(), w.mean().item()
+    n = w.numel()
+    assert abs(std / want - 1) < 5 / math.sqrt(n), (
+        f"weight {shape} with gain {gain:.3f}: std should be gain / sqrt(fan_in = {fan}) = {want:.5f}, got {std:.5f}"
+        " (fan_in is weight.shape[1] times the kernel size, not shape[0])"
+    )
+    assert abs(mean) < 5 * want / math.sqrt(n), f"the weights should have mean 0, got {mean:.5f}"
+
+
+@pytest.mark.exercise("ch07.fan_in_init")
+def test_fan_in_init_is_normal_and_uses_the_generator():
+    w = torch.empty(400, 300, dtype=torch.float64)
+    optim.init_fan_in_(w, 2.0, generator=gen(7))
+    z = (w / (2.0 / math.sqrt(300))).flatten()
+    kurtosis = (z**4).mean().item() / (z**2).mean().item() ** 2
+    assert abs(kurtosis - 3) < 0.1, f"weights should be normal (kurtosis 3, uniform has 1.8); got {kurtosis:.3f}"
+    w2 = torch.empty(400, 300, dtype=torch.float64)
+    torch.manual_seed(123)  # the global generator must not matter
+    optim.init_fan_in_(w2, 2.0, generator=gen(7))
+    assert torch.equal(w, w2), "the same seeded generator should give the same weights"
+    optim.init_fan_in_(w2, 2.0, generator=gen(8))
+    assert not torch.equal(w, w2), "another seed should give other weights"
+
+
+@pytest.mark.exercise("ch07.fan_in_init")
+def test_fan_in_init_keeps_a_deep_linear_stack_at_unit_scale():
+    """With gain 1, a stack of 20 linear layers of different widths keeps the std of its input."""
+    widths = [37, 129, 64, 211, 50] * 4 + [37]
+    g = gen(3)
+    x = torch.randn(512, widths[0], generator=g, dtype=torch.float64)
+    for fi, fo in zip(widths[:-1], widths[1:], strict=True):
+        w = optim.init_fan_in_(torch.empty(fo, fi, dtype=torch.float64), 1.0, generator=g)
+        x = x @ w.T
+    std = x.std().item()
+    assert 0.5 < std < 2.0, f"after 20 fan-in initialised linear layers the std should stay near 1, got {std:.3g}"
+
+
+# ----------------------------------------------------------------------------- ch07.sgd
+
+
+@pytest.mark.exercise("ch07.sgd")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sgd_with_momentum_and_decay_groups_matches_torch(dtype):
+    def ours(net):
+        groups = hand_groups(net, 3e-2)
+        groups[1]["momentum"] = 0.5  # a group with its own momentum
+        return optim.SGD(groups, lr=0.07, momentum=0.9)
+
+    def ref(net):
+        groups = hand_groups(net, 3e-2)
+        groups[1]["momentum"] = 0.5
+        return torch.optim.SGD(groups, lr=0.07, momentum=0.9)
+
+    a, b = train_side_by_side(ours, ref, dtype, steps=120)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    diff, where = max_param_diff(a, b)
+    assert moved(a, 0, dtype) > 0.1, "the parameters should have moved during training"
+    assert diff < tol, (
+        f"after 120 steps ({dtype}), parameters differ from torch.optim.SGD(momentum=0.9, weight_decay on matrices)"
+        f" by {diff:.3g} (at {where}); tolerance {tol:g}"
+    )
+
+
+@pytest.mark.exercise("ch07.sgd")
+def test_plain_sgd_is_p_minus_lr_grad():
+    p = torch.randn(7, 3, generator=gen(20), dtype=torch.float64, requires_grad=True)
+    g = torch.randn(7, 3, generator=gen(21), dtype=torch.float64)
+    start = p.detach().clone()
+    p.grad = g.clone()
+    opt = optim.SGD([p], lr=0.3)
+    opt.step()
+    assert torch.allclose(p.detach(), start - 0.3 * g, atol=1e-14), "without momentum or decay, p should be p - lr·g"
+    assert torch.equal(p.grad, g), "step() should not change p.grad"
+
+
+@pytest.mark.exercise("ch07.sgd")
+def test_sgd_momentum_buffer_follows_pytorch_convention():
+    """buf = g at the first step (not (1 - μ)·g), then μ·buf + g; weight decay adds λ·p to g first."""
+    p = torch.randn(5, generator=gen(22), dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone()
+    opt = optim.SGD([p], lr=0.1, momentum=0.8, weight_decay=0.05)
+    buf = None
+    for step in range(4):
+        g = torch.randn(5, generator=gen(30 + step), dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        d = g + 0.05 * q
+        buf = d.clone() if buf is None else 0.8 * buf + d
+        q = q - 0.1 * buf
+        assert torch.allclose(p.detach(), q, atol=1e-13), (
+            f"step {step + 1}: p should follow buf = μ·buf + (g + λ·p), p -= lr·buf (buf = g + λ·p at the first step)"
+        )
+        assert torch.equal(p.grad, g), "step() should not change p.grad (add λ·p out of place: g = g.add(p, ...))"
+
+
+# ----------------------------------------------------------------------------- ch07.adamw
+
+
+@pytest.mark.exercise("ch07.adamw")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adamw_with_decay_groups_matches_torch_over_many_steps(dtype):
+    # float32: a smaller lr keeps the two runs from drifting apart through rounding alone (the order of the
+    # float operations may differ from PyTorch's); the check is then |ours - torch| <= 1e-6 · (1 + |torch|).
+    lr = 3e-2 if dtype == torch.float64 else 1e-2
+    kw = dict(lr=lr, betas=(0.85, 0.97), eps=1e-7)
+    a, b = train_side_by_side(
+        lambda net: optim.AdamW(hand_groups(net, 0.1), **kw),
+        lambda net: torch.optim.AdamW(hand_groups(net, 0.1), **kw),
+        dtype,
+        steps=150,
+    )
+    assert moved(a, 0, dtype) > 0.2, "the parameters should have moved during training"
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        err = ((p - q).abs() / (1 + q.abs())).max().item()
+        assert err < 1e-6, (
+            f"after 150 steps ({dtype}), {name} differs from torch.optim.AdamW's (decay 0.1 on matrices, 0 elsewhere)"
+            f" by {err:.3g}, relative to 1 + |p|"
+        )
+
+
+@pytest.mark.exercise("ch07.adamw")
+def test_adamw_defaults_and_a_second_lr_group_match_torch():
+    def groups(net):
+        gr = hand_groups(net, 0.02)
+        gr[1]["lr"] = 5e-3  # the no-decay group with its own learning rate
+        return gr
+
+    a, b = train_side_by_side(
+        lambda net: optim.AdamW(groups(net), lr=2e-2),
+        lambda net: torch.optim.AdamW(groups(net), lr=2e-2),
+        torch.float64,
+        steps=100,
+        seed=5,
+    )
+    diff, where = max_param_diff(a, b)
+    assert diff < 1e-6, f"with default betas/eps and a per-group lr, parameters differ by {diff:.3g} (at {where})"
+
+
+@pytest.mark.exercise("ch07.adamw")
+def test_adam_with_l2_decay_matches_torch_adam():
+    kw = dict(lr=2e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+    a, b = train_side_by_side(
+        lambda net: optim.Adam(net.parameters(), **kw),
+        lambda net: torch.optim.Adam(net.parameters(), **kw),
+        torch.float64,
+        steps=100,
+        seed=2,
+    )
+    diff, where = max_param_diff(a, b)
+    assert diff < 1e-6, (
+        f"Adam (weight decay as L2, added to the gradient) differs from torch.optim.Adam by {diff:.3g} (at {where})"
+    )
+
+
+@pytest.mark.exercise("ch07.adamw")
+def test_adamw_first_step_is_bias_corrected_sign_step():
+    """At t = 1, m̂ = g and v̂ = g², so each coordinate moves by lr · g / (|g| + eps): almost exactly lr."""
+    p = torch.randn(9, generator=gen(40), dtype=torch.float64, requires_grad=True)
+    start = p.detach().clone()
+    g = torch.randn(9, generator=gen(41), dtype=torch.float64) * torch.logspace(-3, 2, 9, dtype=torch.float64)
+    p.grad = g.clone()
+    opt = optim.AdamW([p], lr=0.01, weight_decay=0.0, eps=1e-8)
+    opt.step()
+    want = start - 0.01 * g / (g.abs() + 1e-8)
+    assert torch.allclose(p.detach(), want, atol=1e-14), (
+        "the first AdamW step should move every coordinate by lr · g / (|g| + eps), whatever the size of g "
+        "(bias correction undoes the zero start of m and v)"
+    )
+    assert opt.state[p]["step"] == 1, "the step count t should be kept in state['step'] and be 1 after one step"
+    assert torch.equal(p.grad, g), "step() should not change p.grad"
+
+
+# ----------------------------------------------------------------------------- ch07.param_groups
+
+
+class TiedLM(nn.Module):
+    """A GPT-shaped toy: embeddings, LayerNorms, linear layers with biases, and a head tied to the embedding."""
+
+    def __init__(self, vocab: int = 61, C: int = 22):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, C)
+        self.wpe = nn.Embedding(17, C)
+        self.ln_1 = nn.LayerNorm(C)
+        self.fc = nn.Linear(C, 3 * C)
+        self.proj = nn.Linear(3 * C, C)
+        self.ln_f = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one parameter, two names
+
+
+@pytest.mark.exercise("ch07.param_groups")
+def test_param_groups_split_by_dimension_with_a_tied_head():
+    torch.manual_seed(0)
+    model = TiedLM()
+    groups = optim.param_groups(model, 0.13)
+    assert isinstance(groups, list) and len(groups) == 2, "param_groups should return a list of two dicts"
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 0.13 and no_decay["weight_decay"] == 0.0, (
+        "the first group should carry the given weight_decay, the second 0.0"
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    got_decay = [names.get(id(p), "?") for p in decay["params"]]
+    got_none = [names.get(id(p), "?") for p in no_decay["params"]]
+    want_decay = ["wte.weight", "wpe.weight", "fc.weight", "proj.weight"]
+    want_none = ["ln_1.weight", "ln_1.bias", "fc.bias", "proj.bias", "ln_f.weight", "ln_f.bias"]
+    assert got_decay == want_decay, (
+        f"decay should hold the matrices (dim >= 2) in model order, the tied wte/lm_head once: {want_decay}; "
+        f"got {got_decay}"
+    )
+    assert got_none == want_none, f"no_decay should hold the biases and LayerNorm weights {want_none}; got {got_none}"
+
+
+@pytest.mark.exercise("ch07.param_groups")
+def test_param_groups_skip_frozen_parameters_and_feed_an_optimizer():
+    net = tiny_net(3, torch.float32)
+    net.fc1.weight.requires_grad_(False)
+    net.ln.bias.requires_grad_(False)
+    decay, no_decay = optim.param_groups(net, 0.5)
+    assert [id(p) for p in decay["params"]] == [id(net.emb.weight), id(net.fc2.weight)], (
+        "decay should be the trainable matrices: emb.weight and fc2.weight (fc1.weight is frozen)"
+    )
+    assert [id(p) for p in no_decay["params"]] == [id(net.fc1.bias), id(net.ln.weight), id(net.fc2.bias)], (
+        "no_decay should be the trainable biases and gains: fc1.bias, ln.weight, fc2.bias (ln.bias is frozen)"
+    )
+    opt = torch.optim.AdamW(optim.param_groups(net, 0.5), lr=1e-3)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
+
+
+# ----------------------------------------------------------------------------- ch07.schedule
+
+
+def _schedule64(step, max_lr, min_lr, warmup, total):
+    """The schedule re-derived here: linear ramp to max_lr over `warmup` steps, half a cosine period after."""
+    if step < warmup:
+        return max_lr * float(step + 1) / float(warmup)
+    if step >= total:
+        return min_lr
+    frac = (step - warmup) / (total - warmup)
+    return min_lr + (max_lr - min_lr) * (math.cos(math.pi * frac) + 1.0) / 2.0
+
+
+@pytest.mark.exercise("ch07.schedule")
+@pytest.mark.parametrize(
+    "max_lr, min_lr, warmup, total", [(6e-4, 6e-5, 37, 413), (1.0, 0.0, 1, 50), (3e-3, 1e-3, 0, 97)]
+)
+def test_schedule_matches_the_formula(max_lr, min_lr, warmup, total):
+    for step in range(total + 20):
+        got = optim.lr_at(step, max_lr, min_lr, warmup, total)
+        want = _schedule64(step, max_lr, min_lr, warmup, total)
+        assert isinstance(got, float), f"lr_at should return a float, got {type(got).__name__}"
+        assert abs(got - want) <= 1e-12 * max_lr, (
+            f"lr_at({step}, {max_lr}, {min_lr}, warmup={warmup}, total={total}) should be {want:.6g}, got {got:.6g}"
+        )
+
+
+@pytest.mark.exercise("ch07.schedule")
+def test_schedule_shape():
+    max_lr, min_lr, warmup, total = 1e-3, 1e-4, 23, 211
+    lrs = [optim.lr_at(s, max_lr, min_lr, warmup, total) for s in range(total + 5)]
+    assert lrs[0] > 0, "the first step's learning rate should not be 0 (it would waste the step)"
+    assert abs(lrs[0] - max_lr / warmup) < 1e-15, "warmup starts at max_lr / warmup, at step 0"
+    assert all(b > a for a, b in zip(lrs[:warmup], lrs[1:warmup], strict=False)), "warmup should increase"
+    assert abs(lrs[warmup - 1] - max_lr) < 1e-15 and abs(lrs[warmup] - max_lr) < 1e-15, (
+        "the peak max_lr is reached at step warmup - 1 and the cosine starts there"
+    )
+    decay = lrs[warmup:total]
+    assert all(b < a for a, b in zip(decay, decay[1:], strict=False)), "after warmup the rate should decrease"
+    assert min_lr < lrs[total - 1] < min_lr + 1e-3 * (max_lr - min_lr), "the last step should be just above min_lr"
+    mid = warmup + (total - warmup) // 2
+    assert abs(lrs[mid] - (max_lr + min_lr) / 2) < 0.01 * max_lr, "halfway through the decay, about the midpoint"
+    assert lrs[total:] == [min_lr] * 5, "after `total` steps the rate stays at min_lr"
+
+
+# ----------------------------------------------------------------------------- ch07.clip
+
+
+def _grads_of(seed, dtype=torch.float64, scale=1.0):
+    g = gen(seed)
+    shapes = [(7, 5), (5,), (3, 2, 4), (1,)]
+    params = [torch.zeros(s, dtype=dtype, requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = scale * torch.randn(p.shape, generator=g, dtype=dtype) * (1 + torch.rand(p.shape, generator=g))
+    return params
+
+
+@pytest.mark.exercise("ch07.clip")
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e3])
+def test_clip_matches_torch(max_norm):
+    ours, ref = _grads_of(50), _grads_of(50)
+    ours.append(torch.zeros(3, requires_grad=True, dtype=torch.float64))  # no .grad: skipped by both
+    ref.append(torch.zeros(3, requires_grad=True, dtype=torch.float64))
+    total = optim.clip_grad_norm_(ours, max_norm)
+    want = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert torch.is_tensor(total) and total.dim() == 0, "clip_grad_norm_ should return a 0-dim tensor"
+    assert abs(total.item() - want.item()) < 1e-10, (
+        f"the total norm before clipping should be {want.item():.6g}, got {total.item():.6g}"
+    )
+    for i, (p, q) in enumerate(zip(ours[:-1], ref[:-1], strict=True)):
+        assert torch.allclose(p.grad, q.grad, atol=1e-12, rtol=0), (
+            f"gradient {i} after clipping to {max_norm} differs from torch.nn.utils.clip_grad_norm_'s"
+        )
+    assert ours[-1].grad is None, "a parameter without a gradient should stay without one"
+
+
+@pytest.mark.exercise("ch07.clip")
+def test_clip_rescales_all_gradients_together():
+    params = _grads_of(51, scale=10.0)
+    before = [p.grad.clone() for p in params]
+    total = optim.clip_grad_norm_(iter(params), 1.0)  # any iterable, even a one-shot generator
+    norm_after = math.sqrt(sum((p.grad**2).sum().item() for p in params))
+    assert total.item() > 10, "test setup: the gradients are large"
+    assert abs(norm_after - 1.0) < 1e-5, f"after clipping to 1.0 the total norm should be 1, got {norm_after:.6g}"
+    ratios = [(p.grad / b).flatten() for p, b in zip(params, before, strict=True)]
+    r = torch.cat(ratios)
+    assert (r - r[0]).abs().max() < 1e-12, "every gradient should be scaled by the same factor (the direction is kept)"
+
+
+# ----------------------------------------------------------------------------- ch07.accumulate
+
+
+def _mse(model, b):
+    x, y = b
+    return ((model(x) - y) ** 2).mean()
+
+
+@pytest.mark.exercise("ch07.accumulate")
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_accumulated_grads_equal_one_big_batch(k):
+    torch.manual_seed(k)
+    model = nn.Sequential(nn.Linear(9, 13), nn.Tanh(), nn.Linear(13, 3)).double()
+    g = gen(60 + k)
+    n = 5 * k
+    x, y = torch.randn(n, 9, generator=g, dtype=torch.float64), torch.randn(n, 3, generator=g, dtype=torch.float64)
+    big = copy.deepcopy(model)
+    big_loss = _mse(big, (x, y))
+    big_loss.backward()
+    micro = [(x[i : i + 5], y[i : i + 5]) for i in range(0, n, 5)]
+    loss = optim.accumulate_grads(model, _mse, micro)
+    assert isinstance(loss, float), f"accumulate_grads should return the mean loss as a float, got {type(loss)}"
+    assert abs(loss - big_loss.item()) < 1e-12, (
+        f"the mean of the micro-batch losses should be the big batch's loss {big_loss.item():.8f}, got {loss:.8f}"
+    )
+    for (name, p), q in zip(model.named_parameters(), big.parameters(), strict=True):
+        assert p.grad is not None, f"{name} has no gradient after accumulate_grads"
+        err = (p.grad - q.grad).abs().max().item()
+        assert err < 1e-10, f"{k} micro-batches: grad of {name} differs from the one-big-batch grad by {err:.3g}"
+
+
+@pytest.mark.exercise("ch07.accumulate")
+def test_accumulation_runs_one_backward_per_micro_batch_and_adds():
+    torch.manual_seed(1)
+    model = nn.Linear(4, 2).double()
+    calls = []
+    model.weight.register_hook(lambda grad: calls.append(1))
+    g = gen(70)
+    micro = [
+        (torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64))
+        for _ in range(4)
+    ]
+    model.weight.grad = torch.ones_like(model.weight)  # an earlier gradient: accumulate_grads adds to it
+    optim.accumulate_grads(model, _mse, micro)
+    assert len(calls) == 4, f"expected one backward pass per micro-batch (4), saw {len(calls)}"
+    ref = copy.deepcopy(model)
+    ref.weight.grad = None
+    _mse(ref, (torch.cat([m[0] for m in micro]), torch.cat([m[1] for m in micro]))).backward()
+    assert torch.allclose(model.weight.grad, 1 + ref.weight.grad, atol=1e-12), (
+        "accumulate_grads should add to p.grad, like loss.backward() (the caller zeroes gradients first)"
+    )
+
+
+class CausalLM(nn.Module):
+    """A one-layer causal transformer language model from torch.nn parts, no dropout."""
+
+    def __init__(self, vocab: int = 29, C: int = 18, T: int = 11):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, C), nn.Embedding(T, C)
+        self.layer = nn.TransformerEncoderLayer(C, 2, dim_feedforward=4 * C, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(C, vocab)
+
+    def forward(self, idx, targets):
+        T = idx.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=self.head.weight.dtype)
+        x = self.layer(self.wte(idx) + self.wpe(torch.arange(T)), src_mask=mask, is_causal=True)
+        logits = self.head(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@pytest.mark.exercise("ch07.accumulate")
+def test_k_micro_steps_make_the_same_adamw_steps_on_a_transformer():
+    torch.manual_seed(9)
+    a = CausalLM().double()
+    b, start = copy.deepcopy(a), copy.deepcopy(a)
+    g = gen(80)
+    idx = torch.randint(0, 29, (12, 11), generator=g)
+    tgt = torch.randint(0, 29, (12, 11), generator=g)
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2)
+    micro = [(idx[i : i + 3], tgt[i : i + 3]) for i in range(0, 12, 3)]
+    for _ in range(3):
+        opt_a.zero_grad()
+        optim.accumulate_grads(a, lambda m, bt: m(*bt), micro)
+        opt_a.step()
+        opt_b.zero_grad()
+        b(idx, tgt).backward()
+        opt_b.step()
+    diff, where = max_param_diff(a, b)
+    assert max_param_diff(a, start)[0] > 0.01, "test setup: the parameters should have moved"
+    assert diff < 1e-10, (
+        f"3 AdamW steps with 4 accumulated micro-batches differ from big-batch steps by {diff:.3g} (at {where})"
+    )
+
+
+# ----------------------------------------------------------------------------- package tests (not graded)
+
+
+def test_fan_in_counts_inputs():
+    assert optim.fan_in(torch.empty(5, 7)) == 7
+    assert optim.fan_in(torch.empty(5, 3, 2, 4)) == 24
+    with pytest.raises(ValueError):
+        optim.fan_in(torch.empty(5))
+
+
+def test_schedule_rejects_bad_arguments():
+    for args in [(-1, 1.0, 0.1, 5, 10), (0, 1.0, 0.1, 11, 10), (0, 0.1, 1.0, 2, 10)]:
+        with pytest.raises(ValueError):
+            optim.lr_at(*args)
+
+
+def test_optimizers_reject_bad_hyperparameters():
+    p = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError):
+        optim.SGD(p, lr=-1.0)
+    with pytest.raises(ValueError):
+        optim.AdamW(p, betas=(0.9, 1.0))
