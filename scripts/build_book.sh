@@ -24,7 +24,6 @@ scripts/assets.sh
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"              # the "python3" kernel runs this venv's python
 export PYDEVD_DISABLE_FILE_VALIDATION=1
-export MPLBACKEND=Agg
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$ROOT/.assets/tiktoken}"   # filled by scripts/assets.sh
