@@ -50,8 +50,11 @@ e2e: setup
 release: setup
 	$(LLM) release dist/learner --force
 
+# The README's pictures: book pages, and the ones the browser tests take (tests write them to tmp otherwise).
 screenshots: setup
 	$(PY) scripts/screenshots.py
+	LLM101N_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/e2e/test_ch06_widget.py tests/e2e/test_chat_lab.py \
+		tests/e2e/test_webapp.py
 
 clean:
 	rm -rf _build dist

@@ -9,6 +9,8 @@
     llm101n class DIR                   grade a simulated class end to end with nbgrader
     llm101n data download|info          TinyStories for your machine
     llm101n train CONFIG [--resume]     train a storyteller (storylib.train), e.g. configs/cpu_learner.toml
+    llm101n chat [--prompt TEXT]        tell stories in the terminal, streaming (storylib.storyteller)
+    llm101n serve [--port 8080]         the storyteller's OpenAI-compatible API and web app (storylib.serve)
 """
 
 from __future__ import annotations
@@ -83,17 +85,41 @@ def cmd_data(args: argparse.Namespace) -> int:
     return int(data.main(args.rest) or 0)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _storylib_main(module: str, rest: list[str]) -> int:
+    """Run storylib.<module>.main(rest) with the storylib of the folder you are in (a workspace: your own code),
+    else the reference; a workspace from before the module existed is told how to update."""
+    import importlib
+
     from grading.harness import HarnessError, find_root
 
-    try:  # the storylib of the folder you are in (a workspace: your own code), else the reference
+    try:
         root = find_root()
     except HarnessError:
         root = ROOT
     sys.path.insert(0, str(root))
-    from storylib import train
+    if (ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh)
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / ".assets" / "tiktoken"))
+    try:
+        mod = importlib.import_module(f"storylib.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"storylib.{module}":
+            raise
+        print(f"llm101n: {root / 'storylib'} has no {module}.py; update your workspace with `llm101n start` "
+              "(it adds new course files, keeping yours)", file=sys.stderr)
+        return 2
+    return int(mod.main(rest) or 0)
 
-    return int(train.main(args.rest) or 0)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return _storylib_main("train", args.rest)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    return _storylib_main("storyteller", args.rest)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _storylib_main("serve", args.rest)
 
 
 def _wait_http(url: str, seconds: float = 60) -> bool:
@@ -152,8 +178,13 @@ def cmd_start(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "http.server", str(args.book_port), "--bind", args.host, "--directory", str(book)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))
+    # the web app and its OpenAI-compatible API (Chapter 16) run the reference storylib: they work from day one
+    app = subprocess.Popen([sys.executable, "-m", "storylib.serve", "--host", args.host, "--port", str(args.app_port)],
+                           env=dict(env, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    procs.append(app)
     lab_url = f"http://{args.host}:{args.lab_port}/lab?token={token}"
     ok = _wait_http(f"http://{args.host}:{args.lab_port}/api/status?token={token}")
+    app_ok = _wait_http(f"http://{args.host}:{args.app_port}/health")
     print("\n" + "=" * 72)
     print(f"  JupyterLab : {lab_url}" + ("" if ok else "   (not answering yet)"))
     if book.is_dir():
@@ -162,7 +193,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         print("  The book   : not built yet — run `make book`")
     print("  Your checks: llm101n check ch01   (in a terminal in JupyterLab)")
     print(f"  Storyteller: {hello}")
-    print("               (the chat arrives with Chapter 12: kv-cache inference)")
+    print(f"  Chat       : http://{args.host}:{args.lab_port}/lab/tree/storyteller.ipynb?token={token}")
+    print("               (your storylib: it speaks once Chapters 5, 6 and 12 pass; or `llm101n chat`)")
+    print(f"  Web app    : http://{args.host}:{args.app_port}/   (OpenAI-compatible API at /v1)"
+          + ("" if app_ok else "   (not answering yet)"))
     print("=" * 72 + "\n  Ctrl-C stops everything.", flush=True)
     if args.exit_after:
         time.sleep(args.exit_after)
@@ -186,8 +220,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # all that follows is storylib.train's, its --help included
-        return cmd_train(argparse.Namespace(rest=argv[1:]))
+    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve}
+    if argv[:1] and argv[0] in passthrough:  # all that follows is the storylib module's, its --help included
+        return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,14 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train a storyteller: CONFIG [--resume] [--set k=v]; export CKPT OUT",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_train)
+    for name, func, help_ in (  # all that follows the name is the storylib module's own (its --help included)
+        ("train", cmd_train, "train a storyteller: CONFIG [--resume] [--set k=v]; export CKPT OUT"),
+        ("chat", cmd_chat, "tell stories in the terminal: [--prompt TEXT] [--temperature T] ..."),
+        ("serve", cmd_serve, "the storyteller's API and web app: [--port 8080] [--max-batch N] [--api-key K]"),
+    ):
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("start", help="start JupyterLab and the book")
     p.add_argument("--instructor", action="store_true", help="work on the reference storylib, not a workspace")
     p.add_argument("--workspace", default=str(ROOT / "workspace"))
+    p.add_argument("--app-port", type=int, default=8080, help="the storyteller web app and API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--lab-port", type=int, default=8888)
     p.add_argument("--book-port", type=int, default=8000)

@@ -47,3 +47,14 @@ def check_chapter(chapter: str, root: Path | None = None) -> Report:
     report = chapter_report(chapter, root)
     print(report.table())
     return report
+
+
+def golden_file(name: str) -> str:
+    """The text of a golden output in grading/tests/golden/ (what follows its '---' line, less the last newline)."""
+    from grading.harness import COURSE_ROOT
+
+    text = (COURSE_ROOT / "grading" / "tests" / "golden" / name).read_text(encoding="utf-8")
+    header, sep, body = text.partition("\n---\n")
+    if not sep or not body.endswith("\n"):
+        raise ValueError(f"{name}: not a golden file (no '---' line, or no final newline)")
+    return body[:-1]

@@ -92,6 +92,10 @@ def release(dest: Path, root: Path = COURSE_ROOT, update: bool = False, force: b
         if not (update and (dest / nb.name).exists()):
             shutil.copy2(nb, dest / nb.name)
             written.append(dest / nb.name)
+    chat = root / "book" / "storyteller.ipynb"  # the chat widget, on the learner's own storylib
+    if chat.is_file() and not (update and (dest / chat.name).exists()):
+        shutil.copy2(chat, dest / chat.name)
+        written.append(dest / chat.name)
     shutil.rmtree(dest / "tests", ignore_errors=True)
     shutil.copytree(TESTS, dest / "tests", ignore=_ignore)
     for readme in [dest / "README.md"]:

@@ -15,6 +15,7 @@ _WIDGETS = {
     "GraphExplorer": "storylib.widgets.graph",
     "TokenViewer": "storylib.widgets.tokens",
     "LossMaskView": "storylib.widgets.datasets",
+    "StoryChat": "storylib.widgets.chat",
 }
 
 __all__ = sorted(_WIDGETS)

@@ -17,6 +17,7 @@ and `assert_no_console_errors` check the same thing mid-test.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -237,3 +238,57 @@ def open_chapter(page, book_server) -> Callable[..., object]:
         return page
 
     return _open
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a test saves a screenshot: docs/screenshots/<name> with LLM101N_UPDATE_SCREENSHOTS=1 (the README's
+    pictures: `make screenshots`), else tmp_path, so that running the tests never changes a tracked file."""
+    if os.environ.get("LLM101N_UPDATE_SCREENSHOTS") == "1":
+        return ROOT / "docs" / "screenshots" / name
+    return tmp_path / name
+
+
+# -- one widget in a static page, outside the book (fast to build; the same embed the book uses) -----------
+
+STATIC_ASSETS = ROOT / ".assets" / "static"
+_STANDALONE_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><link rel="icon" href="data:,">
+<script type="application/vnd.jupyter.widget-state+json">{state}</script>
+<script src="../_static/require.js"></script>
+<script src="../_static/llm101n-widgets-config.js"></script>
+<script src="../_static/jupyter-widgets/embed-amd.js"></script>
+</head><body><main style="max-width: 900px; margin: 1em auto;">
+<h1>{title}</h1>
+<div class="cell_output docutils container">
+<script type="application/vnd.jupyter.widget-view+json">{view}</script></div>
+</main></body></html>
+"""
+
+
+@contextlib.contextmanager
+def static_widget_site(widget, site: Path, title: str) -> Iterator[str]:
+    """Serve `widget`'s static embed (no kernel) as site/book/page.html with the book's _static; yields its URL."""
+    if not (STATIC_ASSETS / "jupyter-widgets" / "embed-amd.js").is_file() or not (
+            STATIC_ASSETS / "anywidget" / "index.js").is_file():
+        pytest.fail(f"the offline assets are missing ({STATIC_ASSETS}): run scripts/assets.sh first", pytrace=False)
+    import json
+    import shutil
+
+    from ipywidgets.embed import embed_data
+
+    data = embed_data(views=[widget], drop_defaults=False)
+    shutil.copytree(STATIC_ASSETS, site / "_static", ignore=shutil.ignore_patterns("mathjax"))
+    (site / "book").mkdir()
+    esc = lambda obj: json.dumps(obj).replace("</", "<\\/")  # noqa: E731 - no "</script>" inside the JSON
+    (site / "book" / "page.html").write_text(_STANDALONE_PAGE.format(
+        title=title, state=esc(data["manager_state"]), view=esc(data["view_specs"][0])), encoding="utf-8")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name=f"site-{title}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/book/page.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

@@ -19,7 +19,9 @@ from .conftest import ROOT, chapter_url, wait_for_book_page, widget_views
 
 # Chapters whose built page must show at least one working anywidget. LLM101N_E2E_WIDGET_PAGES
 # (comma-separated stems) replaces the list, e.g. to dry-run the tests on a preview page.
-DEFAULT_WIDGET_PAGES = "ch01_bigram,ch02_micrograd,ch03_mlp,ch04_attention,ch05_gpt2,ch06_tokenization,ch11_datasets"
+DEFAULT_WIDGET_PAGES = (
+    "ch01_bigram,ch02_micrograd,ch03_mlp,ch04_attention,ch05_gpt2,ch06_tokenization,ch11_datasets,ch12_kvcache"
+)
 WIDGET_CHAPTERS = [s for s in os.environ.get("LLM101N_E2E_WIDGET_PAGES", DEFAULT_WIDGET_PAGES).split(",") if s]
 MATH_CHAPTER = WIDGET_CHAPTERS[0] if WIDGET_CHAPTERS else "ch01_bigram"
 
@@ -89,6 +91,27 @@ def test_no_page_or_stylesheet_loads_anything_off_site(book_dir):
                 if _offsite(m.group(1)):
                     bad.append(f"{f.relative_to(book_dir)}: {m.group(1)}")
     assert not bad, "off-site assets (the book must be self-contained):\n  " + "\n  ".join(bad[:40])
+
+
+def _plotting_notebooks() -> list[str]:
+    """Book notebooks whose code draws with matplotlib (their built pages must show the figures)."""
+    out = []
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        if re.search(r"\bplt\.|matplotlib", code):
+            out.append(nb.stem)
+    return out
+
+
+@pytest.mark.parametrize("stem", _plotting_notebooks())
+def test_plots_are_in_the_built_page(book_dir, stem):
+    """A notebook that plots must show its figures (an Agg backend once made every plt.show() a no-op)."""
+    html = (book_dir / "book" / f"{stem}.html").read_text()
+    images = re.findall(r'<img\b[^>]*\bsrc="([^"]+\.(?:png|svg|jpg))"', html)
+    assert images, f"{stem}: the notebook plots with matplotlib but its built page has no image"
+    for src in images:
+        assert (book_dir / "book" / src).resolve().is_file(), f"{stem}: image {src} is missing from the site"
 
 
 @pytest.mark.parametrize("stem", WIDGET_CHAPTERS)

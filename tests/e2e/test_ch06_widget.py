@@ -8,12 +8,7 @@ from the offline assets of scripts/assets.sh) and serves it on 127.0.0.1.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import shutil
-import threading
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -21,10 +16,8 @@ from playwright.sync_api import expect
 from storylib.data import HARD_STRINGS, synthetic_stories
 from storylib.tokenizer import storyteller_tokenizer
 
-from .conftest import ROOT, _QuietHandler, wait_for_book_page
+from .conftest import screenshot_path, static_widget_site, wait_for_book_page
 
-STATIC = ROOT / ".assets" / "static"
-SCREENSHOT = ROOT / "docs" / "screenshots" / "ch06_tokens.png"
 INITIAL = "Once upon a time, a little dog named Max found a shiny red ball.\nHe was very happy!"
 
 # Typed into the widget (what the text box keeps of them) and given to its tokenizer as they are.
@@ -42,62 +35,22 @@ CATALOGUE = [
     synthetic_stories(1, 3, unicode=True)[0],
 ]
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>TokenViewer</title><link rel="icon" href="data:,">
-<script type="application/vnd.jupyter.widget-state+json">{state}</script>
-<script src="../_static/require.js"></script>
-<script src="../_static/llm101n-widgets-config.js"></script>
-<script src="../_static/jupyter-widgets/embed-amd.js"></script>
-</head><body><main style="max-width: 900px; margin: 1em auto;">
-<h1>Chapter 6: tokenizers side by side</h1>
-<div class="cell_output docutils container">
-<script type="application/vnd.jupyter.widget-view+json">{view}</script></div>
-</main></body></html>
-"""
-
-
 @pytest.fixture(scope="module")
 def tok():
     return storyteller_tokenizer()
 
 
 @pytest.fixture(scope="module")
-def widget_site(tmp_path_factory) -> Path:
-    """A one-page site holding the widget's static embed, like a book page: site/book/ch06.html + _static."""
-    if not (STATIC / "jupyter-widgets" / "embed-amd.js").is_file() or not (STATIC / "anywidget" / "index.js").is_file():
-        pytest.fail(f"the offline assets are missing ({STATIC}): run scripts/assets.sh first", pytrace=False)
-    from ipywidgets.embed import embed_data
-
+def site_url(tmp_path_factory):
+    """The TokenViewer's static embed in a one-page site, like a book page."""
     from storylib.data import course_file
     from storylib.widgets import TokenViewer
 
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(course_file(".assets/tiktoken")))
     w = TokenViewer.default(text=INITIAL)
     assert not w.notes, f"every standard tokenizer should load offline: {w.notes}"
-    data = embed_data(views=[w], drop_defaults=False)
-    site = tmp_path_factory.mktemp("ch06_site")
-    shutil.copytree(STATIC, site / "_static", ignore=shutil.ignore_patterns("mathjax"))
-    (site / "book").mkdir()
-    esc = lambda obj: json.dumps(obj).replace("</", "<\\/")  # noqa: E731 - no "</script>" inside the JSON
-    (site / "book" / "ch06.html").write_text(
-        PAGE.format(state=esc(data["manager_state"]), view=esc(data["view_specs"][0])), encoding="utf-8")
-    return site
-
-
-@pytest.fixture(scope="module")
-def site_url(widget_site: Path):
-    from http.server import ThreadingHTTPServer
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(widget_site)))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="ch06-site", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/book/ch06.html"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with static_widget_site(w, tmp_path_factory.mktemp("ch06_site"), "Chapter 6: tokenizers side by side") as url:
+        yield url
 
 
 def row(root, name: str):
@@ -109,7 +62,7 @@ def shown_ids(r) -> list[int]:
     return [int(x) for x in ids.split(",")] if ids else []
 
 
-def test_token_viewer_is_live_in_the_static_page(page, site_url, tok):
+def test_token_viewer_is_live_in_the_static_page(page, site_url, tok, tmp_path):
     from storylib.widgets.tokens import bytes_per_token, token_label
 
     resp = page.goto(site_url, wait_until="load")
@@ -189,6 +142,7 @@ def test_token_viewer_is_live_in_the_static_page(page, site_url, tok):
     root.locator('[data-testid="tokens-examples"]').select_option(label=label)
     expect(box).to_have_value(accents)
     story.locator(".tv-tok").nth(4).hover()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    root.screenshot(path=str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
+    shot = screenshot_path("ch06_tokens.png", tmp_path)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    root.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000

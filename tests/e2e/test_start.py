@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,12 +23,12 @@ def _free_port() -> int:
 
 
 def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path, browser):
-    lab_port, book_port = _free_port(), _free_port()
+    lab_port, book_port, app_port = _free_port(), _free_port(), _free_port()
     workspace = tmp_path / "workspace"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "grading.cli", "start", "--workspace", str(workspace),
-         "--lab-port", str(lab_port), "--book-port", str(book_port)],
+         "--lab-port", str(lab_port), "--book-port", str(book_port), "--app-port", str(app_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
     lines: list[str] = []
@@ -51,6 +52,12 @@ def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path,
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{book_port}/", timeout=10) as r:
             assert r.status == 200
+        assert f"Web app    : http://127.0.0.1:{app_port}/" in "".join(lines), "".join(lines[-30:])
+        assert "not answering" not in "".join(lines), "".join(lines[-30:])
+        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/v1/models", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["data"], "the web app's API should list the storyteller"
+        assert (workspace / "storyteller.ipynb").exists(), "the chat notebook belongs in the workspace"
+        assert "/lab/tree/storyteller.ipynb?token=" in "".join(lines), "".join(lines[-30:])
 
         token = lab_url.split("token=")[1]
         page = browser.new_page()

@@ -1,0 +1,406 @@
+"""Lab 5 — the matmul ladder: naive -> coalesced -> shared tiles -> 2-D register blocking -> vectorised loads
+(book §8.10).
+
+C = A @ B for float32 A (M, K), B (K, N), row-major. 2·M·N·K flops on 4·(MK + KN + MN) bytes: at 4096² the
+arithmetic intensity is ~680 flop/byte, far right of the roofline's ridge, so a good kernel is bound by
+arithmetic, not memory. Each rung removes the bottleneck of the one before (Simon Boehm's "How to optimize
+a CUDA matmul kernel for cuBLAS-like performance", 2022, walks the same ladder in CUDA C):
+
+v1 naive       one thread per C[i, j]; consecutive threads walk down a column of C: A reads are strided
+v2 coalesced   the same, with consecutive threads along a row of C: B and C accesses coalesce
+v3 tiled       a block stages TILE×TILE tiles of A and B in shared memory: each global element is read by
+               one thread and used TILE times from shared memory
+v4 regblock    a block computes a BM×BN tile, each thread a TM×TN sub-tile held in registers: per k, a
+               thread loads TM + TN numbers from shared memory and does TM·TN multiply-adds
+v5 vectorised  v4 with A stored transposed in shared memory, each thread moving runs of 4 consecutive
+               floats (a 16-byte vector) from global memory, and each thread's columns strided across the
+               tile so that a warp's shared-memory reads hit 32 different banks
+v6 expert     (reference only) v5 as the compiler wants it: uint32 indices (no negative-index code),
+               runs of 4 rows/columns read as one 16-byte shared load, two k per loop turn, and the next
+               tile's global loads in flight while the FMAs run: the hot loop is 85% FMAs (v5: 44%)
+
+    python -m cuda_labs.lab05_matmul   # benchmark on a GPU against cuBLAS (torch.mm, TF32 off)
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from numba import float32, uint32
+
+from cuda_labs._compat import cuda
+
+
+def matmul_reference(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return A.astype(np.float64) @ B.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- v1, v2: one thread per output
+
+
+@cuda.jit
+def matmul_naive_kernel(A, B, C):
+    """C[i, j] = sum_k A[i, k]·B[k, j], one thread per (i, j) with i = cuda.grid(2)[0].  (exercise lab05.naive)
+
+    The x coordinate (consecutive threads of a warp) is the ROW i here: the warp's 32 threads read 32
+    different rows of A (addresses K floats apart) — correct, and slow. Guard i < M and j < N.
+    """
+    ### BEGIN SOLUTION lab05.naive (§8.10, 1 pt): i, j = cuda.grid(2); guard; acc = float32(0); loop over k
+    i, j = cuda.grid(2)
+    if i < C.shape[0] and j < C.shape[1]:
+        acc = float32(0.0)
+        for k in range(A.shape[1]):
+            acc += A[i, k] * B[k, j]
+        C[i, j] = acc
+    ### END SOLUTION
+
+
+@cuda.jit
+def matmul_coalesced_kernel(A, B, C):
+    """The naive kernel with the x coordinate on the COLUMN j.  (exercise lab05.coalesced)
+
+    Now a warp reads one A[i, k] (a broadcast) and 32 consecutive B[k, j]s, and writes 32 consecutive C[i, j]s.
+    """
+    ### BEGIN SOLUTION lab05.coalesced (§8.10, 1 pt): j, i = cuda.grid(2) — the fast coordinate walks the columns
+    j, i = cuda.grid(2)
+    if i < C.shape[0] and j < C.shape[1]:
+        acc = float32(0.0)
+        for k in range(A.shape[1]):
+            acc += A[i, k] * B[k, j]
+        C[i, j] = acc
+    ### END SOLUTION
+
+
+# ----------------------------------------------------------------------------- v3: shared-memory tiles
+
+
+@cache
+def tiled_kernel(TILE: int):
+    """The shared-memory kernel for TILE×TILE blocks (TILE is a compile-time constant of the kernel)."""
+
+    @cuda.jit
+    def matmul_tiled_kernel(A, B, C):
+        """C tile of block (bx, by) = sum over k-tiles of As @ Bs, the tiles staged in shared memory.
+        (exercise lab05.tiled)
+
+        Thread (tx, ty) of a TILE×TILE block owns C[row, col] with row = by·TILE + ty, col = bx·TILE + tx.
+        For each k-tile k0 = 0, TILE, 2·TILE, ...: thread (tx, ty) loads As[ty, tx] = A[row, k0 + tx] and
+        Bs[ty, tx] = B[k0 + ty, col] (0 outside the matrices), barrier, add As[ty, :] · Bs[:, tx], barrier.
+        """
+        As = cuda.shared.array((TILE, TILE), dtype=float32)
+        Bs = cuda.shared.array((TILE, TILE), dtype=float32)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        row, col = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx
+        M, K, N = A.shape[0], A.shape[1], B.shape[1]
+        ### BEGIN SOLUTION lab05.tiled (§8.10, 3 pts): per k-tile: load As, Bs (0 outside), barrier, TILE FMAs, barrier
+        acc = float32(0.0)
+        for k0 in range(0, K, TILE):
+            As[ty, tx] = A[row, k0 + tx] if row < M and k0 + tx < K else float32(0.0)
+            Bs[ty, tx] = B[k0 + ty, col] if k0 + ty < K and col < N else float32(0.0)
+            cuda.syncthreads()
+            for k in range(TILE):
+                acc += As[ty, k] * Bs[k, tx]
+            cuda.syncthreads()  # nobody overwrites the tiles while others still read them
+        if row < M and col < N:
+            C[row, col] = acc
+        ### END SOLUTION
+
+    return matmul_tiled_kernel
+
+
+# ----------------------------------------------------------------------------- v4: 2-D register blocking
+
+
+@cache
+def regblock_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
+    """Block tile BM×BN, k-tile BK, thread tile TM×TN; (BM/TM)·(BN/TN) threads in a 1-D block."""
+    NT = (BM // TM) * (BN // TN)  # threads per block
+
+    @cuda.jit
+    def matmul_regblock_kernel(A, B, C):
+        """Each thread computes a TM×TN sub-tile of the block's BM×BN tile of C.  (exercise lab05.regblock)
+
+        Thread t owns rows ty·TM .. ty·TM+TM-1 and columns tx·TN .. tx·TN+TN-1 of the tile
+        (tx = t % (BN/TN), ty = t // (BN/TN)). Per k-tile: the NT threads cooperatively copy the BM×BK tile
+        of A into As[BM, BK] and the BK×BN tile of B into Bs[BK, BN] (element e = t, t + NT, ...; 0 outside
+        the matrices), barrier; then for each k < BK load a[TM] = As[.., k] and b[TN] = Bs[k, ..] into
+        registers and do the TM·TN multiply-adds acc[i, j] += a[i]·b[j]; barrier. Write acc (guarded).
+        """
+        As = cuda.shared.array((BM, BK), dtype=float32)
+        Bs = cuda.shared.array((BK, BN), dtype=float32)
+        acc = cuda.local.array((TM, TN), dtype=float32)  # registers, as long as every index is a constant
+        a = cuda.local.array(TM, dtype=float32)
+        b = cuda.local.array(TN, dtype=float32)
+        t = cuda.threadIdx.x
+        tx, ty = t % (BN // TN), t // (BN // TN)
+        row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        M, K, N = A.shape[0], A.shape[1], B.shape[1]
+        ### BEGIN SOLUTION lab05.regblock (§8.10, 3 pts): per k-tile: loads, barrier, a[:], b[:] from shared, TM·TN FMAs
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = float32(0.0)
+        for k0 in range(0, K, BK):
+            for e in range(t, BM * BK, NT):
+                r, k = e // BK, e % BK
+                As[r, k] = A[row0 + r, k0 + k] if row0 + r < M and k0 + k < K else float32(0.0)
+            for e in range(t, BK * BN, NT):
+                k, c = e // BN, e % BN
+                Bs[k, c] = B[k0 + k, col0 + c] if k0 + k < K and col0 + c < N else float32(0.0)
+            cuda.syncthreads()
+            for k in range(BK):
+                for i in range(TM):
+                    a[i] = As[ty * TM + i, k]
+                for j in range(TN):
+                    b[j] = Bs[k, tx * TN + j]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a[i] * b[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            for j in range(TN):
+                r, c = row0 + ty * TM + i, col0 + tx * TN + j
+                if r < M and c < N:
+                    C[r, c] = acc[i, j]
+        ### END SOLUTION
+
+    matmul_regblock_kernel.threads = NT
+    return matmul_regblock_kernel
+
+
+# ----------------------------------------------------------------------------- v5: vectorised loads
+
+
+VEC = 4  # floats per vector load: 16 bytes
+
+
+@cache
+def vectorized_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
+    """v4 with 4-float runs: every thread loads BM·BK/NT/4 runs of A and BK·BN/NT/4 runs of B per k-tile."""
+    NT = (BM // TM) * (BN // TN)
+    assert BM * BK == NT * VEC and BK * BN == NT * VEC, "each thread loads exactly one run of A and one of B"
+
+    @cuda.jit
+    def matmul_vectorized_kernel(A, B, C):
+        """v4 with vector-friendly loads and A transposed in shared memory.  (exercise lab05.vectorized)
+
+        Per k-tile, thread t copies ONE run of 4 consecutive floats of A — row ra = t // (BK/4), columns
+        ka .. ka+3 with ka = (t % (BK/4))·4 — into the TRANSPOSED tile At[ka + q, ra], and one run of B — row
+        kb = t // (BN/4), columns cb .. cb+3 with cb = (t % (BN/4))·4 — into Bs[kb, cb + q] (0 outside the
+        matrices). At[k, ...] makes a thread's TM values of A for one k contiguous. And the thread's TN
+        columns are strided: tx, tx + BN/TN, tx + 2·BN/TN, ... so the lanes of a warp read consecutive
+        words of Bs (v4's runs of TN collide in the same shared-memory banks) and write consecutive C[r, c].
+        """
+        At = cuda.shared.array((BK, BM), dtype=float32)  # A tile, transposed
+        Bs = cuda.shared.array((BK, BN), dtype=float32)
+        acc = cuda.local.array((TM, TN), dtype=float32)
+        a = cuda.local.array(TM, dtype=float32)
+        b = cuda.local.array(TN, dtype=float32)
+        t = cuda.threadIdx.x
+        tx, ty = t % (BN // TN), t // (BN // TN)
+        row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        M, K, N = A.shape[0], A.shape[1], B.shape[1]
+        ra, ka = t // (BK // VEC), (t % (BK // VEC)) * VEC
+        kb, cb = t // (BN // VEC), (t % (BN // VEC)) * VEC
+        ### BEGIN SOLUTION lab05.vectorized (§8.10, 2 pts): v4, runs of 4 loads, At[ka+q, ra], columns tx + j·(BN/TN)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = float32(0.0)
+        for k0 in range(0, K, BK):
+            for q in range(VEC):
+                At[ka + q, ra] = A[row0 + ra, k0 + ka + q] if row0 + ra < M and k0 + ka + q < K else float32(0.0)
+                Bs[kb, cb + q] = B[k0 + kb, col0 + cb + q] if k0 + kb < K and col0 + cb + q < N else float32(0.0)
+            cuda.syncthreads()
+            for k in range(BK):
+                for i in range(TM):
+                    a[i] = At[k, ty * TM + i]
+                for j in range(TN):
+                    b[j] = Bs[k, tx + j * (BN // TN)]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a[i] * b[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            for j in range(TN):
+                r, c = row0 + ty * TM + i, col0 + tx + j * (BN // TN)
+                if r < M and c < N:
+                    C[r, c] = acc[i, j]
+        ### END SOLUTION
+
+    matmul_vectorized_kernel.threads = NT
+    return matmul_vectorized_kernel
+
+
+# ----------------------------------------------------------------------------- v6: expert (reference only)
+
+
+@cache
+def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
+    """v5 made fast: unsigned 32-bit indices, 16-byte shared loads, next tile's loads in flight during the FMAs.
+
+    What the compiler does with v5 (read with inspect_sass): each numba index is a signed 64-bit number that
+    may be negative (Python's a[-1]), so every access costs a sign test, a select and 64-bit arithmetic —
+    about 40 integer instructions per k next to 64 FMAs. With uint32 indices that code disappears.
+    A thread's TM rows are TM/4 runs of 4 consecutive rows (the runs BM/(TM/4) apart), likewise its
+    columns, so a run is one 16-byte LDS.128 from an aligned shared array. (Reference only: no exercise.)
+    """
+    NT = (BM // TM) * (BN // TN)  # threads per block
+    TX = BN // TN  # threads along a row of the tile
+    A_RUNS, B_RUNS = BM * BK // (NT * VEC), BK * BN // (NT * VEC)  # runs of 4 a thread loads per k-tile
+    M_BAND, N_BAND = BM * VEC // TM, BN * VEC // TN  # distance between a thread's runs of rows (columns)
+    A_SIZE, B_SIZE, ACC, A_REGS, B_REGS = BK * BM, BK * BN, TM * TN, A_RUNS * VEC, B_RUNS * VEC
+    assert A_RUNS >= 1 and B_RUNS >= 1 and A_RUNS * NT * VEC == BM * BK and B_RUNS * NT * VEC == BK * BN
+    assert TM % VEC == 0 and TN % VEC == 0 and BK % VEC == 0 and BN % VEC == 0 and BK % 2 == 0
+    u = uint32  # every index below is an unsigned 32-bit number: no negative-index code
+
+    @cuda.jit(fastmath=True)
+    def matmul_expert_kernel(A, B, C):
+        At = cuda.shared.array(A_SIZE, dtype=float32, alignment=16)  # At[k·BM + r] = A[row0 + r, k0 + k]
+        Bs = cuda.shared.array(B_SIZE, dtype=float32, alignment=16)  # Bs[k·BN + c] = B[k0 + k, col0 + c]
+        acc = cuda.local.array(ACC, dtype=float32)  # acc[i·TN + j]: registers (every index a constant)
+        a = cuda.local.array(TM, dtype=float32)
+        b = cuda.local.array(TN, dtype=float32)
+        pa = cuda.local.array(A_REGS, dtype=float32)  # the next k-tile, loaded while this one is used
+        pb = cuda.local.array(B_REGS, dtype=float32)
+        t = u(cuda.threadIdx.x)
+        tx, ty = t % u(TX), t // u(TX)
+        row0, col0 = u(cuda.blockIdx.y) * u(BM), u(cuda.blockIdx.x) * u(BN)
+        M, K, N = u(A.shape[0]), u(A.shape[1]), u(B.shape[1])
+        for i in range(ACC):
+            acc[i] = float32(0.0)
+        for k0 in range(u(0), K + u(BK), u(BK)):  # one extra turn: the last one only stores the last tile
+            if k0 > u(0):  # store the tile loaded last turn, then compute on it
+                cuda.syncthreads()  # everyone is done reading the previous tile
+                for l in range(A_RUNS):
+                    e = t + u(l * NT)
+                    r, k = e // u(BK // VEC), (e % u(BK // VEC)) * u(VEC)
+                    for q in range(VEC):
+                        At[(k + u(q)) * u(BM) + r] = pa[l * VEC + q]
+                for l in range(B_RUNS):
+                    e = t + u(l * NT)
+                    k, c = e // u(BN // VEC), (e % u(BN // VEC)) * u(VEC)
+                    for q in range(VEC):
+                        Bs[k * u(BN) + c + u(q)] = pb[l * VEC + q]
+                cuda.syncthreads()
+            if k0 < K:  # issue the global loads of tile k0; they complete while the FMAs below run
+                for l in range(A_RUNS):
+                    e = t + u(l * NT)
+                    r, k = row0 + e // u(BK // VEC), k0 + (e % u(BK // VEC)) * u(VEC)
+                    for q in range(VEC):
+                        pa[l * VEC + q] = A[r, k + u(q)] if r < M and k + u(q) < K else float32(0.0)
+                for l in range(B_RUNS):
+                    e = t + u(l * NT)
+                    k, c = k0 + e // u(BN // VEC), col0 + (e % u(BN // VEC)) * u(VEC)
+                    for q in range(VEC):
+                        pb[l * VEC + q] = B[k, c + u(q)] if k < K and c + u(q) < N else float32(0.0)
+            if k0 > u(0):
+                for k2 in range(BK // 2):
+                    for k1 in range(2):  # two k a turn: the compiler unrolls this loop, halving the loop's cost
+                        k = u(2 * k2 + k1)
+                        for i in range(TM):  # runs of 4: each run one 16-byte shared load (LDS.128)
+                            a[i] = At[k * u(BM) + u((i // VEC) * M_BAND + i % VEC) + ty * u(VEC)]
+                        for j in range(TN):
+                            b[j] = Bs[k * u(BN) + u((j // VEC) * N_BAND + j % VEC) + tx * u(VEC)]
+                        for i in range(TM):
+                            for j in range(TN):
+                                acc[i * TN + j] += a[i] * b[j]
+        for i in range(TM):
+            r = row0 + ty * u(VEC) + u((i // VEC) * M_BAND + i % VEC)
+            for j in range(TN):
+                c = col0 + tx * u(VEC) + u((j // VEC) * N_BAND + j % VEC)
+                if r < M and c < N:
+                    C[r, c] = acc[i * TN + j]
+
+    matmul_expert_kernel.threads = NT
+    return matmul_expert_kernel
+
+
+# ----------------------------------------------------------------------------- launchers
+
+BIG = dict(BM=128, BN=128, BK=8, TM=8, TN=8)  # the GPU configuration: 256 threads, 64 outputs per thread
+
+
+def cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def matmul_naive(A, B, C, block=(16, 16)) -> None:
+    M, N = C.shape
+    matmul_naive_kernel[(cdiv(M, block[0]), cdiv(N, block[1])), block](A, B, C)
+
+
+def matmul_coalesced(A, B, C, block=(32, 8)) -> None:
+    M, N = C.shape
+    matmul_coalesced_kernel[(cdiv(N, block[0]), cdiv(M, block[1])), block](A, B, C)
+
+
+def matmul_tiled(A, B, C, tile: int = 32) -> None:
+    M, N = C.shape
+    tiled_kernel(tile)[(cdiv(N, tile), cdiv(M, tile)), (tile, tile)](A, B, C)
+
+
+def matmul_regblock(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
+    M, N = C.shape
+    kernel = regblock_kernel(BM, BN, BK, TM, TN)
+    kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
+
+
+def matmul_vectorized(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
+    M, N = C.shape
+    kernel = vectorized_kernel(BM, BN, BK, TM, TN)
+    kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
+
+
+def matmul_expert(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
+    M, N = C.shape
+    kernel = expert_kernel(BM, BN, BK, TM, TN)
+    kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
+
+
+LADDER = {"v1_naive": matmul_naive, "v2_coalesced": matmul_coalesced, "v3_tiled": matmul_tiled,
+          "v4_regblock": matmul_regblock, "v5_vectorized": matmul_vectorized, "v6_expert": matmul_expert}
+
+
+def bench(n: int = 4096) -> dict:
+    """TFLOP/s of every rung at n×n×n float32 against cuBLAS SGEMM (torch.mm, TF32 off), same run."""
+    import torch
+
+    from cuda_labs._timing import tflops, time_ms
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    A, B = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    C = torch.empty(n, n, device="cuda")
+    dA, dB, dC = (cuda.as_cuda_array(t, sync=False) for t in (A, B, C))
+    flops = 2.0 * n**3
+    res = {"n": n, "cublas_sgemm_TFLOPs": tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))}
+    ref = torch.mm(A.double(), B.double())
+    for name, fn in LADDER.items():
+        slow = name in ("v1_naive", "v2_coalesced")
+        ms = time_ms(lambda f=fn: f(dA, dB, dC), warmup=1 if slow else 3, reps=3 if slow else 10)
+        res[f"{name}_TFLOPs"] = tflops(flops, ms)
+        res[f"{name}_rel_err"] = float((C.double() - ref).norm() / ref.norm())
+        res[f"{name}_pct_cublas"] = 100 * res[f"{name}_TFLOPs"] / res["cublas_sgemm_TFLOPs"]
+    for name, make in (("v4_regblock", regblock_kernel), ("v5_vectorized", vectorized_kernel)):
+        k = make(BIG["BM"], BIG["BN"], BIG["BK"], BIG["TM"], BIG["TN"])  # the cache key of the launches
+        try:
+            one = lambda v: int(next(iter(v.values()))) if isinstance(v, dict) else int(v)
+            res[f"{name}_registers"] = one(k.get_regs_per_thread())
+            res[f"{name}_local_bytes"] = one(k.get_local_mem_per_thread())
+            res[f"{name}_shared_bytes"] = one(k.get_shared_mem_per_block())
+            asm = k.inspect_asm()
+            ptx = "".join(asm.values()) if isinstance(asm, dict) else str(asm)
+            res[f"{name}_ld_global_v4"] = ptx.count("ld.global.v4") + ptx.count("ld.global.nc.v4")
+            res[f"{name}_ld_shared_v4"] = ptx.count("ld.shared.v4")
+            res[f"{name}_ld_local"] = ptx.count("ld.local")
+            res[f"{name}_fma"] = ptx.count("fma.rn.f32")
+            Path(os.environ.get("OUT", "/tmp"), f"{name}.ptx").write_text(ptx)
+        except Exception as e:  # inspection is a diagnostic; the timing above stands without it
+            res[f"{name}_inspect_error"] = repr(e)[:200]
+    return res
+
+
+if __name__ == "__main__":
+    for k, v in bench().items():
+        print(f"{k:>28}: {v}")

@@ -1,0 +1,63 @@
+"""Lab 1 (map, zip, guards, 2-D, blocks) on the numba CUDA simulator: odd sizes, outputs poisoned with NaN."""
+
+import numpy as np
+import pytest
+
+from cuda_labs import lab01_map as lab
+from cuda_labs._compat import SIMULATOR
+
+
+def poisoned(shape):
+    return np.full(shape, np.nan, dtype=np.float32)
+
+
+def assert_close(out, ref, what):
+    assert not np.isnan(out).any(), f"{what}: {int(np.isnan(out).sum())} elements were never written (still NaN)"
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=what)
+
+
+@pytest.mark.exercise("lab01.map")
+@pytest.mark.parametrize("n, threads", [(29, 8), (5, 32)])
+def test_map_covers_every_element_and_guards(n, threads):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32) * 3
+    out = poisoned(n + 3)  # 3 extra slots past the end: a missing guard writes them
+    lab.axpb_kernel[lab.blocks_for(n, threads), threads](x, np.float32(1.7), np.float32(-0.4), out[:n])
+    assert_close(out[:n], lab.axpb_reference(x, 1.7, -0.4), "axpb")
+    assert np.isnan(out[n:]).all(), "threads past the end must not write (guard i < n)"
+
+
+@pytest.mark.exercise("lab01.zip")
+def test_zip_adds_pairs():
+    rng = np.random.default_rng(1)
+    x, y = (rng.standard_normal(31).astype(np.float32) for _ in range(2))
+    out = poisoned(31)
+    lab.add(x, y, out, threads=8)
+    assert_close(out, lab.add_reference(x, y), "x + y")
+
+
+@pytest.mark.exercise("lab01.grid2d")
+@pytest.mark.parametrize("rows, cols, block", [(7, 13, (8, 4)), (11, 5, (4, 4))])
+def test_grid2d_adds_bias_to_every_row(rows, cols, block):
+    rng = np.random.default_rng(rows * cols)
+    X = rng.standard_normal((rows, cols)).astype(np.float32)
+    bias = rng.uniform(-2, 2, cols).astype(np.float32)
+    out = poisoned((rows, cols))
+    lab.add_bias(X, bias, out, block=block)
+    assert_close(out, lab.add_bias_reference(X, bias), f"X + bias at {rows}x{cols}")
+
+
+@pytest.mark.exercise("lab01.gridstride")
+@pytest.mark.parametrize("n, blocks, threads", [(37, 2, 8), (23, 1, 32)])
+def test_gridstride_gelu_with_fewer_threads_than_elements(n, blocks, threads):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 2.5).astype(np.float32)
+    out = poisoned(n)
+    lab.gelu(x, out, blocks=blocks, threads=threads)
+    assert_close(out, lab.gelu_reference(x), f"gelu of {n} elements with {blocks}x{threads} threads")
+
+
+def test_benchmark_needs_a_gpu():
+    if SIMULATOR:
+        pytest.skip("not graded here: lab01.bench needs a real GPU (python -m cuda_labs.bench)")
+    assert lab.bench(n=1 << 20)["map_GBps"] > 0

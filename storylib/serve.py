@@ -1,0 +1,1207 @@
+"""Chapter 16 — deployment: the storyteller behind an OpenAI-compatible HTTP API and a web app, top to bottom.
+
+A model in a notebook serves one person. A server serves many at once, over HTTP, and must survive all of them:
+slow readers, people who leave mid-answer, malformed or hostile requests, more requests than it can handle. The
+pieces, in the order the book builds them:
+
+    sse_event           one server-sent event, as the bytes on the wire                    (exercise ch16.sse)
+    read_json_body      the request body: size limit, strict UTF-8, JSON, an object
+    check_sampling      the sampling parameters of a request, checked and normalised      (exercise ch16.validate)
+    check_messages      a chat's messages, checked
+    GenRequest, Engine  continuous batching over the Chapter 12 KV cache: one thread owns the model; requests
+                        wait in a bounded queue, join a free row of the batch cache between decode steps and
+                        leave it when done           (exercises ch16.admit and ch16.step)
+    stream_chunks       engine events -> OpenAI streaming chunks, as SSE                 (exercise ch16.stream)
+    ConversationStore   the web app's conversations in SQLite (transactions; a corrupt file is refused, not replaced)
+    create_app          the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics,
+                        /api/conversations and the web app at /
+
+The storyteller (models/storyteller) was trained on stories only: it has never seen a chat. So by default
+(chat_format="story") /v1/chat/completions renders a conversation as the story it is: <|endoftext|>, then the user's
+and the storyteller's words as one running text, and the reply continues it. A model that learned Chapter 11's chat
+template (Chapter 14's) is served with chat_format="template": role tokens, <|end|>, and a reply after <|assistant|>.
+
+The context window is block_size = 256 tokens, prompt and reply together, and a cached key cannot move to a new
+position (Chapter 12). The rule here: a prompt (after the template) longer than block_size - 1 tokens, or a
+max_tokens that does not fit after the prompt, is refused with 400 `context_length_exceeded`; nothing is
+truncated behind the caller's back. Without max_tokens, a reply gets min(default_max_tokens, what fits).
+
+    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH]      (see `llm101n serve --help`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from storylib.datasets import check_conversation, encode_ordinary, render_chat
+from storylib.kvcache import KVCache, StreamDecoder, forward_cached, sample
+
+WEBAPP = Path(__file__).resolve().parent / "webapp"  # index.html, app.js, style.css: found next to this file
+MODEL_ID = "storyteller"
+
+# ----------------------------------------------------------------------------- HTTP and server-sent events
+
+
+def sse_event(data: str, event: str | None = None, id: str | None = None) -> bytes:
+    """One server-sent event (WHATWG HTML, §9.2 "Server-sent events"), UTF-8 bytes.  (exercise ch16.sse)
+
+    Lines, each ending in "\\n": "event: <event>" if event is given, "id: <id>" if id is given, then one
+    "data: <line>" for every line of data (split at "\\r\\n", "\\r" or "\\n"; an empty data gives one "data: "),
+    then an empty line, which ends the event. The receiver joins the data lines with "\\n", so any text
+    survives the trip. event and id must be single lines (ValueError otherwise; an id may not hold "\\0").
+    """
+    ### BEGIN SOLUTION ch16.sse (§16.2, 2 pts): event:/id: lines, one "data: " line per line of data, a blank line
+    for name, value in (("event", event), ("id", id)):
+        if value is not None and (re.search(r"[\r\n]", value) or (name == "id" and "\0" in value)):
+            raise ValueError(f"an SSE {name} must be one line (no CR, LF or NUL), got {value!r}")
+    lines = [f"event: {event}"] if event is not None else []
+    lines += [f"id: {id}"] if id is not None else []
+    lines += [f"data: {line}" for line in re.split(r"\r\n|\r|\n", data)]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+    ### END SOLUTION
+
+
+def sse_json(obj: Any) -> bytes:
+    """A JSON object as one SSE event (compact JSON has no newlines: one data line)."""
+    return sse_event(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+SSE_DONE = b"data: [DONE]\n\n"  # OpenAI's end-of-stream marker: sse_event("[DONE]")
+
+# ----------------------------------------------------------------------------- validation
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status (4xx) and an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+            self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. block_size is the model's context (prompt + reply)."""
+
+    block_size: int = 256
+    max_tokens: int = 256  # the largest max_tokens accepted (it must also fit after the prompt)
+    default_max_tokens: int = 160  # max_tokens when the request gives none (capped by what fits)
+    max_messages: int = 64
+    max_content_chars: int = 8000  # one message, one prompt
+    max_stop: int = 4  # stop strings, as OpenAI
+    max_stop_chars: int = 64
+    max_body_bytes: int = 64 * 1024
+    max_temperature: float = 2.0
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.block_size - 1  # at least one token must fit after the prompt
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not 1
+
+
+def _is_number(x: Any) -> bool:
+    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+
+
+def check_sampling(body: dict, limits: Limits) -> dict:
+    """The sampling parameters of a request body, checked against limits.  (exercise ch16.validate)
+
+    body is a parsed JSON object (a dict: JSON true/false are bool, numbers int or float). Fields, all optional:
+      max_tokens (or max_completion_tokens, which wins when both are given): an int in 1..limits.max_tokens;
+      temperature: a number in [0, limits.max_temperature] (default 1.0); top_p: a number in (0, 1] (default 1.0);
+      stream: a bool (default False); stop: a string or a list of at most limits.max_stop strings, each 1 to
+      limits.max_stop_chars characters (default: none); seed: an int (default None); n: must be 1 if given.
+    A JSON null counts as absent. bool is not a number here. Anything else: raise RequestError(400, message,
+    param=<the field's name>), the message saying what was expected. Returns {"max_tokens": int | None,
+    "temperature": float, "top_p": float, "stream": bool, "stop": list[str], "seed": int | None}.
+    """
+    ### BEGIN SOLUTION ch16.validate (§16.4, 3 pts): each field: absent/None -> default; wrong type or range -> 400
+    def bad(param: str, what: str) -> RequestError:
+        return RequestError(400, f"'{param}' must be {what}, got {body[param]!r}", param=param)
+
+    out: dict[str, Any] = {"max_tokens": None, "temperature": 1.0, "top_p": 1.0, "stream": False, "stop": [],
+                           "seed": None}
+    for name in ("max_tokens", "max_completion_tokens"):
+        if body.get(name) is not None:
+            if not _is_int(body[name]) or not 1 <= body[name] <= limits.max_tokens:
+                raise bad(name, f"an integer in 1..{limits.max_tokens}")
+            out["max_tokens"] = body[name]
+    if body.get("temperature") is not None:
+        if not _is_number(body["temperature"]) or not 0 <= body["temperature"] <= limits.max_temperature:
+            raise bad("temperature", f"a number in [0, {limits.max_temperature}]")
+        out["temperature"] = float(body["temperature"])
+    if body.get("top_p") is not None:
+        if not _is_number(body["top_p"]) or not 0 < body["top_p"] <= 1:
+            raise bad("top_p", "a number in (0, 1]")
+        out["top_p"] = float(body["top_p"])
+    if body.get("stream") is not None:
+        if not isinstance(body["stream"], bool):
+            raise bad("stream", "true or false")
+        out["stream"] = body["stream"]
+    if body.get("stop") is not None:
+        stop = [body["stop"]] if isinstance(body["stop"], str) else body["stop"]
+        if (not isinstance(stop, list) or len(stop) > limits.max_stop
+                or not all(isinstance(s, str) and 1 <= len(s) <= limits.max_stop_chars for s in stop)):
+            raise bad("stop", f"a string or a list of at most {limits.max_stop} strings of 1 to "
+                              f"{limits.max_stop_chars} characters")
+        out["stop"] = stop
+    if body.get("seed") is not None:
+        if not _is_int(body["seed"]):
+            raise bad("seed", "an integer")
+        out["seed"] = body["seed"]
+    if body.get("n") is not None and (not _is_int(body["n"]) or body["n"] != 1):
+        raise bad("n", "1 (one choice per request)")
+    return out
+    ### END SOLUTION
+
+
+def check_messages(body: dict, limits: Limits) -> list[dict]:
+    """body["messages"] as [{"role", "content": str}]: at most max_messages, roles system/developer (as system),
+    user, assistant; content a string or a list of {"type": "text", "text": ...} parts. 400 otherwise."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not 1 <= len(msgs) <= limits.max_messages:
+        raise RequestError(400, f"'messages' must be a list of 1 to {limits.max_messages} messages", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str) for p in content):
+            content = "".join(p["text"] for p in content)
+        if role not in ("system", "developer", "user", "assistant") or not isinstance(content, str):
+            raise RequestError(400, f"messages[{i}] must be {{'role': 'system'|'user'|'assistant', 'content': "
+                                    "string}", f"messages[{i}]")
+        if len(content) > limits.max_content_chars:
+            raise RequestError(400, f"messages[{i}].content is longer than {limits.max_content_chars} characters",
+                               f"messages[{i}].content")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+async def read_json_body(receive_chunks: AsyncIterator[bytes], content_length: str | None, limits: Limits) -> dict:
+    """A request body as a JSON object: 413 if larger than limits.max_body_bytes (by its Content-Length or while
+    reading), 400 for bytes that are not UTF-8, text that is not JSON (NaN and Infinity included) or not an object.
+    """
+    if content_length is not None and (not content_length.isdigit() or int(content_length) > limits.max_body_bytes):
+        raise RequestError(413, f"the request body must be at most {limits.max_body_bytes} bytes")
+    raw = bytearray()
+    async for chunk in receive_chunks:
+        raw += chunk
+        if len(raw) > limits.max_body_bytes:
+            raise RequestError(413, f"the request body must be at most {limits.max_body_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"the request body is not UTF-8 (byte {e.start})") from None
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        body = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return body
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+
+class QueueFull(Exception):
+    """The engine's queue is full: the caller should come back later (HTTP 429)."""
+
+
+@dataclass
+class GenRequest:
+    """One generation: prompt ids in, events out through emit (called from the engine's thread).
+
+    Events are ("text", piece) as the text becomes certain, then one ("done", finish_reason) with finish_reason
+    "stop" (an end token or a stop string), "length" (max_tokens) or "cancelled".
+    """
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    emit: Callable[[tuple[str, Any]], None] = lambda event: None
+    cancelled: bool = False  # set by whoever waits for the answer (a client left); the engine drops the row
+    tokens: list[int] = field(default_factory=list)  # the new token ids
+    finish_reason: str | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+
+@dataclass
+class Row:
+    """A request while it holds a row of the batch cache. `last` is its newest token, not yet in the cache."""
+
+    req: GenRequest
+    decoder: StreamDecoder
+    generator: torch.Generator
+    last: int = -1
+
+
+def rows_view(cache: KVCache, n: int) -> KVCache:
+    """The first n rows of a cache as a cache of its own, sharing k and v (writes go to `cache`). Its lengths
+    start as a view too, but forward_cached replaces them by a new tensor: copy them back afterwards."""
+    view = object.__new__(KVCache)
+    view.k, view.v, view.lengths = cache.k[:, :n], cache.v[:, :n], cache.lengths[:n]
+    return view
+
+
+class Engine:
+    """Continuous batching (Orca, Yu et al. 2022; vLLM) over one KVCache of max_batch rows.
+
+    Row i of the cache belongs to self.rows[i]; rows 0..len(self.rows)-1 are active, the rest free. Between two
+    decode steps, waiting requests are admitted into free rows (each prompt prefilled alone, its keys and values
+    copied into the row) and finished or cancelled rows leave (the last row moves into the hole, so the active
+    rows stay 0..n-1 and a decode step runs on the first n rows only). max_batch = 1 is no batching at all.
+    One thread (start()) owns the model; submit() and the counters may be used from any thread.
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 32, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.block_size = model.config.block_size
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.cache = KVCache.for_model(model, max_batch, self.block_size)
+        self.device = next(model.parameters()).device
+        # A reply ends at <|end|> or <|endoftext|>, and at any other special token too (<|user|>: a new turn).
+        # Ids the tokenizer cannot decode (the model's vocabulary is padded to a multiple of 64) are never drawn.
+        self.end_ids = set(getattr(tokenizer, "special_tokens", {}).values())
+        V = model.config.vocab_size
+        self.banned = torch.tensor([i not in tokenizer.vocab and i not in self.end_ids for i in range(V)],
+                                   device=self.device)
+        self.rows: list[Row] = []
+        self.waiting: deque[GenRequest] = deque()
+        self.wake = threading.Condition()
+        self.stats = {"steps": 0, "rows_decoded": 0, "tokens": 0, "prompt_tokens": 0, "requests": 0,
+                      "cancelled": 0, "rejected": 0, "ttft_sum": 0.0, "ttft_count": 0}
+        self.pending = 0  # requests submitted and not finished: in a row, waiting, or being admitted
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- from any thread
+
+    def submit(self, req: GenRequest) -> None:
+        """Queue a request (QueueFull when max_queue requests already wait) and wake the engine."""
+        if not req.prompt_ids or len(req.prompt_ids) + req.max_tokens > self.block_size or req.max_tokens < 1:
+            raise ValueError(f"prompt ({len(req.prompt_ids)}) + max_tokens ({req.max_tokens}) must fit in "
+                             f"1..{self.block_size}")
+        with self.wake:
+            if self.pending >= self.max_batch + self.max_queue:  # every row taken, max_queue waiting
+                self.stats["rejected"] += 1
+                raise QueueFull(f"{len(self.waiting)} requests are waiting already")
+            self.pending += 1
+            self.waiting.append(req)
+            self.wake.notify()
+
+    def load(self) -> dict:
+        return {"active": len(self.rows), "waiting": len(self.waiting), "max_batch": self.max_batch,
+                "max_queue": self.max_queue}
+
+    # -- the engine's own thread
+
+    def _finish(self, req: GenRequest, reason: str, row: Row | None = None) -> None:
+        if row is not None and reason != "cancelled":
+            tail = row.decoder.flush()
+            if tail:
+                req.emit(("text", tail))
+        req.finish_reason = reason
+        self.stats["cancelled"] += reason == "cancelled"
+        self._release()
+        req.emit(("done", reason))
+
+    def _release(self) -> None:
+        with self.wake:
+            self.pending -= 1
+
+    def _deliver(self, i: int, token: int) -> None:
+        """Row i sampled `token`: record it, emit the text it completes, mark the row done when it is."""
+        row = self.rows[i]
+        req = row.req
+        if req.first_token_at is None:
+            req.first_token_at = time.perf_counter()
+            self.stats["ttft_sum"] += req.first_token_at - req.submitted
+            self.stats["ttft_count"] += 1
+        if token in self.end_ids:
+            req.finish_reason = "stop"
+            return
+        req.tokens.append(token)
+        self.stats["tokens"] += 1
+        row.last = token
+        piece = row.decoder.push(token)
+        if piece:
+            req.emit(("text", piece))
+        if row.decoder.stopped:
+            req.finish_reason = "stop"
+        elif len(req.tokens) >= req.max_tokens:
+            req.finish_reason = "length"
+
+    def _sample(self, logits: torch.Tensor, row: Row) -> int:
+        """The next token of one row from its logits (1, V), with the row's own settings and generator."""
+        req = row.req
+        top_p = req.top_p if req.top_p < 1 else None
+        logits = logits.masked_fill(self.banned, float("-inf"))
+        return int(sample(logits, temperature=req.temperature, top_p=top_p, generator=row.generator)[0])
+
+    def _new_row(self, req: GenRequest) -> Row:
+        generator = torch.Generator(device=self.device)
+        if req.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(req.seed)
+        return Row(req, StreamDecoder(self.tokenizer, req.stop), generator)
+
+    def _move_row(self, src: int, dst: int) -> None:
+        """Copy row src of the batch cache (its filled slots) into row dst."""
+        n = int(self.cache.lengths[src])
+        self.cache.k[:, dst, :, :n] = self.cache.k[:, src, :, :n]
+        self.cache.v[:, dst, :, :n] = self.cache.v[:, src, :, :n]
+        self.cache.lengths[dst] = n
+
+    def retire(self, i: int) -> None:
+        """Row i leaves: its request is finished; the last active row moves into its place."""
+        row, last = self.rows[i], len(self.rows) - 1
+        self._finish(row.req, "cancelled" if row.req.cancelled else row.req.finish_reason, row)
+        if i != last:
+            self._move_row(last, i)
+            self.rows[i] = self.rows[last]
+        self.rows.pop()
+        self.cache.lengths[last] = 0
+
+    @torch.no_grad()
+    def admit(self, req: GenRequest) -> None:
+        """Give req the next free row: prefill, copy, first token.  (exercise ch16.admit)
+
+        The row is i = len(self.rows) (precondition: i < max_batch). Prefill req.prompt_ids alone: a
+        KVCache.for_model(self.model, 1, L) for the prompt's L tokens and forward_cached on (1, L) ids. Copy its
+        keys and values (all layers, all heads, slots 0..L-1) into row i of self.cache and set
+        self.cache.lengths[i] = L. Append a Row for req (self._new_row(req)) to self.rows, then sample the first
+        new token from the prefill's last logits (self._sample(logits (1, V), row)) and hand it to
+        self._deliver(i, token). self.stats["prompt_tokens"] grows by L.
+        """
+        i, L = len(self.rows), len(req.prompt_ids)
+        assert i < self.max_batch, "admit needs a free row"
+        ### BEGIN SOLUTION ch16.admit (§16.5, 3 pts): B=1 cache; prefill; copy K/V into row i; lengths[i] = L; sample
+        one = KVCache.for_model(self.model, 1, L)
+        logits = forward_cached(self.model, torch.tensor([req.prompt_ids], device=self.device), one)[:, -1]
+        self.cache.k[:, i, :, :L] = one.k[:, 0]
+        self.cache.v[:, i, :, :L] = one.v[:, 0]
+        self.cache.lengths[i] = L
+        row = self._new_row(req)
+        self.rows.append(row)
+        self.stats["prompt_tokens"] += L
+        self._deliver(i, self._sample(logits, row))
+        ### END SOLUTION
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One decode step of every active row, all together.  (exercise ch16.step)
+
+        With n = len(self.rows) > 0: run forward_cached on the (n, 1) ids of each row's `last` token with the
+        cache of the first n rows (view = rows_view(self.cache, n)); it writes at each row's own length and
+        gives the view new lengths, one more each: copy them back into self.cache.lengths[:n]. Sample each
+        row's next token from its logits (self._sample(logits[i : i + 1], row)) and self._deliver(i, token) it.
+        Count the step: self.stats["steps"] += 1, self.stats["rows_decoded"] += n.
+        Rows that are finished or cancelled are not retired here (run_once does it).
+        """
+        n = len(self.rows)
+        if n == 0:
+            return
+        ### BEGIN SOLUTION ch16.step (§16.5, 3 pts): (n, 1) last tokens through rows_view(cache, n); sample each row
+        idx = torch.tensor([[row.last] for row in self.rows], device=self.device)
+        view = rows_view(self.cache, n)
+        logits = forward_cached(self.model, idx, view)[:, -1]  # (n, V)
+        self.cache.lengths[:n] = view.lengths  # forward_cached gave the view new lengths: copy them back
+        for i, row in enumerate(self.rows):
+            self._deliver(i, self._sample(logits[i : i + 1], row))
+        self.stats["steps"] += 1
+        self.stats["rows_decoded"] += n
+        ### END SOLUTION
+
+    def run_once(self) -> bool:
+        """Between two steps: retire done rows, admit waiting requests into free rows, decode one step.
+        Returns False when there was nothing to do."""
+        for i in reversed(range(len(self.rows))):  # backwards: retire moves the last row into i
+            if self.rows[i].req.cancelled or self.rows[i].req.finish_reason is not None:
+                self.retire(i)
+        while len(self.rows) < self.max_batch:
+            with self.wake:
+                req = self.waiting.popleft() if self.waiting else None
+            if req is None:
+                break
+            if req.cancelled:
+                self._finish(req, "cancelled")
+                continue
+            self.stats["requests"] += 1
+            try:
+                self.admit(req)
+            except Exception as e:  # e.g. a learner's unwritten exercise: this request ends, the others go on
+                traceback.print_exc()
+                if self.rows and self.rows[-1].req is req:
+                    self.rows.pop()
+                self._release()
+                req.emit(("error", f"{type(e).__name__}: {e}"))
+                continue
+            if req.finish_reason is not None:  # done at its first token
+                self.retire(len(self.rows) - 1)
+        if not self.rows:
+            return False
+        self.step()
+        return True
+
+    def start(self) -> None:
+        """Run the engine in its own thread (daemon) until stop()."""
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="llm101n-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                busy = self.run_once()
+            except Exception as e:  # a bug must not hang every client: end them all, keep serving
+                traceback.print_exc()
+                for row in self.rows:
+                    self._release()
+                    row.req.emit(("error", f"{type(e).__name__}: {e}"))
+                self.rows.clear()
+                self.cache.reset()
+                busy = True
+            if not busy:
+                with self.wake:
+                    if not self.waiting and not self._stopping:
+                        self.wake.wait(timeout=0.5)
+
+    def stop(self) -> None:
+        self._stopping = True
+        with self.wake:
+            self.wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for req in [r.req for r in self.rows] + list(self.waiting):
+            self._finish(req, "cancelled")
+        self.rows.clear()
+        self.waiting.clear()
+
+
+# ----------------------------------------------------------------------------- the streaming handler
+
+
+async def stream_chunks(events: AsyncIterator[tuple[str, Any]], *, completion_id: str, created: int, model: str,
+                        chat: bool, usage: dict | None = None) -> AsyncIterator[bytes]:
+    """Engine events -> the SSE bytes of an OpenAI streaming response.  (exercise ch16.stream)
+
+    Every chunk is sse_json(obj) with obj = {"id": completion_id, "object": ..., "created": created,
+    "model": model, "choices": [choice]}. chat=True (object "chat.completion.chunk"): first a chunk whose choice
+    is {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}, then one chunk per
+    ("text", piece) event with delta {"content": piece}, and at ("done", reason) a chunk with delta {} and
+    finish_reason reason. chat=False (object "text_completion"): choices {"index": 0, "text": piece,
+    "logprobs": None, "finish_reason": None} per piece, and {"index": 0, "text": "", "logprobs": None,
+    "finish_reason": reason} at the end (no role chunk). Then, if usage is a dict, one more chunk with
+    "choices": [] and "usage": usage (read it only after "done": the caller fills it in). The last line of the
+    function sends SSE_DONE. An ("error", message) event ends the stream at once (return) with
+    sse_json({"error": {"message": message, "type": "server_error"}}), nothing after it, not even SSE_DONE.
+    """
+    ### BEGIN SOLUTION ch16.stream (§16.3, 3 pts): role chunk (chat); a chunk per piece; a finish chunk; the usage chunk
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(piece: str, reason: str | None, first: bool = False) -> bytes:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if first else {"content": piece} if reason is None else {}
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": reason}
+        return sse_json({"id": completion_id, "object": kind, "created": created, "model": model,
+                         "choices": [choice]})
+
+    if chat:
+        yield chunk("", None, first=True)
+    async for kind_of, value in events:
+        if kind_of == "error":
+            yield sse_json({"error": {"message": value, "type": "server_error"}})
+            return
+        if kind_of == "text":
+            yield chunk(value, None)
+        elif kind_of == "done":
+            yield chunk("", value)
+            break
+    if usage is not None:
+        yield sse_json({"id": completion_id, "object": kind, "created": created, "model": model, "choices": [],
+                        "usage": usage})
+    ### END SOLUTION
+    yield SSE_DONE
+
+
+# ----------------------------------------------------------------------------- conversations in SQLite
+
+
+class StoreError(Exception):
+    """The conversation database cannot be used (corrupt, not SQLite, or a newer schema); the file is left as is."""
+
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class ConversationStore:
+    """The web app's conversations: one SQLite file, every change one transaction (all of it or nothing).
+
+    An existing file is checked before anything is written to it: not SQLite, failing PRAGMA quick_check, or
+    another schema -> StoreError naming the file; it is never overwritten or "repaired".
+    """
+
+    def __init__(self, path: str | os.PathLike, max_messages: int = 500, max_content_chars: int = 20_000):
+        self.path = Path(path)
+        self.max_messages, self.max_content_chars = max_messages, max_content_chars
+        self.lock = threading.Lock()
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if not fresh:
+            with open(self.path, "rb") as f:
+                if f.read(16) != SQLITE_MAGIC:
+                    raise StoreError(f"{self.path} is not an SQLite database; it was left untouched "
+                                     "(move it away or pass another --db)")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if not fresh:
+                problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise StoreError(f"{self.path} is corrupt ({'; '.join(problems[:3])}); it was left untouched")
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise StoreError(f"{self.path} has schema version {version}, this server knows "
+                                     f"{SCHEMA_VERSION}; it was left untouched")
+            else:
+                with self._transaction() as db:
+                    db.execute("CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, "
+                               "created REAL NOT NULL, updated REAL NOT NULL)")
+                    db.execute("CREATE TABLE messages (conversation TEXT NOT NULL REFERENCES conversations(id) "
+                               "ON DELETE CASCADE, position INTEGER NOT NULL, role TEXT NOT NULL, "
+                               "content TEXT NOT NULL, PRIMARY KEY (conversation, position))")
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} cannot be read as the conversation database ({e}); "
+                             "it was left untouched") from None
+
+    class _Tx:
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def _transaction(self) -> ConversationStore._Tx:
+        return self._Tx(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def conversations(self) -> list[dict]:
+        with self.lock:
+            rows = self.db.execute("SELECT id, title, created, updated FROM conversations ORDER BY updated DESC")
+            return [dict(zip(("id", "title", "created", "updated"), r, strict=True)) for r in rows]
+
+    def get(self, cid: str) -> dict:
+        with self.lock:
+            r = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE id = ?", (cid,))
+            row = r.fetchone()
+            if row is None:
+                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
+            msgs = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY position",
+                                   (cid,))
+            out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
+            out["messages"] = [{"role": a, "content": b} for a, b in msgs]
+            return out
+
+    def create(self, title: str) -> dict:
+        cid, now = uuid.uuid4().hex, time.time()
+        with self.lock, self._transaction() as db:
+            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)", (cid, title, now, now))
+        return self.get(cid)
+
+    def put(self, cid: str, title: str, messages: list[dict]) -> dict:
+        """Replace a conversation's title and messages, in one transaction."""
+        if len(messages) > self.max_messages:
+            raise RequestError(400, f"a conversation holds at most {self.max_messages} messages", "messages")
+        for i, m in enumerate(messages):
+            if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                    or not isinstance(m.get("content"), str) or len(m["content"]) > self.max_content_chars):
+                raise RequestError(400, f"messages[{i}] must be {{'role': 'system'|'user'|'assistant', 'content': "
+                                        f"string of at most {self.max_content_chars} characters}}", "messages")
+        with self.lock, self._transaction() as db:
+            n = db.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
+                           (title, time.time(), cid)).rowcount
+            if n == 0:
+                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
+            db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
+            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                           [(cid, i, m["role"], m["content"]) for i, m in enumerate(messages)])
+        return self.get(cid)
+
+    def delete(self, cid: str) -> None:
+        with self.lock, self._transaction() as db:
+            if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
+                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
+
+
+def default_db_path() -> Path:
+    """~/.local/share/llm101n/conversations.sqlite3 (or under $XDG_DATA_HOME)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "llm101n" / "conversations.sqlite3"
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Counters for /metrics, in Prometheus' text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.responses: dict[tuple[str, int], int] = {}
+
+    def count(self, path: str, status: int) -> None:
+        with self.lock:
+            self.responses[(path, status)] = self.responses.get((path, status), 0) + 1
+
+    def render(self, engine: Engine) -> str:
+        s, load = engine.stats, engine.load()
+        lines = ["# HELP llm101n_http_responses_total HTTP responses by path and status",
+                 "# TYPE llm101n_http_responses_total counter"]
+        with self.lock:
+            for (path, status), n in sorted(self.responses.items()):
+                lines.append(f'llm101n_http_responses_total{{path="{path}",status="{status}"}} {n}')
+        for name, kind, value, what in [
+            ("requests_total", "counter", s["requests"], "generations admitted into the batch"),
+            ("requests_rejected_total", "counter", s["rejected"], "generations refused: queue full (429)"),
+            ("requests_cancelled_total", "counter", s["cancelled"], "generations stopped: the client left"),
+            ("prompt_tokens_total", "counter", s["prompt_tokens"], "prompt tokens prefilled"),
+            ("generated_tokens_total", "counter", s["tokens"], "tokens generated"),
+            ("decode_steps_total", "counter", s["steps"], "batched decode steps"),
+            ("decode_rows_total", "counter", s["rows_decoded"], "rows over all decode steps (/ steps = batch)"),
+            ("time_to_first_token_seconds_sum", "counter", s["ttft_sum"], "queue + prefill time, summed"),
+            ("time_to_first_token_seconds_count", "counter", s["ttft_count"], "requests with a first token"),
+            ("active_rows", "gauge", load["active"], "requests in the batch now"),
+            ("queue_length", "gauge", load["waiting"], "requests waiting for a row"),
+            ("max_batch", "gauge", load["max_batch"], "rows of the batch cache"),
+        ]:
+            lines += [f"# HELP llm101n_{name} {what}", f"# TYPE llm101n_{name} {kind}", f"llm101n_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the app
+
+def _schema(properties: dict, required: Sequence[str] = ()) -> dict:
+    body = {"type": "object", "properties": properties, "required": list(required)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
+_SAMPLING = {
+    "model": {"type": "string"},
+    "max_tokens": {"type": ["integer", "null"]},
+    "max_completion_tokens": {"type": ["integer", "null"]},
+    "temperature": {"type": ["number", "null"]},
+    "top_p": {"type": ["number", "null"]},
+    "stream": {"type": ["boolean", "null"]},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+    "seed": {"type": ["integer", "null"]},
+    "n": {"type": ["integer", "null"]},
+    "stream_options": {"type": ["object", "null"]},
+}
+CHAT_SCHEMA = _schema({**_SAMPLING, "messages": {"type": "array", "items": {"type": "object", "properties": {
+    "role": {"type": "string"}, "content": {"type": "string"}}}}}, ["messages"])
+COMPLETION_SCHEMA = _schema({**_SAMPLING, "prompt": {"anyOf": [{"type": "string"},
+                                                               {"type": "array", "items": {"type": "string"}}]}},
+                            ["prompt"])
+CONVERSATION_SCHEMA = _schema({"title": {"type": "string"}, "messages": {"type": "array", "items": {
+    "type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}})
+PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
+
+
+CHAT_FORMATS = ("story", "template")
+
+
+def render_story(messages: Sequence[dict], tokenizer) -> list[int]:
+    """A conversation for a model that has only read stories: <|endoftext|>, then the user's and assistant's words
+    as one running text (a space between turns unless one is there already), to be continued. System messages
+    are left out: a story model cannot follow instructions. The conversation must be well formed as for the chat
+    template (storylib.datasets.check_conversation), so the two formats accept the same requests."""
+    check_conversation(messages, add_generation_prompt=True)
+    text = ""
+    for m in messages:
+        if m["role"] == "system" or not m["content"]:
+            continue
+        sep = "" if not text or text[-1].isspace() or m["content"][0].isspace() else " "
+        text += sep + m["content"]
+    if not text.strip():
+        raise ValueError("the conversation has no user or assistant text to continue")
+    return [tokenizer.special_tokens["<|endoftext|>"], *encode_ordinary(tokenizer, text)]
+
+
+def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
+               api_key: str | None = None, db_path: str | os.PathLike | None = None,
+               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "story"):
+    """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
+    here, so a corrupt one fails now (StoreError), before anything is served."""
+    if chat_format not in CHAT_FORMATS:
+        raise ValueError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
+    limits = limits or Limits(block_size=model.config.block_size)
+    if limits.block_size != model.config.block_size:
+        raise ValueError(f"limits.block_size ({limits.block_size}) must be the model's ({model.config.block_size})")
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    store = ConversationStore(db_path or default_db_path())
+    metrics = Metrics()
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+            store.close()
+
+    app = FastAPI(title="LLM101n storyteller", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="OpenAI-compatible API of the course's storyteller (Chapter 16).")
+    app.state.engine, app.state.store, app.state.metrics, app.state.limits = engine, store, metrics, limits
+
+    if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, e: RequestError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(NotImplementedError)
+    async def on_unwritten_exercise(request: Request, e: NotImplementedError):  # a workspace's storylib
+        return JSONResponse({"error": {"message": f"this server runs your storylib, which is not finished: {e}",
+                                       "type": "server_error", "param": None, "code": "not_implemented"}},
+                            status_code=501)
+
+    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
+
+    async def body_of(request: Request) -> dict:
+        return await read_json_body(request.stream(), request.headers.get("content-length"), limits)
+
+    def check_model(body: dict) -> None:
+        m = body.get("model")
+        if m is not None and m != model_id:
+            if not isinstance(m, str):
+                raise RequestError(400, "'model' must be a string", "model")
+            raise RequestError(404, f"the model {m!r} does not exist; this server has {model_id!r}", "model",
+                               "model_not_found")
+
+    def fit(prompt_ids: list[int], params: dict, param: str) -> int:
+        """max_tokens for this prompt, or 400 when the prompt and the reply do not fit the context."""
+        room = limits.block_size - len(prompt_ids)
+        if len(prompt_ids) > limits.max_prompt_tokens:
+            raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; the storyteller's context holds "
+                                    f"{limits.block_size} tokens, prompt and reply together (at most "
+                                    f"{limits.max_prompt_tokens} for the prompt)", param,
+                               "context_length_exceeded")
+        if params["max_tokens"] is None:
+            return min(limits.default_max_tokens, room)
+        if params["max_tokens"] > room:
+            raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens, so at most {room} new tokens fit in "
+                                    f"the {limits.block_size}-token context; max_tokens is {params['max_tokens']}",
+                               "max_tokens", "context_length_exceeded")
+        return params["max_tokens"]
+
+    async def generate(request: Request, prompt_ids: list[int], params: dict, chat: bool, body: dict):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(event):  # the engine's thread -> this request's event loop
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone (shutdown)
+                pass
+
+        max_tokens = fit(prompt_ids, params, "messages" if chat else "prompt")
+        req = GenRequest(prompt_ids, max_tokens, params["temperature"], params["top_p"], params["stop"],
+                         params["seed"], emit=emit)
+        try:
+            engine.submit(req)
+        except QueueFull:
+            retry = max(1, math.ceil(len(engine.waiting) / max(1, engine.max_batch)))
+            raise RequestError(429, f"the server is busy ({engine.max_queue} requests are waiting); "
+                                    f"retry in {retry} s", code="queue_full",
+                               headers={"Retry-After": str(retry)}) from None
+        cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+
+        def usage() -> dict:
+            n = len(req.tokens)
+            return {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
+
+        async def event_stream():
+            while True:
+                ev = await events.get()
+                yield ev
+                if ev[0] in ("done", "error"):
+                    return
+
+        if params["stream"]:
+            opts = body.get("stream_options")
+            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+
+            async def sse():
+                try:
+                    u = {} if include_usage else None
+                    async for chunk in stream_chunks(_usage_filled(event_stream(), u, usage), completion_id=cid,
+                                                     created=created, model=model_id, chat=chat, usage=u):
+                        yield chunk
+                finally:  # finished, or the client went away (the response task is cancelled): free the row
+                    req.cancelled = req.finish_reason is None or req.cancelled
+
+            return StreamingResponse(sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        text, reason = [], None
+        try:
+            while reason is None:
+                try:
+                    kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        req.cancelled = True
+                        return Response(status_code=499)
+                    continue
+                if kind == "text":
+                    text.append(value)
+                elif kind == "error":
+                    return JSONResponse({"error": {"message": value, "type": "server_error"}}, status_code=500)
+                else:
+                    reason = value
+        finally:
+            if reason is None:
+                req.cancelled = True
+        out = "".join(text)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": reason,
+                   "logprobs": None} if chat else
+                  {"index": 0, "text": out, "finish_reason": reason, "logprobs": None})
+        return {"id": cid, "object": "chat.completion" if chat else "text_completion", "created": created,
+                "model": model_id, "choices": [choice], "usage": usage()}
+
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_SCHEMA,
+              responses={400: {"description": "a bad request"}, 413: {"description": "body too large"},
+                         429: {"description": "busy"}})
+    async def chat_completions(request: Request):
+        """A reply to a conversation (OpenAI's Chat Completions): the conversation as a story to continue
+        (chat_format "story"), or through Chapter 11's chat template, the reply after <|assistant|> ("template");
+        it ends at a special token (<|end|>, <|endoftext|>, ...) or a stop string."""
+        body = await body_of(request)
+        check_model(body)
+        params = check_sampling(body, limits)
+        messages = check_messages(body, limits)
+        try:
+            if chat_format == "story":
+                ids = render_story(messages, tokenizer)
+            else:
+                ids, _ = render_chat(messages, tokenizer, add_generation_prompt=True)
+        except ValueError as e:
+            raise RequestError(400, str(e), "messages") from None
+        return await generate(request, ids, params, True, body)
+
+    @app.post("/v1/completions", openapi_extra=COMPLETION_SCHEMA,
+              responses={400: {"description": "a bad request"}, 413: {"description": "body too large"},
+                         429: {"description": "busy"}})
+    async def completions(request: Request):
+        """A story's continuation (OpenAI's legacy Completions): <|endoftext|> + the prompt, encoded as plain
+        text (a "<|end|>" typed in a prompt is seven characters, never the special token)."""
+        body = await body_of(request)
+        check_model(body)
+        params = check_sampling(body, limits)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise RequestError(400, "'prompt' must be a string (or a list of one string)", "prompt")
+        if len(prompt) > limits.max_content_chars:
+            raise RequestError(400, f"'prompt' is longer than {limits.max_content_chars} characters", "prompt")
+        ids = [eot, *encode_ordinary(tokenizer, prompt)]
+        return await generate(request, ids, params, False, body)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(model_id)]}
+
+    @app.get("/v1/models/{name}")
+    async def one_model(name: str):
+        if name != model_id:
+            raise RequestError(404, f"the model {name!r} does not exist", "model", "model_not_found")
+        return _model_card(model_id)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, **engine.load()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
+
+    # -- conversations (the web app); sync handlers: FastAPI runs them in its thread pool, SQLite locks
+
+    @app.get("/api/conversations")
+    def list_conversations():
+        return {"data": store.conversations()}
+
+    @app.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
+    async def create_conversation(request: Request):
+        body = await body_of(request)
+        title = body.get("title", "New story")
+        if not isinstance(title, str) or len(title) > 200:
+            raise RequestError(400, "'title' must be a string of at most 200 characters", "title")
+        return await asyncio.to_thread(store.create, title)
+
+    @app.get("/api/conversations/{cid}")
+    def get_conversation(cid: str):
+        return store.get(cid)
+
+    @app.put("/api/conversations/{cid}", openapi_extra=CONVERSATION_SCHEMA)
+    async def put_conversation(cid: str, request: Request):
+        body = await body_of(request)
+        title, messages = body.get("title", "New story"), body.get("messages", [])
+        if not isinstance(title, str) or len(title) > 200:
+            raise RequestError(400, "'title' must be a string of at most 200 characters", "title")
+        if not isinstance(messages, list):
+            raise RequestError(400, "'messages' must be a list", "messages")
+        return await asyncio.to_thread(store.put, cid, title, messages)
+
+    @app.delete("/api/conversations/{cid}")
+    def delete_conversation(cid: str):
+        store.delete(cid)
+        return {"id": cid, "deleted": True}
+
+    # -- the web app: three static files, no build step
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(WEBAPP / "index.html", headers={"Cache-Control": "no-cache"})
+
+    for name, media in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        app.add_api_route(f"/{name}", _static(WEBAPP / name, media), methods=["GET"], include_in_schema=False)
+
+    return app
+
+
+class Guard:
+    """ASGI middleware: the API key (every path but PUBLIC_PATHS) and the response counters of /metrics."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+
+    @staticmethod
+    def label(path: str) -> str:  # a bounded set of labels: ids are not labels
+        if path.startswith("/api/conversations/"):
+            return "/api/conversations/{id}"
+        known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/conversations")
+        return path if path in known or path in PUBLIC_PATHS else "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, status = scope["path"], 500
+        if self.expected is not None and path not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                e = RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key")
+                body = json.dumps(e.body()).encode()
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                self.metrics.count(self.label(path), 401)
+                return
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            self.metrics.count(self.label(path), status)
+
+
+def _static(path: Path, media: str):
+    async def serve():
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    return serve
+
+
+def _model_card(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "llm101n"}
+
+
+async def _usage_filled(events: AsyncIterator[tuple[str, Any]], u: dict | None, usage: Callable[[], dict]):
+    """Pass events on; at "done", fill u (read by stream_chunks after it) with the final token counts."""
+    async for ev in events:
+        if ev[0] == "done" and u is not None:
+            u.update(usage())
+        yield ev
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None, max_batch: int = 32,
+          max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
+          cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
+          chat_format: str = "story") -> int:
+    """Load the storyteller, check the database, serve until Ctrl-C."""
+    import uvicorn
+
+    from storylib.train import default_storyteller, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tok = load_model(model_dir) if model_dir else default_storyteller()
+    db = Path(db_path) if db_path else default_db_path()
+    try:
+        app = create_app(model, tok, max_batch=max_batch, max_queue=max_queue, api_key=api_key, db_path=db,
+                         cors_origins=cors_origins, chat_format=chat_format)
+    except StoreError as e:
+        print(f"llm101n serve: {e}", file=sys.stderr)
+        return 2
+    print(f"llm101n serve: the storyteller ({model.num_params() / 1e6:.1f} M parameters) on http://{host}:{port}/ "
+          f"(API: http://{host}:{port}/v1, max batch {max_batch}, queue {max_queue}, conversations in {db}"
+          f"{', API key required' if api_key else ''})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    return 0
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a background thread (for tests and notebooks); yields the base
+    URL and stops the server (and with it the engine) on exit."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def start_server_subprocess(port: int = 8080, host: str = "127.0.0.1", *, root: str | os.PathLike | None = None,
+                            args: Sequence[str] = (), env: dict | None = None,
+                            wait_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python -m storylib.serve` in a child process with storylib from `root` (default: this repo); waits until
+    /health answers. Returns (process, base URL). For `llm101n start` and the tests."""
+    import urllib.request
+
+    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "storylib.serve", "--host", host, "--port", str(port), *args],
+                            env=env, cwd=root)
+    url = f"http://{host}:{port}"
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise RuntimeError(f"the server did not answer on {url}/health within {wait_s:.0f} s")
+
+
+def add_arguments(p) -> None:
+    """The options of `llm101n serve` (and `python -m storylib.serve`)."""
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", dest="model_dir", default=None, help="a model folder (default: models/storyteller)")
+    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (1: no batching)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429")
+    p.add_argument("--api-key", default=os.environ.get("LLM101N_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $LLM101N_API_KEY; none: no key)")
+    p.add_argument("--db", dest="db_path", default=None, help=f"conversations database (default {default_db_path()})")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[],
+                   help="allow browser pages from this origin (repeatable; default: none)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--chat-format", choices=CHAT_FORMATS, default="story",
+                   help="story: a chat is a story to continue (a model trained on stories only, like the shipped "
+                        "one); template: Chapter 11's chat template (an instruction-tuned model, Chapter 14)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="llm101n serve", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return serve(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

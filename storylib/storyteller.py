@@ -1,0 +1,436 @@
+"""The storyteller: a story written by you and the model in turns, told by Chapter 12's engine.
+
+    Sampling          the knobs of one generation: temperature, max tokens, top-k, top-p, seed
+    StorySession      the story so far (your parts and the model's); generate() appends the model's next part,
+                      streaming its pieces, and stops when asked (a threading.Event), at <|endoftext|> or at the
+                      length limit. The engine is storylib.kvcache.generate_stream, so a learner's workspace runs
+                      the learner's own KV cache and sampler.
+    friendly_error    a learner's unfinished exercise (NotImplementedError "ch12.forward_cached: ...") as advice
+    main              `llm101n chat`: the same session in a terminal (one-shot with --prompt, else a REPL)
+
+The chat widget (storylib.widgets.chat.StoryChat) is this session behind buttons. The story is plain text:
+a generation's prompt is <|endoftext|> (a story starts here) followed by the story so far, re-encoded, so
+editing or cutting the story and generating again always sees exactly the text on the screen. Only "story"
+mode exists; Chapter 14 adds an instruction mode (the prompt rendered with the chat template instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PROMPT = "Once upon a time, there was a little fox"
+MODES = ("story",)  # Chapter 14 adds "chat": instructions, rendered with storylib.datasets.render_chat
+
+# ----------------------------------------------------------------------------- settings and results
+
+
+@dataclass
+class Sampling:
+    """How the next part is drawn (see storylib.kvcache.process_logits). top_k / top_p None: off; seed None: random."""
+
+    temperature: float = 0.8
+    max_tokens: int = 200
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad setting (before any work is done)."""
+        if not 1 <= self.max_tokens <= 4096:
+            raise ValueError(f"max tokens must be in 1..4096, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top-k must be >= 1 (or off), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1] (or off), got {self.top_p}")
+
+
+@dataclass
+class Segment:
+    """A part of the story: role "user" (you wrote it) or "model" (generated, as the pieces it streamed in)."""
+
+    role: str
+    pieces: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+REASONS = {
+    "end": "the story ended (<|endoftext|>)",
+    "length": "reached the length limit",
+    "stopped": "stopped",
+    "error": "error",
+}
+
+
+@dataclass
+class Generation:
+    """What one generate() call did. reason: "end", "length", "stopped" or "error" (then `error` says why)."""
+
+    text: str
+    n_tokens: int
+    seconds: float
+    reason: str
+    error: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        if self.reason == "error":
+            return "error"
+        return (f"{self.n_tokens} tokens in {self.seconds:.2f} s · {self.tokens_per_s:.0f} tokens/s · "
+                f"{REASONS[self.reason]}")
+
+
+# ----------------------------------------------------------------------------- a learner's unfinished exercise
+
+_EXERCISE_ID = re.compile(r"((?:ch|lab)(\d\d)\.\w+):")
+
+
+def friendly_error(e: BaseException, then: str = "restart the kernel and try again") -> str:
+    """One paragraph for the reader instead of a traceback.
+
+    A stub's NotImplementedError starts with its exercise id ("ch12.forward_cached: <hint> — see book §12.4"):
+    name the exercise, the file it lives in, and the chapter to finish. Anything else: its type and message.
+    """
+    m = _EXERCISE_ID.match(str(e)) if isinstance(e, NotImplementedError) else None
+    if m is None:
+        return f"{type(e).__name__}: {e}"
+    ex_id, chapter = m.group(1), int(m.group(2))
+    frames = traceback.extract_tb(e.__traceback__)
+    where = ""
+    if frames and Path(frames[-1].filename).is_file():  # the stub's file, from storylib/ down
+        parts = Path(frames[-1].filename).parts
+        top = max((i for i, p in enumerate(parts) if p == "storylib"), default=len(parts) - 1)
+        where = " (" + "/".join(parts[top:]) + ")"
+    kind = "lab" if ex_id.startswith("lab") else "Chapter"
+    return (f"The storyteller needs exercise {ex_id}{where}, which is not written yet. Finish {kind} {chapter} "
+            f"(`llm101n check {ex_id.split('.')[0]}`), then {then}. "
+            f"Its hint: {str(e)[m.end():].strip()}")
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+class _CountingTokenizer:
+    """The tokenizer as generate_stream sees it, counting the tokens: its StreamDecoder looks every new token's
+    bytes up in `vocab` exactly once (a stop token is never looked up)."""
+
+    def __init__(self, tok):
+        self.special_tokens = getattr(tok, "special_tokens", {})
+        self.vocab = self
+        self._vocab = tok.vocab
+        self.n = 0
+
+    def __getitem__(self, token_id: int) -> bytes:
+        self.n += 1
+        return self._vocab[token_id]
+
+
+def describe_storylib() -> str:
+    """Where the running storylib lives: the reference repo or a learner's workspace."""
+    import storylib
+
+    return str(Path(storylib.__file__).resolve().parent)
+
+
+class StorySession:
+    """A story told in turns. The model and tokenizer load on first use (default: the shipped storyteller).
+
+    Not thread-safe by itself: one generate() at a time, and nothing else touches the story meanwhile (the
+    widget runs generate() in a worker thread and waits for it before any other change).
+    """
+
+    def __init__(self, model=None, tokenizer=None, loader: Callable | None = None, mode: str = "story"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r} (instructions arrive with Chapter 14)")
+        if (model is None) != (tokenizer is None):
+            raise ValueError("give both model and tokenizer, or neither (the shipped storyteller)")
+        self.model, self.tokenizer, self.mode = model, tokenizer, mode
+        self._loader = loader
+        self.segments: list[Segment] = []
+        self.retry = "restart the kernel and try again"  # what friendly_error tells the reader to do after a fix
+
+    # -- the model
+    def load(self):
+        """(model, tokenizer), loading them the first time. Raises what loading raises (see friendly_error)."""
+        if self.model is None:
+            if self._loader is None:
+                from storylib.train import default_storyteller
+
+                self._loader = default_storyteller
+            self.model, self.tokenizer = self._loader()
+        return self.model, self.tokenizer
+
+    def describe_model(self) -> str:
+        if self.model is None:
+            return "not loaded"
+        return f"{self.model.num_params() / 1e6:.1f} M parameters, context {self.model.config.block_size} tokens"
+
+    # -- the story
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+    def new(self) -> None:
+        self.segments = []
+
+    def add_user(self, text: str) -> None:
+        """Append your own words; a space joins them to the story if neither side has one."""
+        if not text:
+            return
+        story = self.text
+        if story and not story[-1].isspace() and not text[0].isspace():
+            text = " " + text
+        self.segments.append(Segment("user", [text]))
+
+    def cut(self, offset: int) -> None:
+        """Keep the first `offset` characters of the story (0 <= offset <= len(text)); drop the rest."""
+        if not 0 <= offset <= len(self.text):
+            raise ValueError(f"cut point {offset} is outside the story (0..{len(self.text)})")
+        kept, start = [], 0
+        for seg in self.segments:
+            if start >= offset:
+                break
+            pieces, at = [], start
+            for p in seg.pieces:
+                if at >= offset:
+                    break
+                pieces.append(p[: offset - at])
+                at += len(p)
+            kept.append(Segment(seg.role, [p for p in pieces if p]))
+            start += len(seg.text)
+        self.segments = [s for s in kept if s.pieces]
+
+    def last_reply_start(self) -> int:
+        """Where the model's last part starts (the end of the story if it did not write last)."""
+        if self.segments and self.segments[-1].role == "model":
+            return len(self.text) - len(self.segments[-1].text)
+        return len(self.text)
+
+    def rewind(self, cut: int | None = None, text: str = "") -> None:
+        """Make room for another try ("refine"): keep the story up to `cut` (a character offset; None: where the
+        model's last part starts). With text, your words go there; for cut None they replace your own words
+        just before the model's last part, if you wrote them (an edited prompt)."""
+        self.cut(self.last_reply_start() if cut is None else cut)
+        if text:
+            if cut is None and self.segments and self.segments[-1].role == "user":
+                self.cut(len(self.text) - len(self.segments[-1].text))
+            self.add_user(text)
+
+    def snapshot(self) -> list[dict]:
+        return [{"role": s.role, "pieces": list(s.pieces)} for s in self.segments]
+
+    def prompt_ids(self) -> list[int]:
+        """<|endoftext|> (a new story begins) + the story so far."""
+        from storylib.datasets import encode_ordinary
+
+        _, tok = self.load()
+        return [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, self.text)]
+
+    # -- telling
+    def generate(self, sampling: Sampling, stop: threading.Event | None = None,
+                 on_piece: Callable[[str], None] | None = None) -> Generation:
+        """Append the model's next part, piece by piece (on_piece(piece) as each arrives).
+
+        Returns a Generation; never raises: a failure (an unfinished exercise, bad settings) comes back as
+        reason "error" with a friendly message, and the story keeps whatever was told before it.
+        """
+        from storylib import kvcache
+
+        t0 = time.perf_counter()
+        seg = Segment("model")
+        counter = None
+        reason = "end"
+        try:
+            sampling.check()
+            model, tok = self.load()
+            ids = self.prompt_ids()
+            counter = _CountingTokenizer(tok)
+            self.segments.append(seg)
+            stream = kvcache.generate_stream(
+                model, counter, ids, sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty, seed=sampling.seed)
+            try:
+                for piece in stream:
+                    seg.pieces.append(piece)
+                    if on_piece is not None:
+                        on_piece(piece)
+                    if stop is not None and stop.is_set():
+                        reason = "stopped"
+                        break
+            finally:
+                stream.close()
+            if reason == "end" and counter.n >= sampling.max_tokens:
+                reason = "length"
+            error = None
+        except Exception as e:  # an unfinished exercise, a bad setting: a message for the reader, not a crash
+            reason, error = "error", friendly_error(e, self.retry)
+        if not seg.pieces and seg in self.segments:
+            self.segments.remove(seg)
+        n = counter.n if counter is not None else 0
+        return Generation(seg.text, n, time.perf_counter() - t0, reason, error)
+
+
+# ----------------------------------------------------------------------------- the terminal chat
+
+HELP = """Type the start of a story (or more of it) and press Enter: the storyteller goes on from there.
+  Enter on an empty line or /continue   more of the story          /new      start a new story
+  /refine [TEXT]   tell the model's last part again; with TEXT, your words go there first (replacing
+                   your own words just before it, if you wrote last before the model)
+  /show            the whole story      /set KEY VALUE   temperature, max_tokens, top_k, top_p, seed (off/none: off)
+  /help            this text            /quit            leave (or Ctrl-D)
+Ctrl-C stops the story being told, not the program."""
+
+
+def _parse_setting(key: str, value: str) -> tuple[str, float | int | None]:
+    off = value.lower() in ("off", "none", "")
+    kinds: Mapping[str, type] = {"temperature": float, "max_tokens": int, "top_k": int, "top_p": float, "seed": int}
+    if key not in kinds:
+        raise ValueError(f"unknown setting {key!r}; one of {', '.join(kinds)}")
+    if off and key in ("top_k", "top_p", "seed"):
+        return key, None
+    try:
+        return key, kinds[key](value)
+    except ValueError:
+        raise ValueError(f"{key} needs a {kinds[key].__name__}, got {value!r}") from None
+
+
+class TerminalChat:
+    """The REPL of `llm101n chat`: a StorySession printed as it streams. Ctrl-C during a story stops it."""
+
+    def __init__(self, session: StorySession, sampling: Sampling, out=sys.stdout, err=sys.stderr):
+        self.session, self.sampling, self.out, self.err = session, sampling, out, err
+        session.retry = "run `llm101n chat` again"
+
+    def tell(self) -> Generation:
+        """Generate the next part, streaming it to `out`; SIGINT (Ctrl-C) stops it after the current token."""
+        stop = threading.Event()
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        try:
+            g = self.session.generate(self.sampling, stop, lambda p: (self.out.write(p), self.out.flush()))
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGINT, handler)
+        self.out.write("\n")
+        self.out.flush()
+        if g.error:
+            self.err.write(g.error + "\n")
+        else:
+            self.err.write(f"[{g.summary()}]\n")
+        self.err.flush()
+        return g
+
+    def command(self, line: str) -> bool:
+        """Handle one line of input; False when it is time to leave."""
+        s = self.session
+        if not line.startswith("/"):
+            if line.strip():
+                s.add_user(line.strip())
+                self.out.write(s.segments[-1].text)
+            else:
+                self.out.write("…")
+            self.tell()
+            return True
+        cmd, _, arg = line[1:].partition(" ")
+        if cmd in ("quit", "exit", "q"):
+            return False
+        if cmd == "new":
+            s.new()
+            self.err.write("(a new story: type its first words)\n")
+        elif cmd == "continue":
+            self.out.write("…")
+            self.tell()
+        elif cmd == "refine":
+            s.rewind(None, arg.strip())
+            self.out.write(s.text)
+            self.tell()
+        elif cmd == "show":
+            self.out.write(s.text + "\n")
+        elif cmd == "set":
+            key, _, value = arg.strip().partition(" ")
+            try:
+                k, v = _parse_setting(key, value.strip())
+                setattr(self.sampling, k, v)
+                self.sampling.check()
+                self.err.write(f"({k} = {v})\n")
+            except ValueError as e:
+                self.err.write(f"{e}\n")
+        elif cmd == "help":
+            self.err.write(HELP + "\n")
+        else:
+            self.err.write(f"unknown command /{cmd}; /help lists them\n")
+        self.out.flush()
+        return True
+
+    def repl(self, read: Callable[[str], str] = input) -> int:
+        self.err.write(HELP + "\n")
+        while True:
+            try:
+                line = read("> ")
+            except EOFError:
+                self.err.write("\n")
+                return 0
+            except KeyboardInterrupt:
+                self.err.write("\n(Ctrl-C: /quit leaves)\n")
+                continue
+            if not self.command(line):
+                return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`llm101n chat`: tell stories in the terminal with the storylib on PYTHONPATH (yours in a workspace)."""
+    p = argparse.ArgumentParser(prog="llm101n chat", description="Tell stories with the storyteller, streaming.")
+    p.add_argument("--prompt", help="tell one story from PROMPT and exit (no REPL)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
+    p.add_argument("--max-tokens", type=int, default=200, help="new tokens per turn (default 200)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1: off (default 0.95)")
+    p.add_argument("--seed", type=int, default=None, help="for a reproducible story (default: random)")
+    p.add_argument("--model", help="an exported model folder (llm101n train export); default models/storyteller")
+    args = p.parse_args(argv)
+    sampling = Sampling(args.temperature, args.max_tokens, args.top_k, None if args.top_p == 1 else args.top_p,
+                        args.seed)
+    try:
+        sampling.check()
+    except ValueError as e:
+        p.error(str(e))
+    loader = None
+    if args.model:
+        from storylib.train import load_model
+
+        loader = lambda: load_model(args.model)  # noqa: E731
+    session = StorySession(loader=loader)
+    try:
+        session.load()
+    except Exception as e:
+        print(f"llm101n chat: {friendly_error(e, then='run `llm101n chat` again')}", file=sys.stderr)
+        return 1
+    print(f"storyteller: {session.describe_model()} · storylib {describe_storylib()}", file=sys.stderr)
+    chat = TerminalChat(session, sampling)
+    if args.prompt is not None:
+        session.add_user(args.prompt)
+        sys.stdout.write(session.text)
+        return 1 if chat.tell().error else 0
+    return chat.repl()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

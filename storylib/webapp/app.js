@@ -1,0 +1,365 @@
+// The storyteller's web app (Chapter 16): plain JavaScript, no build step, no network beyond this server.
+// Conversations live on the server (SQLite, /api/conversations); replies stream from /v1/chat/completions as
+// server-sent events. Stop aborts the request: the server sees the client leave and frees its batch row.
+"use strict";
+
+const MODEL = "storyteller";
+const $ = (id) => document.getElementById(id);
+const state = {
+  list: [],            // [{id, title, updated}]
+  conv: null,          // {id, title, messages: [{role, content}]}
+  controller: null,    // AbortController of the reply being streamed
+  editIndex: null,     // index of the user message being edited
+};
+
+// -- talking to the server -----------------------------------------------------------------------
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = localStorage.getItem("llm101n-api-key");
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    if (body && body.error && body.error.message) return body.error.message;
+    if (body && body.detail) return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch (e) { /* not JSON */ }
+  return resp.status + " " + resp.statusText;
+}
+
+async function api(method, path, body) {
+  const resp = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
+  if (resp.status === 401) {
+    const key = window.prompt("This server needs an API key (llm101n serve --api-key):");
+    if (key) { localStorage.setItem("llm101n-api-key", key); return api(method, path, body); }
+  }
+  if (!resp.ok) throw new Error(await errorText(resp));
+  return resp.json();
+}
+
+// Read an SSE stream: events end with a blank line; "data: " lines carry the JSON chunks.
+async function* sseEvents(resp) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data) yield data;
+    }
+  }
+}
+
+// -- the page ----------------------------------------------------------------------------------------
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function renderList() {
+  const ul = $("conversations");
+  ul.replaceChildren();
+  for (const c of state.list) {
+    const li = document.createElement("li");
+    li.dataset.id = c.id;
+    li.className = "conversation" + (state.conv && state.conv.id === c.id ? " active" : "");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.textContent = c.title || "New story";
+    open.title = c.title;
+    open.onclick = () => openConversation(c.id);
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "delete";
+    del.textContent = "×";
+    del.title = "Delete this conversation";
+    del.setAttribute("aria-label", "Delete " + c.title);
+    del.onclick = () => deleteConversation(c.id);
+    li.append(open, del);
+    ul.append(li);
+  }
+}
+
+function messageElement(m, index) {
+  const div = document.createElement("div");
+  div.className = "message " + m.role;
+  div.dataset.testid = m.role + "-message";
+  div.setAttribute("data-testid", m.role + "-message");
+  const who = document.createElement("div");
+  who.className = "who";
+  who.textContent = m.role === "user" ? "You" : m.role === "assistant" ? "Storyteller" : "System";
+  const text = document.createElement("div");
+  text.className = "text";
+  text.textContent = m.content;
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  if (m.role === "assistant") {
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.textContent = "Copy";
+    copy.setAttribute("data-testid", "copy");
+    copy.onclick = () => copyText(text.textContent, copy);
+    tools.append(copy);
+  } else if (m.role === "user") {
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.textContent = "Edit";
+    edit.setAttribute("data-testid", "edit");
+    edit.onclick = () => startEdit(index);
+    tools.append(edit);
+  }
+  div.append(who, text, tools);
+  return div;
+}
+
+function renderMessages() {
+  const box = $("messages");
+  box.replaceChildren();
+  const msgs = state.conv ? state.conv.messages : [];
+  msgs.forEach((m, i) => box.append(messageElement(m, i)));
+  if (!msgs.length) {
+    const hint = document.createElement("p");
+    hint.className = "empty";
+    hint.textContent = "Start a story: write its first words and press Send.";
+    box.append(hint);
+  }
+  $("title").textContent = state.conv ? state.conv.title : "Storyteller";
+  box.scrollTop = box.scrollHeight;
+  updateButtons();
+}
+
+function updateButtons() {
+  const busy = state.controller !== null;
+  const msgs = state.conv ? state.conv.messages : [];
+  $("send").hidden = busy;
+  $("stop").hidden = !busy;
+  $("regenerate").disabled = busy || !msgs.length || msgs[msgs.length - 1].role !== "assistant";
+  $("send").textContent = state.editIndex === null ? "Send" : "Send edited";
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) {  // no clipboard permission: the old way
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = "Copy"; }, 1200);
+}
+
+function startEdit(index) {
+  if (state.controller) return;
+  state.editIndex = index;
+  $("prompt").value = state.conv.messages[index].content;
+  $("prompt").focus();
+  setStatus("Editing a message: Send replaces it and everything after it (Esc cancels).");
+  updateButtons();
+}
+
+function cancelEdit() {
+  state.editIndex = null;
+  setStatus("");
+  updateButtons();
+}
+
+// -- conversations --------------------------------------------------------------------------------
+
+async function refreshList() {
+  state.list = (await api("GET", "/api/conversations")).data;
+  renderList();
+}
+
+async function openConversation(id) {
+  if (state.controller) return;
+  showError("");
+  cancelEdit();
+  try {
+    state.conv = await api("GET", "/api/conversations/" + encodeURIComponent(id));
+    history.replaceState(null, "", "#" + id);
+  } catch (e) {
+    state.conv = null;
+    showError("Could not open the conversation: " + e.message);
+  }
+  renderList();
+  renderMessages();
+}
+
+async function deleteConversation(id) {
+  if (state.controller) return;
+  try {
+    await api("DELETE", "/api/conversations/" + encodeURIComponent(id));
+  } catch (e) { showError("Could not delete: " + e.message); }
+  if (state.conv && state.conv.id === id) { state.conv = null; history.replaceState(null, "", "#"); }
+  await refreshList();
+  renderMessages();
+}
+
+function newConversation() {
+  if (state.controller) return;
+  state.conv = null;
+  cancelEdit();
+  showError("");
+  history.replaceState(null, "", "#");
+  renderList();
+  renderMessages();
+  $("prompt").focus();
+}
+
+async function save() {
+  const c = state.conv;
+  const saved = await api("PUT", "/api/conversations/" + encodeURIComponent(c.id),
+    { title: c.title, messages: c.messages });
+  c.updated = saved.updated;
+}
+
+// -- a reply ---------------------------------------------------------------------------------------
+
+async function reply() {
+  const conv = state.conv;
+  const assistant = { role: "assistant", content: "" };
+  const controller = new AbortController();
+  state.controller = controller;
+  showError("");
+  setStatus("The storyteller is writing…");
+  renderMessages();
+  let resp;
+  try {
+    resp = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), signal: controller.signal,
+      body: JSON.stringify({
+        model: MODEL, messages: conv.messages, stream: true,
+        temperature: parseFloat($("temperature").value),
+      }),
+    });
+  } catch (e) {
+    state.controller = null;
+    setStatus("");
+    return { ok: false, error: e.name === "AbortError" ? "" : "The server cannot be reached: " + e.message };
+  }
+  if (!resp.ok) {
+    state.controller = null;
+    setStatus("");
+    return { ok: false, error: "The server refused the request: " + (await errorText(resp)) };
+  }
+  conv.messages.push(assistant);
+  renderMessages();
+  const bubble = $("messages").lastElementChild;
+  bubble.classList.add("streaming");
+  const text = bubble.querySelector(".text");
+  let finish = null;
+  try {
+    for await (const data of sseEvents(resp)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      const choice = chunk.choices && chunk.choices[0];
+      if (!choice) continue;
+      if (choice.delta && choice.delta.content) {
+        assistant.content += choice.delta.content;
+        text.textContent = assistant.content;
+        $("messages").scrollTop = $("messages").scrollHeight;
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") showError("The reply broke off: " + e.message);
+  }
+  state.controller = null;
+  bubble.classList.remove("streaming");
+  const stopped = controller.signal.aborted;
+  setStatus(stopped ? "Stopped." : finish === "length" ? "Stopped at the length limit." : "");
+  return { ok: true };
+}
+
+async function send(event) {
+  if (event) event.preventDefault();
+  if (state.controller) return;
+  const content = $("prompt").value.trim();
+  if (!content) return;
+  showError("");
+  try {
+    if (!state.conv) {
+      const title = content.replace(/\s+/g, " ").slice(0, 48);
+      state.conv = await api("POST", "/api/conversations", { title });
+      history.replaceState(null, "", "#" + state.conv.id);
+    }
+    const before = state.conv.messages.slice();
+    if (state.editIndex !== null) state.conv.messages = state.conv.messages.slice(0, state.editIndex);
+    state.editIndex = null;
+    state.conv.messages.push({ role: "user", content });
+    $("prompt").value = "";
+    await save();
+    await refreshList();
+    const r = await reply();
+    if (!r.ok) {  // nothing was answered: take the message back, keep what it replaced
+      state.conv.messages = before;
+      $("prompt").value = content;
+      await save();
+      renderMessages();
+      if (r.error) showError(r.error);
+      return;
+    }
+    await save();
+  } catch (e) {
+    showError(e.message);
+  }
+  await refreshList();
+  renderMessages();
+}
+
+async function regenerate() {
+  const msgs = state.conv && state.conv.messages;
+  if (state.controller || !msgs || !msgs.length || msgs[msgs.length - 1].role !== "assistant") return;
+  const previous = msgs.pop();
+  const r = await reply();
+  if (!r.ok) {
+    msgs.push(previous);
+    if (r.error) showError(r.error);
+  }
+  try { await save(); } catch (e) { showError(e.message); }
+  renderMessages();
+}
+
+// -- wiring ----------------------------------------------------------------------------------------
+
+$("composer").addEventListener("submit", send);
+$("prompt").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
+  if (e.key === "Escape" && state.editIndex !== null) { $("prompt").value = ""; cancelEdit(); }
+});
+$("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
+$("regenerate").addEventListener("click", regenerate);
+$("new-chat").addEventListener("click", newConversation);
+$("temperature").addEventListener("input", () => { $("temperature-value").textContent = $("temperature").value; });
+
+(async function start() {
+  try {
+    await refreshList();
+    const id = location.hash.slice(1);
+    if (id && state.list.some((c) => c.id === id)) await openConversation(id);
+    else renderMessages();
+  } catch (e) {
+    showError("The server cannot be reached: " + e.message);
+    renderMessages();
+  }
+})();

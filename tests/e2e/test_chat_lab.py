@@ -1,0 +1,197 @@
+"""The storyteller chat in a real JupyterLab, driven by Debian's Chromium: type, send, watch it stream, stop.
+
+A `jupyter lab` on a free port with a token serves a temp folder holding one notebook that creates a StoryChat
+(the reference storylib: PYTHONPATH is the repo). The test runs the cell, types a prompt, presses Send, sees
+the model's text grow (at least two different lengths on screen before the end), presses Stop and checks that
+the text stops growing and the widget says so. What streamed must be the beginning of the story the same
+settings give in this process (seeded), so the kernel really ran storylib.kvcache. Screenshot:
+docs/screenshots/chat_lab.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from .conftest import ROOT, screenshot_path
+from .test_start import _free_port
+
+PROMPT = "Once upon a time, there was a little fox"
+# Sampling of the test: seed 4 tells a long story (280 tokens before <|endoftext|> with models/storyteller), so
+# Stop always lands in the middle of it; the test checks that against the library below.
+SETTINGS = {"temperature": 1.0, "top_p": 1.0, "seed": 4, "max_tokens": 600}
+NOTEBOOK = {
+    "cells": [{
+        "cell_type": "code", "execution_count": None, "id": "chat", "metadata": {}, "outputs": [],
+        "source": ["import torch\n", "from storylib.widgets import StoryChat\n", "torch.set_num_threads(1)\n",
+                   "chat = StoryChat(prompt=None, " + ", ".join(f"{k}={v!r}" for k, v in SETTINGS.items()) + ")\n",
+                   "chat"],
+    }],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                 "language_info": {"name": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def expected_story() -> str:
+    """The model's part of the whole story these settings tell (no stop), computed with the library here."""
+    from storylib.storyteller import Sampling, StorySession
+
+    session = StorySession()
+    session.add_user(PROMPT)
+    g = session.generate(Sampling(temperature=1.0, top_p=None, seed=4, max_tokens=600))
+    assert g.reason == "end" and g.n_tokens > 150, (
+        f"the test needs a long story for seed 4 ({g.n_tokens} tokens, {g.reason}): models/storyteller changed? "
+        "pick another seed")
+    return g.text
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> tuple[str, Path]:
+    """A real JupyterLab on 127.0.0.1 serving a temp folder with chat.ipynb; yields (notebook URL, its log)."""
+    root = tmp_path_factory.mktemp("chat_lab")
+    (root / "chat.ipynb").write_text(json.dumps(NOTEBOOK), encoding="utf-8")
+    port, token = _free_port(), "llm101n-chat-test"
+    home = tmp_path_factory.mktemp("jupyter_home")  # config, runtime and lab settings of this server only
+    news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast (and no fetch)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(home / "config"),
+               JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+               TIKTOKEN_CACHE_DIR=str(ROOT / ".assets" / "tiktoken"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    log_path = home / "lab.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}"],
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline, up = time.time() + 60, False
+        while time.time() < deadline and proc.poll() is None and not up:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                up = True
+            except OSError:
+                time.sleep(0.3)
+        if not up:
+            pytest.fail("jupyter lab did not answer within 60 s:\n" + log_path.read_text()[-3000:], pytrace=False)
+        yield f"http://127.0.0.1:{port}/lab/tree/chat.ipynb?token={token}", log_path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def model_text(chat) -> str:
+    parts = chat.locator('[data-testid="chat-model"]')
+    return "".join(parts.all_text_contents())
+
+
+def test_chat_streams_and_stops_in_jupyterlab(page, lab, expected_story, tmp_path):
+    url, log_path = lab
+    page.goto(url)
+    cell = page.locator(".jp-NotebookPanel .jp-CodeCell").first
+    expect(cell).to_be_visible(timeout=60_000)
+    # the kernel is up (idle) before the cell runs; on a busy machine a keystroke sent earlier can be lost
+    expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1, timeout=90_000)
+    prompt = cell.locator(".jp-InputPrompt")
+    for _ in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(prompt).to_contain_text(re.compile(r"\[[*1]\]"), timeout=15_000)
+            break
+        except AssertionError:
+            continue
+
+    chat = page.locator('[data-testid="story-chat"]')
+    try:  # the kernel starts, loads the model and answers the widget's hello
+        expect(chat).to_have_attribute("data-kernel", "true", timeout=60_000)
+    except AssertionError:
+        errs = page.locator(".jp-OutputArea-output").all_text_contents()
+        raise AssertionError(f"the widget never heard from the kernel; outputs: {errs}; log:\n"
+                             + log_path.read_text()[-3000:]) from None
+    footer = chat.locator('[data-testid="chat-footer"]')
+    expect(footer).to_contain_text(f"storylib: {ROOT / 'storylib'}")
+    expect(footer).to_contain_text("M parameters")
+    expect(chat.locator('[data-testid="chat-static-note"]')).to_be_hidden()
+    expect(chat.locator('[data-testid="chat-stop"]')).to_be_disabled()
+
+    chat.locator('[data-testid="chat-prompt"]').fill(PROMPT)
+    chat.locator('[data-testid="chat-send"]').click()
+    expect(chat.locator('[data-testid="chat-user"]')).to_have_text(PROMPT)
+
+    # Streaming: the model's text grows while the turn runs; two different non-empty lengths at least (and a
+    # line or two of story, for the screenshot).
+    seen: list[int] = []
+    deadline = time.time() + 30
+    while time.time() < deadline and (len(set(seen)) < 2 or seen[-1] < 120):
+        n = len(model_text(chat))
+        if n:
+            seen.append(n)
+        time.sleep(0.02)
+    assert len(set(seen)) >= 2, f"the story never grew on screen while it was told (lengths seen: {sorted(set(seen))})"
+    assert chat.get_attribute("data-status") == "generating", "still telling when the text was seen growing"
+    expect(chat.locator('[data-testid="chat-stop"]')).to_be_enabled()
+
+    # Stop: the widget says so, and the text no longer grows.
+    chat.locator('[data-testid="chat-stop"]').click()
+    expect(chat).to_have_attribute("data-status", "stopped", timeout=10_000)
+    status = chat.locator('[data-testid="chat-status"]')
+    expect(status).to_contain_text("stopped")
+    expect(status).to_contain_text("tokens/s")
+    stopped = model_text(chat)
+    time.sleep(1.0)
+    assert model_text(chat) == stopped, "the text kept growing after Stop"
+    assert 0 < len(stopped) < len(expected_story), (
+        f"Stop should cut the story short ({len(stopped)} of {len(expected_story)} characters shown)")
+    assert expected_story.startswith(stopped), (
+        "the streamed text should be the start of the story these settings tell:\n"
+        f"  shown:    {stopped[:200]!r}\n  expected: {expected_story[:200]!r}")
+    n_tokens = int(status.text_content().split(" tokens")[0])
+    assert 0 < n_tokens < SETTINGS["max_tokens"], status.text_content()
+    expect(chat.locator('[data-testid="chat-send"]')).to_be_enabled()
+
+    shot = screenshot_path("chat_lab.png", tmp_path)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 20_000
+
+    # Refine from a chosen point: click a word of the model's text, Refine, and the story goes on from there.
+    piece = chat.locator('[data-testid="chat-model"] .sc-piece').nth(2)
+    kept = PROMPT + "".join(chat.locator('[data-testid="chat-model"] .sc-piece').all_text_contents()[:2])
+    piece.click()
+    expect(status).to_contain_text("Refine goes on from the marked word")
+    expect(chat.locator(".sc-after-cut").first).to_be_visible()
+    chat.locator('[data-testid="chat-refine"]').click()
+    expect(chat).to_have_attribute("data-status", "generating", timeout=10_000)
+    story = chat.locator('[data-testid="chat-story"]')
+    deadline = time.time() + 30
+    while time.time() < deadline and len(story.text_content()) < len(kept) + 20:
+        time.sleep(0.02)
+    chat.locator('[data-testid="chat-stop"]').click()
+    expect(chat).to_have_attribute("data-status", "stopped", timeout=10_000)
+    assert story.text_content().startswith(kept) and len(story.text_content()) > len(kept), (
+        f"Refine should keep {kept!r} and go on from there: {story.text_content()[:200]!r}")
+
+    # New story: everything cleared.
+    chat.locator('[data-testid="chat-new"]').click()
+    expect(chat).to_have_attribute("data-status", "idle", timeout=10_000)
+    expect(chat.locator('[data-testid="chat-story"]')).to_contain_text("Your story will appear here")

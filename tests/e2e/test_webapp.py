@@ -1,0 +1,127 @@
+"""The storyteller's web app (Chapter 16) in Debian's Chromium: send, watch the reply stream, reload and find the
+conversation, stop a reply midway, edit-and-resend, regenerate, copy, temperature, and a clear error for a refused
+request. The server is the real one (FastAPI + uvicorn, the shipped storyteller, SQLite under tmp_path) on
+127.0.0.1; the `page` fixture fails the test if the page makes a request elsewhere or logs a JavaScript error.
+
+The screenshot is written to tmp_path; with LLM101N_UPDATE_SCREENSHOTS=1 also to docs/screenshots/webapp.png.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from playwright.sync_api import expect
+
+from storylib import serve as S
+from storylib.train import default_storyteller
+
+from .conftest import page_log, screenshot_path
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    model, tok = default_storyteller()
+    app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("webapp") / "conversations.sqlite3")
+    engine = app.state.engine
+    engine.banned[list(engine.end_ids)] = True  # replies run to their length: long enough to stop midway
+    with S.serve_in_thread(app) as url:
+        yield url, app
+
+
+def send(page, text: str) -> None:
+    page.get_by_test_id("prompt").fill(text)
+    page.get_by_test_id("send").click()
+
+
+def wait_done(page, timeout: int = 60_000) -> None:
+    expect(page.get_by_test_id("send")).to_be_visible(timeout=timeout)
+
+
+def test_chat_streams_persists_and_stops(page, app_server, tmp_path):
+    url, app = app_server
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions")
+            else None)
+    page.goto(url + "/")
+    expect(page.get_by_test_id("messages")).to_contain_text("Start a story")
+    page.get_by_test_id("temperature").fill("0.5")
+
+    # send: the reply streams in (text grows while the message is still marked as streaming)
+    send(page, "Tell me a story about a brave little fox.")
+    reply = page.get_by_test_id("assistant-message").last
+    expect(reply).to_have_class("message assistant streaming", timeout=30_000)
+    page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                           " return m && m.textContent.length > 10; }", timeout=30_000)
+    partial = reply.locator(".text").inner_text()
+    wait_done(page)
+    final = reply.locator(".text").inner_text()
+    assert final.startswith(partial) and len(final) > len(partial), "the text arrived in pieces, not at once"
+    assert bodies[-1]["stream"] is True and bodies[-1]["temperature"] == 0.5, bodies[-1]
+    expect(page.get_by_test_id("conversations").locator("li")).to_have_count(1)
+
+    # reload: the conversation comes back from the server's SQLite database
+    page.reload()
+    expect(page.get_by_test_id("user-message")).to_have_count(1)
+    expect(page.get_by_test_id("assistant-message").locator(".text")).to_have_text(final)
+    expect(page.get_by_test_id("conversations")).to_contain_text("Tell me a story about a brave")
+
+    # stop midway: the reply keeps what came, the server cancels the rest
+    cancelled = app.state.engine.stats["cancelled"]
+    send(page, "And then what happened to the fox?")
+    page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                           " return m && m.textContent.length > 5; }", timeout=30_000)
+    page.get_by_test_id("stop").click()
+    wait_done(page, 10_000)
+    expect(page.get_by_test_id("status")).to_have_text("Stopped.")
+    stopped = page.get_by_test_id("assistant-message").last.locator(".text").inner_text()
+    assert 0 < len(stopped), "the stopped reply keeps its first words"
+    for _ in range(100):
+        if app.state.engine.stats["cancelled"] > cancelled:
+            break
+        page.wait_for_timeout(100)
+    assert app.state.engine.stats["cancelled"] > cancelled, "Stop must cancel the generation on the server"
+    page.reload()
+    expect(page.get_by_test_id("assistant-message")).to_have_count(2)
+    expect(page.get_by_test_id("assistant-message").last.locator(".text")).to_have_text(stopped)
+
+    page.screenshot(path=str(screenshot_path("webapp.png", tmp_path)))
+
+
+def test_edit_regenerate_copy_and_errors(page, app_server):
+    url, _ = app_server
+    page.goto(url + "/")
+    page.get_by_test_id("new-chat").click()
+    send(page, "A story about a red kite.")
+    wait_done(page)
+    first_reply = page.get_by_test_id("assistant-message").locator(".text").inner_text()
+
+    page.get_by_test_id("copy").click()
+    expect(page.get_by_test_id("copy")).to_have_text("Copied")
+
+    page.get_by_test_id("regenerate").click()
+    wait_done(page)
+    expect(page.get_by_test_id("assistant-message")).to_have_count(1)
+    expect(page.get_by_test_id("assistant-message").locator(".text")).not_to_have_text(first_reply)
+
+    page.get_by_test_id("edit").click()
+    expect(page.get_by_test_id("prompt")).to_have_value("A story about a red kite.")
+    send(page, "A story about a blue boat.")
+    wait_done(page)
+    expect(page.get_by_test_id("user-message")).to_have_count(1)
+    expect(page.get_by_test_id("user-message").locator(".text")).to_have_text("A story about a blue boat.")
+    expect(page.get_by_test_id("assistant-message")).to_have_count(1)
+
+    # a request the server refuses: a clear message, the text back in the box, nothing half-saved
+    long = "The little boat sailed on and on across the wide sea. " * 40
+    send(page, long)
+    expect(page.get_by_test_id("error")).to_contain_text("context", timeout=20_000)
+    expect(page.get_by_test_id("error")).to_contain_text("The server refused the request")
+    expect(page.get_by_test_id("prompt")).to_have_value(long.strip())
+    page.reload()
+    expect(page.get_by_test_id("user-message")).to_have_count(1)
+    # Chromium logs every 4xx response as a console error; this one was expected, and it was the only one
+    log = page_log(page)
+    refused = [e for e in log.console_errors if "status of 400" in e]
+    assert len(refused) == 1, log.console_errors
+    log.console_errors.remove(refused[0])

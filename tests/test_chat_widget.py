@@ -1,0 +1,257 @@
+"""The storyteller chat without a browser: StoryChat's message handlers driven directly, as the front end would.
+
+What streams must be exactly what storylib.kvcache tells for the same prompt and settings (a differential
+oracle computed here with generate_stream / generate_tokens); Stop must stop a running turn while the handler
+that started it has long returned; Continue, Refine and New story must leave the story the text says; a
+learner's unfinished exercise must come back as a notice naming it. The browser side is
+tests/e2e/test_chat_lab.py (JupyterLab) and tests/e2e/test_storyteller_page.py (the static page).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+
+import pytest
+import traitlets
+
+import storylib
+from storylib import kvcache
+from storylib.datasets import encode_ordinary
+from storylib.storyteller import Sampling, StorySession, friendly_error
+from storylib.train import default_storyteller
+from storylib.widgets import StoryChat
+
+PROMPT = "Once upon a time, there was a little fox"
+
+
+@pytest.fixture(scope="module")
+def storyteller():
+    return default_storyteller()
+
+
+def reference(storyteller, text: str, n: int, **kw) -> tuple[str, int]:
+    """The model's continuation of <|endoftext|> + text, and its number of tokens, from storylib.kvcache."""
+    model, tok = storyteller
+    ids = [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, text)]
+    stop_ids = {tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|end|>"]}
+    gen = kvcache.generate_tokens(model, ids, n, stop_ids=stop_ids, temperature=kw.get("temperature", 0.0))
+    n_tokens = sum(1 for _ in gen) if kw.get("temperature", 0.0) == 0 else -1
+    return "".join(kvcache.generate_stream(model, tok, ids, n, **kw)), n_tokens
+
+
+def make_chat(storyteller, **traits) -> tuple[StoryChat, list[dict]]:
+    """A StoryChat on the shipped model, starting empty, whose messages to the front end are recorded."""
+    model, tok = storyteller
+    w = StoryChat(prompt=None, model=model, tokenizer=tok, **traits)
+    sent: list[dict] = []
+    w.send = lambda content, buffers=None: sent.append(content)
+    return w, sent
+
+
+def pieces(sent: list[dict], gen: int) -> str:
+    return "".join(m["text"] for m in sent if m.get("type") == "piece" and m["gen"] == gen)
+
+
+def model_parts(w: StoryChat) -> list[str]:
+    return ["".join(s["pieces"]) for s in w.story if s["role"] == "model"]
+
+
+def test_send_streams_exactly_what_the_engine_tells(storyteller):
+    w, sent = make_chat(storyteller, temperature=0.0, max_tokens=37)
+    assert w.status == "idle" and w.story == []
+    t0 = time.perf_counter()
+    w.handle({"type": "send", "text": f"  {PROMPT} "})
+    returned = time.perf_counter() - t0
+    assert w.wait(30), "the turn should finish"
+    want, n_tokens = reference(storyteller, PROMPT, 37, temperature=0.0)
+    assert w.story[0] == {"role": "user", "pieces": [PROMPT]}, w.story
+    assert model_parts(w) == [want], "the story should hold the engine's greedy continuation"
+    streamed = [m for m in sent if m.get("type") == "piece"]
+    assert len(streamed) > 5 and pieces(sent, w.gen) == want, "the pieces sent one by one should make the story"
+    assert w.status == "done" and w.notice == ""
+    assert w.stats["n_tokens"] == n_tokens, f"token count {w.stats['n_tokens']}, the engine made {n_tokens}"
+    assert w.stats["reason"] == ("length" if n_tokens == 37 else "end")
+    assert w.stats["tokens_per_s"] == pytest.approx(n_tokens / w.stats["seconds"])
+    assert f"{n_tokens} tokens" in w.stats["summary"] and "tokens/s" in w.stats["summary"]
+    assert returned < w.stats["seconds"], "handle() should return at once and leave the work to the worker"
+
+
+def test_stop_stops_a_running_turn(storyteller):
+    # seed 4 at temperature 1 tells a long story (checked below): Stop lands in its middle
+    w, sent = make_chat(storyteller, temperature=1.0, top_p=1.0, seed=4, max_tokens=600)
+    full, _ = reference(storyteller, PROMPT, 600, temperature=1.0, seed=4)
+    w.handle({"type": "send", "text": PROMPT})
+    deadline = time.time() + 20
+    while time.time() < deadline and len(pieces(sent, w.gen)) < 40:
+        time.sleep(0.005)
+    assert w.busy and w.status == "generating"
+    w.handle({"type": "stop"})
+    assert w.wait(5), "Stop should end the turn within a token or two"
+    told = model_parts(w)[0]
+    assert w.status == "stopped" and w.stats["reason"] == "stopped"
+    assert 40 <= len(told) < len(full) and full.startswith(told), "a stopped story is the start of the full one"
+    assert pieces(sent, w.gen) == told
+    assert 0 < w.stats["n_tokens"] < 600 and "stopped" in w.stats["summary"]
+    time.sleep(0.2)
+    assert model_parts(w)[0] == told and pieces(sent, w.gen) == told, "nothing more after Stop"
+
+
+def test_continue_goes_on_from_the_end(storyteller):
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=19)
+    w.handle({"type": "send", "text": "Tom had a red kite"})
+    w.wait(30)
+    before = w.session.text
+    w.handle({"type": "continue"})
+    w.wait(30)
+    more, _ = reference(storyteller, before, 19, temperature=0.0)
+    assert [s["role"] for s in w.story] == ["user", "model", "model"]
+    assert w.session.text == before + more and model_parts(w)[-1] == more
+
+
+def test_refine_from_a_chosen_point_with_your_words(storyteller):
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=23)
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(30)
+    text = w.session.text
+    cut = len(PROMPT) + len(model_parts(w)[0]) // 2  # a point inside the model's words
+    w.handle({"type": "refine", "cut": cut, "text": "Then it began to snow."})
+    w.wait(30)
+    kept = text[:cut] + ("" if text[:cut][-1].isspace() else " ") + "Then it began to snow."
+    more, _ = reference(storyteller, kept, 23, temperature=0.0)
+    assert w.session.text == kept + more
+    assert [s["role"] for s in w.story] == ["user", "model", "user", "model"]
+
+
+def test_refine_an_edited_prompt_and_refine_again(storyteller):
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=17)
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(30)
+    w.handle({"type": "refine", "cut": None, "text": "One day, a small robot"})  # replaces the prompt
+    w.wait(30)
+    more, _ = reference(storyteller, "One day, a small robot", 17, temperature=0.0)
+    assert w.story[0]["pieces"] == ["One day, a small robot"] and model_parts(w) == [more]
+    w.temperature, w.seed = 0.9, 11  # the same point again, sampled: a different telling
+    w.handle({"type": "refine"})
+    w.wait(30)
+    again, _ = reference(storyteller, "One day, a small robot", 17, temperature=0.9, top_p=0.95, seed=11)
+    assert [s["role"] for s in w.story] == ["user", "model"] and model_parts(w) == [again]
+
+
+def test_new_story_clears_even_while_telling(storyteller):
+    w, sent = make_chat(storyteller, temperature=1.0, top_p=1.0, seed=4, max_tokens=600)
+    w.handle({"type": "send", "text": PROMPT})
+    while not pieces(sent, w.gen):
+        time.sleep(0.005)
+    w.handle({"type": "new"})
+    assert not w.busy and w.story == [] and w.session.text == "" and w.status == "idle" and w.stats == {}
+
+
+def test_send_while_telling_is_ignored(storyteller):
+    w, sent = make_chat(storyteller, temperature=1.0, top_p=1.0, seed=4, max_tokens=600)
+    w.handle({"type": "send", "text": PROMPT})
+    gen = w.gen
+    w.handle({"type": "send", "text": "and a bear"})
+    w.handle({"type": "continue"})
+    assert w.gen == gen, "a second turn must not start while one runs"
+    w.handle({"type": "stop"})
+    w.wait(5)
+    assert "bear" not in w.session.text
+
+
+def test_hello_is_answered_with_its_nonce(storyteller):
+    w, sent = make_chat(storyteller)
+    w.handle({"type": "hello", "nonce": "page7:1"})
+    assert sent == [{"type": "hello", "nonce": "page7:1"}]
+
+
+@pytest.mark.parametrize("traits, message", [
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"max_tokens": 0}, "max tokens must be in 1..4096"),
+    ({"top_p": 0.0}, "top-p must be in (0, 1]"),
+])
+def test_bad_settings_give_a_notice_and_lose_nothing(storyteller, traits, message):
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=5)
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(30)
+    story = w.story
+    for k, v in traits.items():
+        setattr(w, k, v)
+    w.handle({"type": "continue"})
+    w.wait(30)
+    assert w.status == "error" and message in w.notice, w.notice
+    assert w.story == story, "the story should be as it was"
+
+
+def test_a_cut_outside_the_story_is_refused(storyteller):
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=5)
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(30)
+    story = w.story
+    w.handle({"type": "refine", "cut": 10_000, "text": ""})
+    assert w.status == "error" and "outside the story" in w.notice and w.story == story
+
+
+def test_unfinished_exercise_is_named_not_a_traceback(storyteller, tmp_path, monkeypatch):
+    """The learner's kvcache with ch12.forward_cached still a stub (the release's stub, written out here)."""
+    from grading.exercises import stub_text
+
+    src = storylib.__path__[0] + "/kvcache.py"
+    stubbed = tmp_path / "storylib" / "kvcache.py"
+    stubbed.parent.mkdir()
+    stubbed.write_text(stub_text(open(src).read(), "storylib/kvcache.py", ["ch12.forward_cached"]))
+    spec = importlib.util.spec_from_file_location("storylib.kvcache", stubbed)
+    learner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learner)
+    monkeypatch.setitem(sys.modules, "storylib.kvcache", learner)
+    monkeypatch.setattr(storylib, "kvcache", learner)
+
+    w, _ = make_chat(storyteller, temperature=0.0, max_tokens=5)
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(30)
+    assert w.status == "error"
+    assert "exercise ch12.forward_cached (storylib/kvcache.py)" in w.notice, w.notice
+    assert "Finish Chapter 12" in w.notice and "llm101n check ch12" in w.notice and "§12.4" in w.notice
+    assert "Traceback" not in w.notice
+    assert w.story == [{"role": "user", "pieces": [PROMPT]}], "your words stay; no empty model part"
+
+
+def test_friendly_error_of_other_failures():
+    assert friendly_error(ValueError("bad")) == "ValueError: bad"
+    assert friendly_error(NotImplementedError("something else")) == "NotImplementedError: something else"
+
+
+def test_the_first_story_is_recorded_and_reproducible(storyteller):
+    model, tok = storyteller
+    a = StoryChat(model=model, tokenizer=tok, max_tokens=25)
+    b = StoryChat(model=model, tokenizer=tok, max_tokens=25)
+    assert a.status == "done" and [s["role"] for s in a.story] == ["user", "model"]
+    assert a.story == b.story, "the first story uses story_seed, so a rebuilt book shows the same one"
+    want, _ = reference(storyteller, a.session.segments[0].text, 25, temperature=0.8, top_p=0.95, seed=0)
+    assert model_parts(a) == [want]
+    assert a.seed is None, "later turns stay random unless the reader picks a seed"
+    assert a.footer.startswith(f"storylib: {storylib.__path__[0]}") and "11.3 M parameters" in a.footer
+
+
+def test_only_story_mode_for_now(storyteller):
+    model, tok = storyteller
+    with pytest.raises(traitlets.TraitError, match="Chapter 14"):
+        StoryChat(prompt=None, model=model, tokenizer=tok, mode="chat")
+    with pytest.raises(ValueError, match="Chapter 14"):
+        StorySession(mode="chat")
+
+
+def test_session_cut_keeps_pieces_and_roles():
+    s = StorySession(model=object(), tokenizer=object())
+    s.add_user("Once upon")
+    s.segments.append(type(s.segments[0])("model", [" a", " time", ","]))
+    s.add_user("said Tom.")
+    assert s.text == "Once upon a time, said Tom."
+    s.cut(12)
+    assert s.text == "Once upon a " and [x.pieces for x in s.segments] == [["Once upon"], [" a", " "]]
+    s.cut(4)
+    assert s.snapshot() == [{"role": "user", "pieces": ["Once"]}]
+    with pytest.raises(ValueError, match="outside the story"):
+        s.cut(5)
+    assert Sampling().top_p == 0.95
