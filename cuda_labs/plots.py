@@ -32,6 +32,22 @@ def bars(labels, values, reference, ref_label, unit, title, target=None):
     return fig
 
 
+def grid_picture(title: str, grids: list[tuple[str, np.ndarray, int]]):
+    """2-D arrays side by side, colour = which block/thread computes each element, lines every `tile` elements."""
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.4), squeeze=False)
+    for ax, (name, owner, tile) in zip(axes[0], grids, strict=True):
+        ax.imshow(owner % 20, cmap="tab20", interpolation="nearest", vmin=0, vmax=19)
+        for x in np.arange(tile, owner.shape[0], tile) - 0.5:
+            ax.axhline(x, color="black", lw=1)
+            ax.axvline(x, color="black", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def access_picture(title: str, reads: list[tuple[str, np.ndarray]], note: str = ""):
     """Which thread touches which address: one row of cells per array, colour = thread (or warp) index."""
     fig, axes = plt.subplots(len(reads), 1, figsize=(8, 0.9 * len(reads) + 0.6), squeeze=False)

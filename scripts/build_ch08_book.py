@@ -19,15 +19,17 @@ def notebook(cells: list[tuple[str, str]], path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
                        language_info={"name": "python"})
-    for kind, text in cells:
+    for i, (kind, text) in enumerate(cells):
         text = textwrap.dedent(text).strip()
-        nb.cells.append(nbformat.v4.new_markdown_cell(text) if kind == "md" else nbformat.v4.new_code_cell(text))
+        cell = nbformat.v4.new_markdown_cell(text) if kind == "md" else nbformat.v4.new_code_cell(text)
+        cell.id = f"{path.stem}-{i:02d}"  # stable ids: regenerating changes only what changed
+        nb.cells.append(cell)
     nbformat.write(nb, path)
 
 
 def exercise_box(ids: list[str], module: str) -> str:
     rows = "\n".join(f"- `{i}` — open `cuda_labs/{module}.py`, then `llm101n check {i}`" for i in ids)
-    return f"```{{admonition}} Exercises\n{rows}\n\nThe tests run your kernels on numba's CUDA simulator (sizes up to ~32).\n```"
+    return f":::{{admonition}} Exercises\n{rows}\n\nThe tests run your kernels on numba's CUDA simulator (sizes up to ~32).\n:::"
 
 
 CH08 = [
@@ -324,8 +326,9 @@ LABS = {
         n, T = 16, 4
         tile_owner = (np.arange(n)[:, None] // T) * (n // T) + np.arange(n)[None, :] // T
         sub = (np.arange(n)[:, None] // 2) * (n // 2) + np.arange(n)[None, :] // 2
-        plots.access_picture("C computed by: a block per 4×4 tile (tiled) / a thread per 2×2 sub-tile (register blocking)",
-                             [("tiles", tile_owner.reshape(1, -1)), ("sub-tiles", sub.reshape(1, -1) % 20)]); plt.show()
+        plots.grid_picture("who computes each C[i, j] of a 16×16 C",
+                           [("tiled: a block per 4×4 tile", tile_owner, T),
+                            ("register blocking: a thread per 2×2 sub-tile", sub, 2)]); plt.show()
         """,
         "Load each element of A and B from device memory once per block tile; keep the multiply-adds fed from registers. Target: 50% of cuBLAS SGEMM (TF32 off) at 4096².",
         """

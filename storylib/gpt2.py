@@ -12,6 +12,7 @@ Parameter names follow Hugging Face's `GPT2LMHeadModel`, so its state dict loads
     GPT.generate      sampling with temperature and top-k              (exercise ch05.generate)
     from_hf_state_dict / to_hf_state_dict, bits_per_byte
     GPTConfig.fused   PyTorch's own LayerNorm and attention kernels instead of ours: the trainer's speed path
+    GPT.fused_loss, linear_cross_entropy   the loss without the logits tensor: the trainer's speed path, too
 """
 
 from __future__ import annotations
@@ -308,6 +309,20 @@ class GPT(nn.Module):
         ### END SOLUTION
         return idx
 
+    def fused_loss(self, idx, targets, n_chunks: int = 1):
+        """forward's loss, computed without forward's logits tensor: the trainer's speed path.
+
+        The same blocks as forward, then lm_head and cross-entropy fused in `linear_cross_entropy`, whose forward
+        pass also computes both gradients, `n_chunks` row-chunks at a time. Same value and gradients as forward.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device)))
+        for block in self.transformer.h:
+            x = block(x)
+        return linear_cross_entropy(self.transformer.ln_f(x), self.lm_head.weight, targets, n_chunks)
+
     # ------------------------------------------------------------------------- Hugging Face GPT-2 weights
 
     # HF's GPT-2 uses Conv1D layers: a Linear whose weight is stored transposed, (in, out).
@@ -334,6 +349,60 @@ class GPT(nn.Module):
     def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights as a Hugging Face GPT2LMHeadModel state dict (Conv1D weights transposed back)."""
         return {k: (v.t() if k.endswith(self._CONV1D) else v).detach().clone() for k, v in self.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- the fused loss
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss = mean over rows i with targets[i] != ignore_index of  logsumexp(z_i) - z_i[targets[i]],  z = h wᵀ.
+
+    The logits z are (rows, vocab): at GPT-2 size 16,384 x 50,304, 1.6 GB in bf16. Here the forward pass takes
+    the rows `n_chunks` chunks at a time and, for each chunk, computes its logits, its loss, and at once the
+    gradient of the loss with respect to them, dz = (softmax(z) - onehot(target)) / n; then dh = dz w and
+    dw += dzᵀ h. The chunk's logits are dropped right there: nothing of size (rows, vocab) outlives a chunk, and
+    the logits are never read back by a backward pass. The backward pass only scales the saved dh, dw.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, targets, n_chunks: int, dtype: torch.dtype, ignore_index: int):
+        with torch.autocast(h.device.type, enabled=False):  # the casts are ours: matmuls in dtype, softmax in fp32
+            wc, acc = w.to(dtype), torch.promote_types(dtype, torch.float32)  # acc: fp32, or fp64 in the tests
+            valid = targets != ignore_index
+            n = valid.sum().clamp(min=1)  # rows that count (a tensor: no wait for the GPU)
+            loss, dh, dw = 0.0, [], None
+            for hc, tc, vc in zip(h.to(dtype).chunk(n_chunks), targets.chunk(n_chunks), valid.chunk(n_chunks),
+                                  strict=True):
+                z = (hc @ wc.t()).to(acc)  # (rows, vocab) logits of this chunk
+                lse = z.logsumexp(dim=-1)
+                tc = tc.where(vc, 0)  # any id for an ignored row: its weight below is 0
+                loss = loss + ((lse - z.gather(1, tc[:, None]).squeeze(1)) * vc).sum()
+                target = torch.arange(z.shape[1], device=z.device) == tc[:, None]
+                p = (z - lse[:, None]).exp()  # softmax
+                dz = (torch.where(target, p - 1, p) * (vc.to(acc) / n)[:, None]).to(dtype)
+                dh.append(dz @ wc)
+                dw_c = (dz.t() @ hc).to(acc)
+                dw = dw_c if dw is None else dw + dw_c
+        ctx.save_for_backward(torch.cat(dh).to(h.dtype), dw.to(w.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, dloss):
+        dh, dw = ctx.saved_tensors
+        return dh * dloss, dw * dloss, None, None, None, None
+
+
+def linear_cross_entropy(h, w, targets, n_chunks: int = 1, ignore_index: int = -100):
+    """F.cross_entropy(h @ wᵀ, targets) (mean, ignore_index as there) without the (rows, vocab) logits tensor.
+
+    h: (..., C) hidden states; w: (vocab, C), lm_head's weight; targets: (...) ids. Under autocast the matmuls run in
+    its dtype (bf16) and the softmax in fp32, as F.cross_entropy under autocast would. See LinearCrossEntropy.
+    """
+    if n_chunks < 1:
+        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+    on = torch.is_autocast_enabled(h.device.type)
+    dtype = torch.get_autocast_dtype(h.device.type) if on else h.dtype
+    return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), w, targets.reshape(-1), n_chunks, dtype, ignore_index)
 
 
 # ----------------------------------------------------------------------------- measuring

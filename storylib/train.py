@@ -12,7 +12,8 @@ The parts, in the order a run uses them:
     evaluate                   validation loss and bits per byte (storylib.gpt2.bits_per_byte)
     save_checkpoint, read_checkpoint   safetensors + JSON, written atomically; CheckpointError when broken
     train                      the loop: random windows, gradient accumulation, clipping, warmup + cosine,
-                               bf16 autocast, torch.compile and fused AdamW on a GPU; exact resume on a CPU
+                               bf16 autocast, torch.compile and fused AdamW on a GPU; exact resume on a CPU;
+                               speed options: fp8, loss_chunks (GPT.fused_loss), compile_mode
     load_model, export_model   a trained model (and its tokenizer) for the chat and serving chapters
 
 A checkpoint is a folder: `model.safetensors` (the weights; the tied lm_head is stored once, as wte),
@@ -47,6 +48,7 @@ import torch
 
 from storylib.gpt2 import GPT, GPTConfig, bits_per_byte
 from storylib.optim import lr_at, param_groups
+from storylib.precision import float8_linears, fp8_supported
 from storylib.tokenizer import RegexTokenizer
 
 CHECKPOINT_FORMAT = "llm101n-checkpoint/1"
@@ -103,6 +105,10 @@ class TrainConfig:
     device: str = _f("auto", "system", "'auto' (CUDA if there is one), 'cpu', 'cuda' or 'cuda:N'")
     dtype: str = _f("auto", "system", "'auto' (bf16 on CUDA, fp32 on CPU), 'bf16' or 'fp32'")
     compile: bool = _f(False, "system", "torch.compile the model (worth it on a GPU)")
+    fp8: bool = _f(False, "system", "FP8 training matmuls (storylib.precision) on GPUs that have them (H100)")
+    compile_mode: str = _f("default", "system", "torch.compile's mode: 'default' or 'max-autotune-no-cudagraphs'")
+    loss_chunks: int = _f(0, "system", "0: forward's loss; N: lm_head + cross-entropy fused, N row-chunks at a "
+                          "time, no logits tensor (GPT.fused_loss)")
     # [run] logging, evaluation, checkpoints
     out_dir: str = _f("runs/storyteller", "run", "where checkpoints and train_log.jsonl go")
     seed: int = _f(1337, "run", "seeds the weights, dropout and the order of the windows")
@@ -141,6 +147,8 @@ class TrainConfig:
         need(self.device == "auto" or self.device == "cpu" or self.device.split(":")[0] == "cuda",
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         need(self.dtype in ("auto", "bf16", "fp32"), f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        need(self.compile_mode in COMPILE_MODES, f"compile_mode must be in {COMPILE_MODES}, got {self.compile_mode!r}")
+        need(self.loss_chunks >= 0, f"loss_chunks must be >= 0 (0: forward's loss), got {self.loss_chunks}")
         need(min(self.log_interval, self.eval_interval, self.ckpt_interval) >= 1,
              "log_interval, eval_interval and ckpt_interval must be >= 1")
         return self
@@ -155,6 +163,7 @@ class TrainConfig:
 
 
 GROUPS = {f.metadata["group"] for f in fields(TrainConfig)}
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def _unknown(key: str, where: str) -> ConfigError:
@@ -721,13 +730,24 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    fwd = torch.compile(model) if cfg.compile else model  # evaluation uses `model`: its shapes vary
+    if cfg.fp8:
+        if fp8_supported(device):
+            float8_linears(model)  # same parameters and state_dict; FP8 matmuls in training mode only
+        else:
+            say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}")
+
+    def model_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # a micro-batch's mean loss; no logits kept
+        return model.fused_loss(x, y, cfg.loss_chunks) if cfg.loss_chunks else model(x, y)[1]
+
+    # evaluation calls `model` itself: its shapes vary
+    loss_fn = torch.compile(model_loss, mode=cfg.compile_mode) if cfg.compile else model_loss
     autocast = _autocast(device, dtype)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
     say(f"model: {model.num_params() / 1e6:.2f}M parameters, {gcfg}")
     say(f"data: {len(tokens):,} training tokens, {len(val.stories)} validation stories; "
         f"{tokens_per_step:,} tokens per step; {device}, {str(dtype).removeprefix('torch.')}"
-        f"{', compiled' if cfg.compile else ''}")
+        f"{', compiled' if cfg.compile else ''}{', fp8 matmuls' if cfg.fp8 and fp8_supported(device) else ''}"
+        f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}")
 
     def log(event: dict[str, Any]) -> None:
         with open(log_path, "a", encoding="utf-8") as f:
@@ -774,7 +794,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
             if device.type == "cuda":  # pinned memory: the copy overlaps with the GPU's work
                 x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
             with autocast:
-                _, loss = fwd(x, y)
+                loss = loss_fn(x, y)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None

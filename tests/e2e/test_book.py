@@ -93,6 +93,16 @@ def test_no_page_or_stylesheet_loads_anything_off_site(book_dir):
     assert not bad, "off-site assets (the book must be self-contained):\n  " + "\n  ".join(bad[:40])
 
 
+@pytest.mark.parametrize("docname", toc_files())
+def test_no_directive_is_left_unparsed(book_dir, docname):
+    """A MyST directive that did not parse shows up as its source text, e.g. a ```{admonition} fence whose title
+    holds backticks (not allowed in a backtick fence's info string: use a ::: fence)."""
+    html = (book_dir / f"{docname}.html").read_text()
+    text = re.sub(r"<pre[\s\S]*?</pre>", "", html)  # code cells may show directives on purpose
+    left = re.findall(r"(?:```|~~~|:::)\s*\{[a-z-]+\}[^<\n]{0,60}", text)
+    assert not left, f"{docname}: directives rendered as text (not parsed): {left[:3]}"
+
+
 def _plotting_notebooks() -> list[str]:
     """Book notebooks whose code draws with matplotlib (their built pages must show the figures)."""
     out = []
