@@ -1,5 +1,5 @@
 # LLM101n — the two commands a newcomer needs:
-#   make start   set up, build the book, open JupyterLab on your workspace (prints both URLs)
+#   make start   set up, build the book, start JupyterLab on your workspace, the book and the storyteller web app
 #   make test    set up, then every test: lint, package tests, honesty gate, nbgrader class, book, browser
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

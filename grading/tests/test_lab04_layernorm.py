@@ -22,6 +22,17 @@ def forward(x, w, b, threads=32):
     return y, mean, rstd
 
 
+def check_backward(x, w, b, dy, dx, dw, db, dw0=0.0, db0=0.0):
+    """dx, dw, db against float64 autograd; dw and db were added into buffers that held dw0, db0."""
+    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    gx, gw, gb = torch.autograd.grad(F.layer_norm(xt, (x.shape[1],), wt, bt), (xt, wt, bt),
+                                     torch.tensor(dy, dtype=torch.float64))
+    assert not np.isnan(dx).any(), "dx has unwritten (NaN) entries"
+    np.testing.assert_allclose(dx, gx.numpy(), rtol=1e-4, atol=1e-5, err_msg="dx")
+    np.testing.assert_allclose(dw, gw.numpy() + dw0, rtol=1e-4, atol=1e-5, err_msg="dw")
+    np.testing.assert_allclose(db, gb.numpy() + db0, rtol=1e-4, atol=1e-5, err_msg="db")
+
+
 @pytest.mark.exercise("lab04.forward")
 @pytest.mark.parametrize("rows, cols, threads", [(3, 29, 32), (2, 70, 64)])
 def test_forward_matches_float64(rows, cols, threads):
@@ -43,13 +54,7 @@ def test_backward_matches_autograd():
     dx = np.full_like(x, np.nan)
     dw, db = np.zeros(cols, np.float32), np.zeros(cols, np.float32)
     lab.layernorm_backward(dy, x, w, mean, rstd, dx, dw, db, threads=32)
-    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
-    y = F.layer_norm(xt, (cols,), wt, bt)
-    gx, gw, gb = torch.autograd.grad(y, (xt, wt, bt), torch.tensor(dy, dtype=torch.float64))
-    assert not np.isnan(dx).any(), "dx has unwritten (NaN) entries"
-    np.testing.assert_allclose(dx, gx.numpy(), rtol=1e-4, atol=1e-5, err_msg="dx")
-    np.testing.assert_allclose(dw, gw.numpy(), rtol=1e-4, atol=1e-5, err_msg="dw (given kernel)")
-    np.testing.assert_allclose(db, gb.numpy(), rtol=1e-4, atol=1e-5, err_msg="db (given kernel)")
+    check_backward(x, w, b, dy, dx, dw, db)
 
 
 @pytest.mark.parametrize("launch, rows, cols, arg", [("layernorm_forward_warp", 5, 37, 2),
@@ -76,13 +81,7 @@ def test_reference_only_v2_backward_fused():
     dw, db = np.full(cols, 0.25, np.float32), np.full(cols, -0.5, np.float32)  # added into: start off zero
     lab.layernorm_backward_warp(dy, x, w, mean_ref.astype(np.float32), rstd_ref.astype(np.float32), dx, dw, db,
                                 warps=2, blocks=2)
-    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
-    gx, gw, gb = torch.autograd.grad(F.layer_norm(xt, (cols,), wt, bt), (xt, wt, bt),
-                                     torch.tensor(dy, dtype=torch.float64))
-    assert not np.isnan(dx).any(), "dx has unwritten (NaN) entries"
-    np.testing.assert_allclose(dx, gx.numpy(), rtol=1e-4, atol=1e-5, err_msg="dx")
-    np.testing.assert_allclose(dw, gw.numpy() + 0.25, rtol=1e-4, atol=1e-5, err_msg="dw")
-    np.testing.assert_allclose(db, gb.numpy() - 0.5, rtol=1e-4, atol=1e-5, err_msg="db")
+    check_backward(x, w, b, dy, dx, dw, db, dw0=0.25, db0=-0.5)
 
 
 @pytest.mark.parametrize("rows, cols, warps", [(5, 37, 2), (3, 64, 2)])
@@ -110,13 +109,7 @@ def test_reference_only_v3_backward(rows, cols, threads, blocks):
     dw, db = np.full(cols, 0.25, np.float32), np.full(cols, -0.5, np.float32)  # added into: start off zero
     lab.layernorm_backward_expert(dy, x, w, mean_ref.astype(np.float32), rstd_ref.astype(np.float32), dx, dw, db,
                                   partials=partials, threads=threads, blocks=blocks)
-    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
-    gx, gw, gb = torch.autograd.grad(F.layer_norm(xt, (cols,), wt, bt), (xt, wt, bt),
-                                     torch.tensor(dy, dtype=torch.float64))
-    assert not np.isnan(dx).any(), "dx has unwritten (NaN) entries"
-    np.testing.assert_allclose(dx, gx.numpy(), rtol=1e-4, atol=1e-5, err_msg="dx")
-    np.testing.assert_allclose(dw, gw.numpy() + 0.25, rtol=1e-4, atol=1e-5, err_msg="dw")
-    np.testing.assert_allclose(db, gb.numpy() - 0.5, rtol=1e-4, atol=1e-5, err_msg="db")
+    check_backward(x, w, b, dy, dx, dw, db, dw0=0.25, db0=-0.5)
 
 
 def test_layernorm_bytes_counts_every_tensor_once():
