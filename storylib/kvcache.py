@@ -42,7 +42,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -372,12 +372,13 @@ class StreamDecoder:
 def generate_stream(model: GPT, tokenizer, prompt_ids: Sequence[int], max_new_tokens: int = 200, *,
                     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                     repetition_penalty: float = 1.0, stop: Iterable[str | int] = (),
-                    seed: int | None = None) -> Iterator[str]:
+                    seed: int | None = None, on_token: Callable[[int], None] | None = None) -> Iterator[str]:
     """The model's continuation of prompt_ids as a generator of text pieces, yielded as they become certain.
 
     Generation stops at <|end|> or <|endoftext|> (when the tokenizer has them), at a token id in `stop`, or when
     the text reaches a string in `stop`; none of these is yielded. seed makes sampling reproducible (None: a
-    fresh random seed). Breaking out of the loop, or .close(), stops the work. A chat reply:
+    fresh random seed). on_token, if given, is called with each new token id (e.g. to count them). Breaking out
+    of the loop, or .close(), stops the work. A chat reply:
         ids, _ = storylib.datasets.render_chat(messages, tok, add_generation_prompt=True)
         for piece in generate_stream(model, tok, ids, temperature=0.8, top_p=0.9): print(piece, end="")
     """
@@ -394,6 +395,8 @@ def generate_stream(model: GPT, tokenizer, prompt_ids: Sequence[int], max_new_to
                              repetition_penalty=repetition_penalty, stop_ids=stop_ids, generator=generator)
     try:
         for t in tokens:
+            if on_token is not None:
+                on_token(t)
             piece = decoder.push(t)
             if piece:
                 yield piece

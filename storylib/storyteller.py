@@ -127,21 +127,6 @@ def friendly_error(e: BaseException, then: str = "restart the kernel and try aga
 # ----------------------------------------------------------------------------- the session
 
 
-class _CountingTokenizer:
-    """The tokenizer as generate_stream sees it, counting the tokens: its StreamDecoder looks every new token's
-    bytes up in `vocab` exactly once (a stop token is never looked up)."""
-
-    def __init__(self, tok):
-        self.special_tokens = getattr(tok, "special_tokens", {})
-        self.vocab = self
-        self._vocab = tok.vocab
-        self.n = 0
-
-    def __getitem__(self, token_id: int) -> bytes:
-        self.n += 1
-        return self._vocab[token_id]
-
-
 def describe_storylib() -> str:
     """Where the running storylib lives: the reference repo or a learner's workspace."""
     import storylib
@@ -255,17 +240,17 @@ class StorySession:
 
         t0 = time.perf_counter()
         seg = Segment("model")
-        counter = None
+        tokens: list[int] = []  # the ids generated, as generate_stream reports them
         reason = "end"
         try:
             sampling.check()
             model, tok = self.load()
             ids = self.prompt_ids()
-            counter = _CountingTokenizer(tok)
             self.segments.append(seg)
             stream = kvcache.generate_stream(
-                model, counter, ids, sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-                top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty, seed=sampling.seed)
+                model, tok, ids, sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty, seed=sampling.seed,
+                on_token=tokens.append)
             try:
                 for piece in stream:
                     seg.pieces.append(piece)
@@ -276,15 +261,14 @@ class StorySession:
                         break
             finally:
                 stream.close()
-            if reason == "end" and counter.n >= sampling.max_tokens:
+            if reason == "end" and len(tokens) >= sampling.max_tokens:
                 reason = "length"
             error = None
         except Exception as e:  # an unfinished exercise, a bad setting: a message for the reader, not a crash
             reason, error = "error", friendly_error(e, self.retry)
         if not seg.pieces and seg in self.segments:
             self.segments.remove(seg)
-        n = counter.n if counter is not None else 0
-        return Generation(seg.text, n, time.perf_counter() - t0, reason, error)
+        return Generation(seg.text, len(tokens), time.perf_counter() - t0, reason, error)
 
 
 # ----------------------------------------------------------------------------- the terminal chat
