@@ -312,16 +312,16 @@ class GPT(nn.Module):
     def fused_loss(self, idx, targets, n_chunks: int = 1):
         """forward's loss, computed without forward's logits tensor: the trainer's speed path.
 
-        The same blocks as forward, then lm_head and cross-entropy fused in `linear_cross_entropy`, whose forward
-        pass also computes both gradients, `n_chunks` row-chunks at a time. Same value and gradients as forward.
+        forward itself runs with an identity head, so it returns the final hidden states (B, T, C) instead of
+        logits; lm_head and the cross-entropy are then fused in `linear_cross_entropy`, whose forward pass also
+        computes both gradients, `n_chunks` row-chunks at a time. Same value and gradients as forward.
         """
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device)))
-        for block in self.transformer.h:
-            x = block(x)
-        return linear_cross_entropy(self.transformer.ln_f(x), self.lm_head.weight, targets, n_chunks)
+        head, self.lm_head = self.lm_head, nn.Identity()
+        try:
+            h, _ = self(idx)
+        finally:
+            self.lm_head = head
+        return linear_cross_entropy(h, head.weight, targets, n_chunks)
 
     # ------------------------------------------------------------------------- Hugging Face GPT-2 weights
 
