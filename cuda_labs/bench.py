@@ -133,8 +133,8 @@ def main() -> None:
         for key, lab, field in (("softmax", "lab03", "best_GBps"), ("layernorm_fwd", "lab04", "forward_GBps"),
                                 ("layernorm_bwd", "lab04", "backward_GBps"), ("adamw", "lab07", "fused_GBps")):
             if field in result.get(lab, {}):
-                # lab04 also times a copy of its own size the way it times its kernels: divide by the larger
-                ref = max(copy, result[lab].get("copy_GBps", 0.0)) if lab == "lab04" else copy
+                # each lab also times a copy of its own size the way it times its kernels: divide by the larger
+                ref = max(copy, result[lab].get("copy_GBps", 0.0))
                 summary[f"{key}_pct_copy"] = 100 * result[lab][field] / ref
     if "flash_speedup_vs_naive" in result.get("lab06", {}):
         summary["flash_speedup_vs_naive"] = result["lab06"]["flash_speedup_vs_naive"]

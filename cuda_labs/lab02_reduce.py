@@ -216,20 +216,20 @@ def prefix_sum(x, out, threads: int = THREADS) -> None:
 def bench(n: int = 1 << 26) -> dict:
     import torch
 
-    from cuda_labs._timing import gbps, time_ms
+    from cuda_labs._timing import gbps, time_queued_ms
 
     x = torch.randn(n, device="cuda")
     dx = cuda.as_cuda_array(x, sync=False)
     dout = cuda.device_array(n, dtype=np.float32)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     nb = 4 * n
-    out = {"n": n, "torch_sum_GBps": gbps(nb, time_ms(lambda: x.sum()))}
+    out = {"n": n, "torch_sum_GBps": gbps(nb, time_queued_ms(lambda: x.sum()))}
     partial, total = cuda.device_array(4 * sms, dtype=np.float32), cuda.device_array(1, dtype=np.float32)
-    out["shared_sum_GBps"] = gbps(nb, time_ms(lambda: sum_shared(dx, 4 * sms, THREADS, partial, total)))
-    out["shuffle_sum_GBps"] = gbps(nb, time_ms(lambda: sum_shuffle(dx, 4 * sms, THREADS, partial, total)))
+    out["shared_sum_GBps"] = gbps(nb, time_queued_ms(lambda: sum_shared(dx, 4 * sms, THREADS, partial, total)))
+    out["shuffle_sum_GBps"] = gbps(nb, time_queued_ms(lambda: sum_shuffle(dx, 4 * sms, THREADS, partial, total)))
     out["shuffle_sum_rel_err"] = abs(float(total.copy_to_host()[0]) - float(x.double().sum())) / float(x.abs().sum())
-    out["torch_cumsum_GBps"] = gbps(2 * nb, time_ms(lambda: torch.cumsum(x, 0)))
-    out["scan_GBps"] = gbps(2 * nb, time_ms(lambda: prefix_sum(dx, dout, threads=1024)))
+    out["torch_cumsum_GBps"] = gbps(2 * nb, time_queued_ms(lambda: torch.cumsum(x, 0)))
+    out["scan_GBps"] = gbps(2 * nb, time_queued_ms(lambda: prefix_sum(dx, dout, threads=1024)))
     return out
 
 

@@ -186,20 +186,21 @@ def softmax_registers(x, out, threads: int = THREADS) -> None:
 def bench(rows: int = 8192, cols: int = 4096) -> dict:
     import torch
 
-    from cuda_labs._timing import gbps, time_ms
+    from cuda_labs._timing import gbps, time_queued_ms
 
     x = torch.randn(rows, cols, device="cuda") * 3
     out = torch.empty_like(x)
     dx, dout = cuda.as_cuda_array(x, sync=False), cuda.as_cuda_array(out, sync=False)
     nb = 2 * 4 * rows * cols  # read once, write once: the least any softmax must move
-    res = {"rows": rows, "cols": cols, "torch_GBps": gbps(nb, time_ms(lambda: torch.softmax(x, -1)))}
-    res["naive_GBps"] = gbps(nb, time_ms(lambda: softmax_naive(dx, dout), warmup=1, reps=3))
-    res["online_GBps"] = gbps(nb, time_ms(lambda: softmax_online(dx, dout)))
+    res = {"rows": rows, "cols": cols, "copy_GBps": gbps(nb, time_queued_ms(lambda: out.copy_(x)))}
+    res["torch_GBps"] = gbps(nb, time_queued_ms(lambda: torch.softmax(x, -1)))
+    res["naive_GBps"] = gbps(nb, time_queued_ms(lambda: softmax_naive(dx, dout), reps=3, rounds=3))
+    res["online_GBps"] = gbps(nb, time_queued_ms(lambda: softmax_online(dx, dout)))
     for threads in (64, 128, 512):
-        res[f"online_{threads}_GBps"] = gbps(nb, time_ms(lambda t=threads: softmax_online(dx, dout, t)))
+        res[f"online_{threads}_GBps"] = gbps(nb, time_queued_ms(lambda t=threads: softmax_online(dx, dout, t)))
     ref = torch.softmax(x.double(), -1)
     for threads in (128, 256, 512, 1024):
-        res[f"registers_{threads}_GBps"] = gbps(nb, time_ms(lambda t=threads: softmax_registers(dx, dout, t)))
+        res[f"registers_{threads}_GBps"] = gbps(nb, time_queued_ms(lambda t=threads: softmax_registers(dx, dout, t)))
         res[f"registers_{threads}_max_abs_err"] = float((out.double() - ref).abs().max())
     res["registers_GBps"] = max(res[f"registers_{t}_GBps"] for t in (128, 256, 512, 1024))
     res["best_GBps"] = max(res["online_GBps"], res["registers_GBps"])  # the best rung

@@ -24,10 +24,10 @@ on every run.
 
 Measuring (bench): numba spends ~20 µs in Python to launch a kernel. Timed one launch at a time on an idle
 GPU (_timing.time_ms), that wait is inside the events and cost these kernels 35-50% of their bandwidth;
-time_queued_ms queues the launches behind a GPU spin so the events time the kernels back to back. Bytes
-are layernorm_bytes: what each pass must move, so extra traffic counts against a kernel.
-On an H100 (bench/results/cuda_labs_h100.json, 65536×1024, % of a device-to-device copy): forward v2 99%,
-v3 97%, torch 85%; backward v2 88%, v3 90%, torch 42%. v3's instruction savings barely show: these kernels
+_timing.time_queued_ms queues the launches behind a GPU spin so the events time the kernels back to back.
+Bytes are layernorm_bytes: what each pass must move, so extra traffic counts against a kernel.
+On an H100 (bench/results/cuda_labs_h100.json, 65536×1024, % of a device-to-device copy): forward v2 98%,
+v3 97%, torch 85%; backward v2 88%, v3 90%, torch 44%. v3's instruction savings barely show: these kernels
 wait on memory, not on arithmetic.
 
     python -m cuda_labs.lab04_layernorm   # benchmark on a GPU
@@ -487,38 +487,6 @@ def layernorm_bytes(rows: int, cols: int) -> dict:
     return {"forward": 4 * (2 * RC + 2 * cols + 2 * rows), "backward": 4 * (3 * RC + 2 * rows + cols + 4 * cols)}
 
 
-SLEEP_CYCLES = 4_000_000  # ~2 ms of GPU busy-wait at H100 clocks
-
-
-def time_queued_ms(fn, reps: int = 20, rounds: int = 7) -> float:
-    """Median GPU milliseconds per call of `fn`, with the host's launch time hidden.
-
-    `time_ms` brackets ONE call with events on an idle GPU, so the ~20 µs numba needs to launch a kernel
-    (argument typing, in Python) runs while the GPU waits, and is timed. Here the GPU first spins for ~2 ms
-    (torch.cuda._sleep) while the host queues start event, `reps` calls and end event behind the spin: the
-    events then time back-to-back kernels, as in a training step. If queueing took longer than the spin the
-    GPU would idle and the number would come out LOWER, never higher.
-    """
-    import statistics
-
-    import torch
-
-    from cuda_labs._timing import time_ms
-
-    time_ms(fn, reps=3)  # warm-up: compilation, module load, the GPU's clock
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(SLEEP_CYCLES)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
-
-
 def bench(rows: int = 65536, cols: int = 1024) -> dict:
     """Every rung on an (rows, cols) float32 problem (256 MiB per matrix: 5x the H100's L2, so nothing is served
     from cache between calls), against torch in the same run. GB/s = layernorm_bytes / GPU time per call
@@ -526,7 +494,7 @@ def bench(rows: int = 65536, cols: int = 1024) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cuda_labs._timing import gbps, time_ms
+    from cuda_labs._timing import gbps, time_ms, time_queued_ms
 
     x = torch.randn(rows, cols, device="cuda") * 2 + 0.5
     w, b = torch.randn(cols, device="cuda"), torch.randn(cols, device="cuda")

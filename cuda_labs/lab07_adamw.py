@@ -54,18 +54,20 @@ def adamw_step(p, g, m, v, step: int, lr: float = 1e-3, betas=(0.9, 0.999), eps:
 def bench(n: int = 1 << 26) -> dict:
     import torch
 
-    from cuda_labs._timing import gbps, time_ms
+    from cuda_labs._timing import gbps, time_queued_ms
 
     p, g = torch.randn(n, device="cuda"), torch.randn(n, device="cuda")
     m, v = torch.zeros(n, device="cuda"), torch.zeros(n, device="cuda")
     dp, dg, dm, dv = (cuda.as_cuda_array(t, sync=False) for t in (p, g, m, v))
     nb = 7 * 4 * n
-    res = {"n": n, "fused_GBps": gbps(nb, time_ms(lambda: adamw_step(dp, dg, dm, dv, 10)))}
+    scratch = torch.empty_like(p)
+    res = {"n": n, "copy_GBps": gbps(2 * 4 * n, time_queued_ms(lambda: scratch.copy_(p)))}  # p -> scratch
+    res["fused_GBps"] = gbps(nb, time_queued_ms(lambda: adamw_step(dp, dg, dm, dv, 10)))
     for name, kw in (("torch_foreach", dict(foreach=True)), ("torch_fused", dict(fused=True))):
         q = torch.nn.Parameter(p.clone())
         q.grad = g.clone()
         opt = torch.optim.AdamW([q], lr=1e-3, **kw)
-        res[f"{name}_GBps"] = gbps(nb, time_ms(opt.step))
+        res[f"{name}_GBps"] = gbps(nb, time_queued_ms(opt.step))
     return res
 
 

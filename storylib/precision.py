@@ -97,10 +97,14 @@ class Float8Linear(nn.Linear):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-def float8_linears(model: nn.Module) -> nn.Module:
-    """Swap every nn.Linear of `model` for a Float8Linear sharing its parameters, in place; returns the model."""
-    for parent in list(model.modules()):
+def float8_linears(model: nn.Module, only: str | None = None) -> nn.Module:
+    """Swap the nn.Linear layers of `model` for Float8Linears sharing their parameters, in place; returns the model.
+
+    only: the qualified name of the one Linear to swap (e.g. "lm_head"); None: every Linear.
+    """
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            fqn = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is nn.Linear and only in (None, fqn):
                 setattr(parent, name, Float8Linear.from_linear(child))
     return model

@@ -105,8 +105,11 @@ class TrainConfig:
     device: str = _f("auto", "system", "'auto' (CUDA if there is one), 'cpu', 'cuda' or 'cuda:N'")
     dtype: str = _f("auto", "system", "'auto' (bf16 on CUDA, fp32 on CPU), 'bf16' or 'fp32'")
     compile: bool = _f(False, "system", "torch.compile the model (worth it on a GPU)")
-    fp8: bool = _f(False, "system", "FP8 training matmuls (storylib.precision) on GPUs that have them (H100)")
-    compile_mode: str = _f("default", "system", "torch.compile's mode: 'default' or 'max-autotune-no-cudagraphs'")
+    fp8: str = _f("off", "system", "FP8 training matmuls (storylib.precision) on GPUs that have them (H100): "
+                  "'off', 'lm_head' (the largest matmul only; the fastest at GPT-2 small) or 'all'")
+    compile_mode: str = _f("default", "system", "torch.compile's mode: 'default', 'max-autotune-no-cudagraphs' "
+                           "(minutes of matmul autotuning) or 'coordinate-descent' (Inductor tunes its own kernels' "
+                           "block sizes; a minute or two more compiling)")
     loss_chunks: int = _f(0, "system", "0: forward's loss; N: lm_head + cross-entropy fused, N row-chunks at a "
                           "time, no logits tensor (GPT.fused_loss)")
     # [run] logging, evaluation, checkpoints
@@ -147,6 +150,7 @@ class TrainConfig:
         need(self.device == "auto" or self.device == "cpu" or self.device.split(":")[0] == "cuda",
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         need(self.dtype in ("auto", "bf16", "fp32"), f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        need(self.fp8 in FP8_CHOICES, f"fp8 must be in {FP8_CHOICES}, got {self.fp8!r}")
         need(self.compile_mode in COMPILE_MODES, f"compile_mode must be in {COMPILE_MODES}, got {self.compile_mode!r}")
         need(self.loss_chunks >= 0, f"loss_chunks must be >= 0 (0: forward's loss), got {self.loss_chunks}")
         need(min(self.log_interval, self.eval_interval, self.ckpt_interval) >= 1,
@@ -163,7 +167,8 @@ class TrainConfig:
 
 
 GROUPS = {f.metadata["group"] for f in fields(TrainConfig)}
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "coordinate-descent")
+FP8_CHOICES = ("off", "lm_head", "all")
 
 
 def _unknown(key: str, where: str) -> ConfigError:
@@ -730,9 +735,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.fp8:
-        if fp8_supported(device):
-            float8_linears(model)  # same parameters and state_dict; FP8 matmuls in training mode only
+    fp8 = cfg.fp8 != "off" and fp8_supported(device)
+    if cfg.fp8 != "off":
+        if fp8:  # same parameters and state_dict; FP8 matmuls in training mode only
+            float8_linears(model, only="lm_head" if cfg.fp8 == "lm_head" else None)
         else:
             say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}")
 
@@ -740,13 +746,17 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
         return model.fused_loss(x, y, cfg.loss_chunks) if cfg.loss_chunks else model(x, y)[1]
 
     # evaluation calls `model` itself: its shapes vary
-    loss_fn = torch.compile(model_loss, mode=cfg.compile_mode) if cfg.compile else model_loss
+    loss_fn = model_loss
+    if cfg.compile and cfg.compile_mode == "coordinate-descent":
+        loss_fn = torch.compile(model_loss, options={"coordinate_descent_tuning": True})
+    elif cfg.compile:
+        loss_fn = torch.compile(model_loss, mode=cfg.compile_mode)
     autocast = _autocast(device, dtype)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
     say(f"model: {model.num_params() / 1e6:.2f}M parameters, {gcfg}")
     say(f"data: {len(tokens):,} training tokens, {len(val.stories)} validation stories; "
         f"{tokens_per_step:,} tokens per step; {device}, {str(dtype).removeprefix('torch.')}"
-        f"{', compiled' if cfg.compile else ''}{', fp8 matmuls' if cfg.fp8 and fp8_supported(device) else ''}"
+        f"{', compiled' if cfg.compile else ''}{f', fp8 matmuls ({cfg.fp8})' if fp8 else ''}"
         f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}")
 
     def log(event: dict[str, Any]) -> None:

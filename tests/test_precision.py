@@ -70,3 +70,11 @@ def test_float8_linears_keeps_ties_and_state_dict():
     _, loss = m(idx, idx)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_float8_linears_only_swaps_the_named_one():
+    m = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
+    float8_linears(m, only="lm_head")
+    assert [n for n, x in m.named_modules() if isinstance(x, Float8Linear)] == ["lm_head"]
+    assert m.lm_head.weight is m.transformer.wte.weight
+    assert sum(type(x) is nn.Linear for x in m.modules()) == 2 * 4

@@ -99,7 +99,8 @@ def test_training_with_the_fused_loss_follows_the_plain_run(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("key, value, match", [("loss_chunks", -1, "loss_chunks"),
-                                                ("compile_mode", "reduce-overhead", "compile_mode")])
+                                                ("compile_mode", "reduce-overhead", "compile_mode"),
+                                                ("fp8", True, "fp8 must be str"), ("fp8", "mlp", "fp8 must be in")])
 def test_speed_options_are_checked(key, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{key: value}).validate()
