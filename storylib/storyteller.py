@@ -128,10 +128,18 @@ def friendly_error(e: BaseException, then: str = "restart the kernel and try aga
 
 
 def describe_storylib() -> str:
-    """Where the running storylib lives: the reference repo or a learner's workspace."""
+    """Which storylib runs: "the course's reference" (the course repo's own: no folder named, so a page built on
+    one machine does not show its paths), "yours, <folder>" in a workspace (grading.release marks one), else the
+    folder."""
     import storylib
 
-    return str(Path(storylib.__file__).resolve().parent)
+    where, home = Path(storylib.__file__).resolve().parent, Path.home()
+    folder = f"~/{where.relative_to(home)}" if where.is_relative_to(home) else str(where)
+    if (where.parent / ".llm101n-workspace").is_file():
+        return f"yours, {folder}"
+    if (where.parent / "solutions").is_dir() and (where.parent / "grading").is_dir():
+        return "the course's reference"
+    return folder
 
 
 class StorySession:

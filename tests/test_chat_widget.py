@@ -231,7 +231,7 @@ def test_the_first_story_is_recorded_and_reproducible(storyteller):
     want, _ = reference(storyteller, a.session.segments[0].text, 25, temperature=0.8, top_p=0.95, seed=0)
     assert model_parts(a) == [want]
     assert a.seed is None, "later turns stay random unless the reader picks a seed"
-    assert a.footer.startswith(f"storylib: {storylib.__path__[0]}") and "11.3 M parameters" in a.footer
+    assert a.footer.startswith("storylib: the course's reference ·") and "11.3 M parameters" in a.footer
 
 
 def test_only_story_mode_for_now(storyteller):
@@ -255,3 +255,17 @@ def test_session_cut_keeps_pieces_and_roles():
     with pytest.raises(ValueError, match="outside the story"):
         s.cut(5)
     assert Sampling().top_p == 0.95
+
+
+def test_the_footer_names_a_workspace_storylib_as_yours(tmp_path, monkeypatch):
+    from storylib.storyteller import describe_storylib
+
+    (tmp_path / "ws" / "storylib").mkdir(parents=True)
+    monkeypatch.setattr(storylib, "__file__", str(tmp_path / "ws" / "storylib" / "__init__.py"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert describe_storylib() == "~/ws/storylib", "a storylib somewhere: its folder"
+    (tmp_path / "ws" / "solutions").mkdir()
+    (tmp_path / "ws" / "grading").mkdir()
+    assert describe_storylib() == "the course's reference"
+    (tmp_path / "ws" / ".llm101n-workspace").write_text("{}")
+    assert describe_storylib() == "yours, ~/ws/storylib"
