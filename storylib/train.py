@@ -736,11 +736,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     fp8 = cfg.fp8 != "off" and fp8_supported(device)
-    if cfg.fp8 != "off":
-        if fp8:  # same parameters and state_dict; FP8 matmuls in training mode only
-            float8_linears(model, only="lm_head" if cfg.fp8 == "lm_head" else None)
-        else:
-            say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}")
+    if fp8:  # same parameters and state_dict; FP8 matmuls in training mode only
+        float8_linears(model, only="lm_head" if cfg.fp8 == "lm_head" else None)
+    elif cfg.fp8 != "off":
+        say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}")
 
     def model_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # a micro-batch's mean loss; no logits kept
         return model.fused_loss(x, y, cfg.loss_chunks) if cfg.loss_chunks else model(x, y)[1]

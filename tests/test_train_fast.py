@@ -98,6 +98,17 @@ def test_training_with_the_fused_loss_follows_the_plain_run(tmp_path, monkeypatc
     assert fast[-1] < fast[0]
 
 
+@pytest.mark.parametrize("which", ["lm_head", "all"])
+def test_fp8_training_follows_the_plain_run(tmp_path, monkeypatch, which):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("storylib.train.fp8_supported", lambda device: True)  # a CPU emulates the FP8 matmuls
+    plain = _run(tmp_path, "plain")
+    fp8 = _run(tmp_path, which, fp8=which)
+    gap = max(abs(a - b) for a, b in zip(plain, fp8, strict=True))
+    assert 0 < gap < 0.05, (which, plain, fp8)  # FP8 rounding changes the losses a little, and only a little
+    assert fp8[-1] < fp8[0]
+
+
 @pytest.mark.parametrize("key, value, match", [("loss_chunks", -1, "loss_chunks"),
                                                 ("compile_mode", "reduce-overhead", "compile_mode"),
                                                 ("fp8", True, "fp8 must be str"), ("fp8", "mlp", "fp8 must be in")])
