@@ -118,10 +118,16 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def book_server(book_dir: Path) -> Iterator[str]:
     """Serves the built book on 127.0.0.1 at a free port; yields the base URL, ending in '/'."""
-    handler = functools.partial(_QuietHandler, directory=str(book_dir))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    with serve_directory(book_dir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """A static HTTP server for `directory` on 127.0.0.1 at a free port; yields its base URL, ending in '/'."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="book-server", daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, name=f"serve-{directory.name}", daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/"
@@ -282,13 +288,5 @@ def static_widget_site(widget, site: Path, title: str) -> Iterator[str]:
     esc = lambda obj: json.dumps(obj).replace("</", "<\\/")  # noqa: E731 - no "</script>" inside the JSON
     (site / "book" / "page.html").write_text(_STANDALONE_PAGE.format(
         title=title, state=esc(data["manager_state"]), view=esc(data["view_specs"][0])), encoding="utf-8")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name=f"site-{title}", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/book/page.html"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_directory(site) as url:
+        yield url + "book/page.html"
