@@ -48,20 +48,21 @@ def tiny(storyteller):
     return GPT(GPTConfig(block_size=256, vocab_size=4160, n_layer=1, n_head=2, n_embd=32)).eval(), tok
 
 
-@pytest.fixture(scope="module")
-def server(storyteller, tmp_path_factory):
-    model, tok = storyteller
+def _serving(model_and_tokenizer, tmp_path_factory):
+    model, tok = model_and_tokenizer
     app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("db") / "c.sqlite3")
     with live(app) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def server(storyteller, tmp_path_factory):
+    yield from _serving(storyteller, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny, tmp_path_factory):
-    model, tok = tiny
-    app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("db") / "c.sqlite3")
-    with live(app) as url:
-        yield url
+    yield from _serving(tiny, tmp_path_factory)
 
 
 def client(url: str, key: str = "none") -> openai.OpenAI:
