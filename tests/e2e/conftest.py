@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
+import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -244,6 +247,22 @@ def open_chapter(page, book_server) -> Callable[..., object]:
         return page
 
     return _open
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Send `sig` to the process group that `proc` leads (start_new_session=True); SIGKILL it after `timeout` s."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def screenshot_path(name: str, tmp_path: Path) -> Path:

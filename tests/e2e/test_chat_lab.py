@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import ROOT, screenshot_path
-from .test_start import _free_port
+from .conftest import ROOT, free_port, screenshot_path, stop_process_group
 
 PROMPT = "Once upon a time, there was a little fox"
 # Sampling of the test: seed 4 tells a long story (280 tokens before <|endoftext|> with models/storyteller), so
@@ -62,7 +61,7 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
     """A real JupyterLab on 127.0.0.1 serving a temp folder with chat.ipynb; yields (notebook URL, its log)."""
     root = tmp_path_factory.mktemp("chat_lab")
     (root / "chat.ipynb").write_text(json.dumps(NOTEBOOK), encoding="utf-8")
-    port, token = _free_port(), "llm101n-chat-test"
+    port, token = free_port(), "llm101n-chat-test"
     home = tmp_path_factory.mktemp("jupyter_home")  # config, runtime and lab settings of this server only
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
@@ -91,11 +90,7 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
             pytest.fail("jupyter lab did not answer within 60 s:\n" + log_path.read_text()[-3000:], pytrace=False)
         yield f"http://127.0.0.1:{port}/lab/tree/chat.ipynb?token={token}", log_path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, signal.SIGTERM, timeout=20)
         log.close()
 
 

@@ -6,24 +6,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port, stop_process_group
 
 
 def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path, browser):
-    lab_port, book_port, app_port = _free_port(), _free_port(), _free_port()
+    lab_port, book_port, app_port = free_port(), free_port(), free_port()
     workspace = tmp_path / "workspace"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
     proc = subprocess.Popen(
@@ -73,8 +65,4 @@ def test_start_serves_jupyterlab_on_the_learner_workspace_and_the_book(tmp_path,
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, signal.SIGINT, timeout=30)  # Ctrl-C, as a learner stops it
