@@ -135,7 +135,7 @@ def describe_storylib() -> str:
 
     where, home = Path(storylib.__file__).resolve().parent, Path.home()
     folder = f"~/{where.relative_to(home)}" if where.is_relative_to(home) else str(where)
-    if (where.parent / ".llm101n-workspace").is_file():
+    if (where.parent / ".llm101n-workspace").is_file():  # written by grading.release (its MARKER)
         return f"yours, {folder}"
     if (where.parent / "solutions").is_dir() and (where.parent / "grading").is_dir():
         return "the course's reference"
