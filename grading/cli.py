@@ -33,7 +33,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from grading.harness import HarnessError, check
 
     try:
-        report = check(args.selectors, Path(args.root) if args.root else None)
+        report = check(args.selectors, Path(args.root) if args.root else None, seed=None if args.fresh else 0,
+                       level="process" if args.no_sandbox else None,
+                       hidden=Path(args.hidden) if args.hidden else None)
     except (HarnessError, ValueError) as e:
         print(f"llm101n check: {e}", file=sys.stderr)
         return 2
@@ -230,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="grade exercises of your storylib")
     p.add_argument("selectors", nargs="+", metavar="ID", help="a chapter (ch01) or an exercise (ch01.counts)")
     p.add_argument("--root", help="the folder holding storylib/ (default: found from the current folder)")
+    p.add_argument("--fresh", action="store_true", help="fresh random inputs (a new seed), as a graded run draws them")
+    p.add_argument("--hidden", metavar="DIR", help="an instructor's folder of extra (unreleased) test files")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="keep the process boundary but skip bubblewrap (to debug a sandbox problem)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("list", help="list the exercises")

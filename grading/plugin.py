@@ -5,10 +5,13 @@ of the learner's folder on PYTHONPATH, so a learner's own `grading/` cannot stan
 
 - `@pytest.mark.exercise("ch01.counts")` ties a test to one exercise; `--exercise SELECTOR` keeps only
   the tests of matching exercises (`ch01` or `ch01.counts`).
-- `--expect-root DIR` stops the session unless `import storylib` resolves inside DIR, so a learner's
-  checks can never silently run against the reference (or the reverse).
-- `--report-json FILE` writes one record per test: the harness reads results from there, never from
-  what the tests (or the code under test) print.
+- `--worker-config FILE` (JSON, written by the harness) puts the learner's code behind a process boundary:
+  `storylib` and `cuda_labs` are imported from a sandboxed worker process (grading/remote.py), so nothing
+  the learner writes runs in this process. Without it (the course's own unit run) storylib is imported
+  directly, and `--expect-root DIR` checks where from.
+- `--seed S` salts every seed the tests set (grading/seeds.py): fresh inputs at grading time.
+- `--report-json FILE` writes one record per collected test: the harness reads results from there. A test
+  that was collected but never reported (the run stopped early) is recorded as failed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ except ImportError:  # imported as grading.plugin
     from grading.exercises import matches
 
 _records: list[dict] = []
+_conn = None  # the Connection to the learner's worker, when there is one
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,15 +36,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--exercise", action="append", default=[], help="keep only tests of these exercises")
     group.addoption("--expect-root", default=None, help="storylib must be imported from this folder")
     group.addoption("--report-json", default=None, help="write per-test results here")
+    group.addoption("--worker-config", default=None, help="run the learner's code in this worker (JSON)")
+    group.addoption("--seed", type=int, default=0, help="salt every seed the tests set (0: the public seeds)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _conn
     config.addinivalue_line("markers", "exercise(id): the exercise a test grades, e.g. exercise('ch01.counts')")
+    if config.getoption("--seed", 0):
+        try:
+            from .seeds import install
+        except ImportError:
+            from grading.seeds import install
+        install(config.getoption("--seed"))
+    path = config.getoption("--worker-config", None)
+    if path:
+        try:
+            from .launch import connect
+        except ImportError:
+            from grading.launch import connect
+        _conn = connect(json.loads(Path(path).read_text()))
+        config.llm101n_worker = _conn  # for the tests' `worker` fixture (grading/tests/conftest.py)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    # One deadline for the whole test (set-up, call, teardown), enforced while waiting for the worker.
+    if _conn is not None:
+        timeout = item.config.getoption("--timeout", None) or 60
+        _conn.timeout_s = float(timeout)
+        _conn.deadline = time.monotonic() + float(timeout)
+    yield
+    if _conn is not None:
+        _conn.deadline = None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     root = session.config.getoption("--expect-root")
-    if root is None:
+    if root is None or _conn is not None:
         return
     import importlib.util
 
@@ -110,7 +143,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--report-json")
     if path is None:
         return
+    if _conn is not None:
+        _conn.close()
     exercises = {item.nodeid: exercise_of(item) for item in session.items}
+    reported = {r["nodeid"] for r in _records}
+    for nodeid in exercises:  # collected but never reported: the run stopped before it, which is no pass
+        if nodeid not in reported:
+            _records.append({"nodeid": nodeid, "outcome": "failed", "when": "never",
+                             "message": "did not run (the test run stopped before it)", "duration": 0.0})
     for record in _records:
         record["exercise"] = exercises.get(record["nodeid"])
     Path(path).write_text(

@@ -1,5 +1,9 @@
 """Shared set-up of the graded tests.
 
+Run by the grader, the learner's code lives in a worker process (grading/remote.py): `worker` is the connection
+to it, for the few tests whose objects must live there, and `storage_ptr` tells which memory a tensor of the
+learner's lives in. Run directly on the reference (`make unit`), `worker` is None.
+
 cuda_labs kernels run on numba's CUDA simulator here: NUMBA_ENABLE_CUDASIM must be set before numba is
 first imported, and this conftest is read before any test module of this folder is imported. The grading
 harness sets it too (grading/harness.py). Set NUMBA_ENABLE_CUDASIM=0 yourself to run the lab tests on a GPU.
@@ -7,4 +11,29 @@ harness sets it too (grading/harness.py). Set NUMBA_ENABLE_CUDASIM=0 yourself to
 
 import os
 
+import pytest
+
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+@pytest.fixture
+def worker(request):
+    """The learner's worker process (`worker.module(name)`, `worker.shared(tensor)`), or None when the tests import
+    storylib directly."""
+    return getattr(request.config, "llm101n_worker", None)
+
+
+@pytest.fixture
+def storage_ptr(worker):
+    """Which memory a tensor lives in, where the learner's code made it: a view shares its base's."""
+    if worker is None:
+        return lambda t: t.untyped_storage().data_ptr()
+    return worker.storage_ptr
+
+
+@pytest.fixture
+def repeat(worker):
+    """repeat(n, fn, *args, **kwargs): the results of n calls, in order (in the worker: one request, not n)."""
+    if worker is None:
+        return lambda n, fn, *args, **kwargs: [fn(*args, **kwargs) for _ in range(n)]
+    return worker.repeat

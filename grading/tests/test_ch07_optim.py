@@ -14,25 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from grading.testmodels import CausalLM, TiedLM, TinyNet
 from storylib import optim
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-class TinyNet(nn.Module):
-    """Embedding -> Linear -> LayerNorm -> tanh -> Linear: matrices, biases and gains, odd sizes."""
-
-    def __init__(self, vocab: int = 13, emb: int = 7, hidden: int = 11, out: int = 5):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, emb)
-        self.fc1 = nn.Linear(emb, hidden)
-        self.ln = nn.LayerNorm(hidden)
-        self.fc2 = nn.Linear(hidden, out)
-
-    def forward(self, idx):
-        return self.fc2(torch.tanh(self.ln(self.fc1(self.emb(idx)))))
 
 
 def tiny_net(seed: int, dtype: torch.dtype) -> TinyNet:
@@ -274,21 +261,6 @@ def test_adamw_first_step_is_bias_corrected_sign_step():
 # ----------------------------------------------------------------------------- ch07.param_groups
 
 
-class TiedLM(nn.Module):
-    """A GPT-shaped toy: embeddings, LayerNorms, linear layers with biases, and a head tied to the embedding."""
-
-    def __init__(self, vocab: int = 61, C: int = 22):
-        super().__init__()
-        self.wte = nn.Embedding(vocab, C)
-        self.wpe = nn.Embedding(17, C)
-        self.ln_1 = nn.LayerNorm(C)
-        self.fc = nn.Linear(C, 3 * C)
-        self.proj = nn.Linear(3 * C, C)
-        self.ln_f = nn.LayerNorm(C)
-        self.lm_head = nn.Linear(C, vocab, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one parameter, two names
-
-
 @pytest.mark.exercise("ch07.param_groups")
 def test_param_groups_split_by_dimension_with_a_tied_head():
     torch.manual_seed(0)
@@ -448,11 +420,12 @@ def test_accumulated_grads_equal_one_big_batch(k):
 
 
 @pytest.mark.exercise("ch07.accumulate")
-def test_accumulation_runs_one_backward_per_micro_batch_and_adds():
+def test_accumulation_runs_one_backward_per_micro_batch_and_adds(worker):
     torch.manual_seed(1)
     model = nn.Linear(4, 2).double()
     calls = []
-    model.weight.register_hook(lambda grad: calls.append(1))
+    weight = worker.shared(model.weight) if worker is not None else model.weight  # backward runs where it lives
+    weight.register_hook(lambda grad: calls.append(1))
     g = gen(70)
     micro = [
         (torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64))
@@ -467,23 +440,6 @@ def test_accumulation_runs_one_backward_per_micro_batch_and_adds():
     assert torch.allclose(model.weight.grad, 1 + ref.weight.grad, atol=1e-12), (
         "accumulate_grads should add to p.grad, like loss.backward() (the caller zeroes gradients first)"
     )
-
-
-class CausalLM(nn.Module):
-    """A one-layer causal transformer language model from torch.nn parts, no dropout."""
-
-    def __init__(self, vocab: int = 29, C: int = 18, T: int = 11):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, C), nn.Embedding(T, C)
-        self.layer = nn.TransformerEncoderLayer(C, 2, dim_feedforward=4 * C, dropout=0.0, batch_first=True)
-        self.head = nn.Linear(C, vocab)
-
-    def forward(self, idx, targets):
-        T = idx.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=self.head.weight.dtype)
-        x = self.layer(self.wte(idx) + self.wpe(torch.arange(T)), src_mask=mask, is_causal=True)
-        logits = self.head(x)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 @pytest.mark.exercise("ch07.accumulate")

@@ -147,11 +147,11 @@ def test_update_writes_each_row_at_its_own_length():
 
 
 @pytest.mark.exercise("ch12.cache_update")
-def test_update_decodes_into_preallocated_memory():
+def test_update_decodes_into_preallocated_memory(storage_ptr):
     """One token at a time (decode) after a prompt (prefill): the cache equals the concatenation of the chunks."""
     L, B, H, M, D = 2, 2, 3, 11, 4
     cache = K.KVCache(L, B, H, M, D)
-    k_ptr, v_ptr = cache.k.data_ptr(), cache.v.data_ptr()
+    k_ptr, v_ptr = storage_ptr(cache.k), storage_ptr(cache.v)
     chunks = [5, 1, 1, 3, 1]
     seen_k = [[], []]
     for j, T in enumerate(chunks):
@@ -163,10 +163,10 @@ def test_update_decodes_into_preallocated_memory():
             want = torch.cat(seen_k[layer], dim=2)
             assert torch.equal(keys, want), f"after chunks {chunks[: j + 1]}, layer {layer}'s keys are not all there"
             assert torch.equal(values, want * 2 + 1), f"after chunks {chunks[: j + 1]}, layer {layer}'s values differ"
-            assert keys.untyped_storage().data_ptr() == k_ptr, "update should return a view of the cache, not a copy"
-            assert values.untyped_storage().data_ptr() == v_ptr, "update should return a view of the cache, not a copy"
+            assert storage_ptr(keys) == k_ptr, "update should return a view of the cache, not a copy"
+            assert storage_ptr(values) == v_ptr, "update should return a view of the cache, not a copy"
         cache.lengths = cache.lengths + T
-    assert cache.k.data_ptr() == k_ptr and cache.v.data_ptr() == v_ptr, "the cache must never be reallocated"
+    assert storage_ptr(cache.k) == k_ptr and storage_ptr(cache.v) == v_ptr, "the cache must never be reallocated"
 
 
 # ----------------------------------------------------------------------------- ch12.attention_cached
