@@ -249,7 +249,7 @@ class ExerciseResult:
 
 def plain_words(message: str) -> str:
     """A one-line, learner-readable version of a failure message."""
-    text = message.strip()
+    text = message.strip().removeprefix(f"{PLUGIN_PACKAGE}.remote.")
     if text.startswith("NotImplementedError"):
         return "not written yet — " + text.removeprefix("NotImplementedError:").strip()
     if text.startswith("Failed: Timeout"):

@@ -134,13 +134,19 @@ class Connection(wire.Peer):
         if self.proc is not None and self.proc.poll() is None:
             return
         if self.crashes >= MAX_CRASHES:
-            raise WorkerCrashed(f"not run: the learner's code broke the worker {self.crashes} times "
+            raise WorkerCrashed(f"not run: your code stopped the worker {self.crashes} times "
                                 f"(last: {self.last_crash})")
         self.proc, self.fd_in, self.fd_out = self._start()
         self.generation += 1
         self.release.clear()
         self.mirrors.clear()
         self.mirror_of.clear()
+
+    def exit_code(self) -> int | None:
+        try:
+            return self.proc.wait(timeout=2) if self.proc else None
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self, reason: str) -> None:
         if self.proc is None:
@@ -186,7 +192,7 @@ class Connection(wire.Peer):
     def wait_readable(self) -> None:
         remaining = None if self.deadline is None else self.deadline - time.monotonic()
         if remaining is not None and remaining <= 0 or not select.select([self.fd_in], [], [], remaining)[0]:
-            raise WorkerTimeout(f"took longer than {self.timeout_s} s (an endless loop?); the worker was stopped")
+            raise WorkerTimeout(f"took longer than {self.timeout_s:g} s (an endless loop?); the worker was stopped")
 
     # ------------------------------------------------------------------ requests
 
@@ -210,9 +216,11 @@ class Connection(wire.Peer):
             self.kill(str(e))
             raise
         except (EOFError, OSError, wire.WireError, ValueError) as e:
-            code = self.proc.poll() if self.proc else None
+            code = self.exit_code()
             self.kill(f"worker ended (exit code {code})")
-            raise WorkerCrashed(f"the learner's code ended the worker process (exit code {code}): {e}") from None
+            why = "" if isinstance(e, EOFError) else f": {e}"
+            raise WorkerCrashed(f"your code ended the worker process that runs it (exit code {code}: os._exit, a "
+                                f"crash, or a limit of memory or CPU){why}") from None
         except BaseException:
             self.kill("interrupted")  # mid-request: the channel is out of step
             raise
