@@ -35,4 +35,5 @@ def connect(config: dict) -> remote.Connection:
     conn = remote.Connection(start, sandbox.kill_group)
     remote.RemoteImporter(conn, trusted=config.get("trusted", {})).install()
     remote.seed_both(conn)
+    conn.ensure()  # start it now: its imports (torch) overlap with the collection of the tests here
     return conn

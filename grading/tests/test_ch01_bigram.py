@@ -51,7 +51,8 @@ def random_probs(V: int, seed: int, zeros: int = 0) -> torch.Tensor:
 
 
 def story_pairs(story: str, vocab: Vocab) -> list[tuple[int, int]]:
-    ids = [BOUNDARY] + [vocab.stoi[c] for c in story] + [BOUNDARY]
+    stoi = vocab.stoi  # once: in the grader, each attribute access is a request to the learner's worker
+    ids = [BOUNDARY] + [stoi[c] for c in story] + [BOUNDARY]
     return list(zip(ids[:-1], ids[1:], strict=True))
 
 
