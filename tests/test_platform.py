@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from grading.exercises import MarkerError, discover, is_stubbed, parse_source, source_files, stub_text
-from grading.harness import COURSE_ROOT, HarnessError, check, run_tests
+from grading.harness import COURSE_ROOT, check, run_tests
 from grading.release import release
 
 ROOT = COURSE_ROOT

@@ -200,7 +200,7 @@ def test_attention_matches_slow_reference(n_head, T):
         y = attn(x)
     assert y.shape == x.shape, f"attention output should have shape (B, T, C) = {tuple(x.shape)}, got {tuple(y.shape)}"
     err = (y.double() - _attention_reference(attn, x)).abs().max()
-    assert err < 1e-5, f"attention (n_head={n_head}, T={T}) differs from a head-by-head reference by {err:.3g}"
+    assert err < 5e-5, f"attention (n_head={n_head}, T={T}) differs from a head-by-head reference by {err:.3g}"
 
 
 @pytest.mark.exercise("ch05.attention")

@@ -465,10 +465,13 @@ def test_generate_stream_yields_exactly_the_decoded_greedy_text():
 
 @pytest.mark.exercise("ch12.stream")
 def test_generate_stream_stops_at_end_tokens():
-    model = small_model(seed=4)
     prompt = [5, 17, 2]
-    ids = greedy_uncached(model, prompt, 25)
-    k = next(j for j in range(5, 25) if ids[j] not in ids[:j])  # a token that first shows up at step k
+    for seed in range(4, 64):  # a model whose greedy story has a token that first shows up at a step k >= 5
+        model = small_model(seed=seed)
+        ids = greedy_uncached(model, prompt, 25)
+        k = next((j for j in range(5, 25) if ids[j] not in ids[:j]), None)
+        if k is not None:
+            break
     tok, _ = piece_tokenizer(EMOJI_TEXT, seed=3, specials={"<|end|>": ids[k], "<|endoftext|>": 100})
     want = b"".join(tok.vocab[i] for i in ids[:k]).decode("utf-8", errors="replace")
     got = "".join(K.generate_stream(model, tok, prompt, 25))
@@ -613,8 +616,8 @@ def test_window_restarts_from_the_recent_half():
 
 def test_long_prompt_is_cropped_and_sampling_args_checked():
     model = small_model(seed=10, block_size=16)
-    prompt = list(range(30, 55))
-    assert list(K.generate_tokens(model, prompt, 3)) == greedy_uncached(model, prompt, 3)
+    prompt = list(range(30, 55))  # longer than the window: only its last block_size tokens can be seen
+    assert list(K.generate_tokens(model, prompt, 1)) == greedy_uncached(model, prompt, 1)
     with pytest.raises(ValueError):
         list(K.generate_tokens(model, [1], 3, temperature=-1))
     with pytest.raises(ValueError):
