@@ -96,21 +96,26 @@ def clean_env(private_site: Path) -> dict[str, str]:
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
     )
-    if (COURSE_ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh), for oracles
-        env.setdefault("TIKTOKEN_CACHE_DIR", str(COURSE_ROOT / ".assets" / "tiktoken"))
+    for key, value in tiktoken_cache().items():  # the oracles use tiktoken; a cache set by the caller wins
+        env.setdefault(key, value)
     return env
+
+
+def tiktoken_cache() -> dict[str, str]:
+    """tiktoken's offline cache (scripts/assets.sh), for the grader's oracles and the learner's code alike."""
+    cache = COURSE_ROOT / ".assets" / "tiktoken"
+    return {"TIKTOKEN_CACHE_DIR": str(cache)} if cache.is_dir() else {}
 
 
 def worker_env(home: Path) -> dict[str, str]:
     """The worker's environment: nothing of ours but what the learner's code needs to run."""
     keep = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-            "CUDA_VISIBLE_DEVICES", "NUMBA_ENABLE_CUDASIM")
+            "CUDA_VISIBLE_DEVICES")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), NUMBA_ENABLE_CUDASIM="1", MPLBACKEND="Agg",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", STORYLIB_ROOT=str(home / "lib"))
-    if (COURSE_ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh)
-        env["TIKTOKEN_CACHE_DIR"] = str(COURSE_ROOT / ".assets" / "tiktoken")
+    env.update(tiktoken_cache())
     return env
 
 

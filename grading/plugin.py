@@ -8,7 +8,7 @@ of the learner's folder on PYTHONPATH, so a learner's own `grading/` cannot stan
 - `--worker-config FILE` (JSON, written by the harness) puts the learner's code behind a process boundary:
   `storylib` and `cuda_labs` are imported from a sandboxed worker process (grading/remote.py), so nothing
   the learner writes runs in this process. Without it (the course's own unit run) storylib is imported
-  directly, and `--expect-root DIR` checks where from.
+  directly.
 - `--seed S` salts every seed the tests set (grading/seeds.py): fresh inputs at grading time.
 - `--report-json FILE` writes one record per collected test: the harness reads results from there. A test
   that was collected but never reported (the run stopped early) is recorded as failed.
@@ -34,7 +34,6 @@ _conn = None  # the Connection to the learner's worker, when there is one
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llm101n")
     group.addoption("--exercise", action="append", default=[], help="keep only tests of these exercises")
-    group.addoption("--expect-root", default=None, help="storylib must be imported from this folder")
     group.addoption("--report-json", default=None, help="write per-test results here")
     group.addoption("--worker-config", default=None, help="run the learner's code in this worker (JSON)")
     group.addoption("--seed", type=int, default=0, help="salt every seed the tests set (0: the public seeds)")
@@ -69,19 +68,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     yield
     if _conn is not None:
         _conn.deadline = None
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    root = session.config.getoption("--expect-root")
-    if root is None or _conn is not None:
-        return
-    import importlib.util
-
-    spec = importlib.util.find_spec("storylib")
-    where = None if spec is None or spec.origin is None else Path(spec.origin).resolve()
-    want = Path(root).resolve()
-    if where is None or want not in where.parents:
-        pytest.exit(f"storylib resolves to {where}, not to the package under {want}", returncode=4)
 
 
 def exercise_of(item: pytest.Item) -> str | None:

@@ -349,14 +349,6 @@ class Decoder:
 # ------------------------------------------------------------------------------------------- the peer
 
 
-class RemoteFailure(Exception):
-    """An error reply: what the other side raised, as plain data."""
-
-    def __init__(self, info: dict):
-        super().__init__(str(info.get("message", "")))
-        self.info = info
-
-
 def describe_error(e: BaseException) -> dict:
     """An exception as data: its type's name and module, its builtin ancestors, message and traceback text."""
     import traceback
