@@ -1,6 +1,6 @@
 # LLM101n — the two commands a newcomer needs:
 #   make start   set up, build the book, start JupyterLab on your workspace, the book and the storyteller web app
-#   make test    set up, then every test: lint, package tests, honesty gate, nbgrader class, book, browser
+#   make test    set up, then every test: lint, package tests, honesty gate, notebooks, nbgrader class, book, browser
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV := .venv
@@ -11,12 +11,13 @@ export OMP_NUM_THREADS ?= 2
 # tiktoken's encodings, cached offline by scripts/assets.sh (tiktoken downloads into it if empty)
 export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.assets/tiktoken
 
-.PHONY: start test setup book lint unit honesty exercises exercises-check class e2e release screenshots clean
+.PHONY: start test setup book lint unit honesty notebooks notebooks-check exercises exercises-check class e2e release \
+	screenshots clean
 
 start: setup book
 	$(LLM) start
 
-test: setup lint unit honesty exercises-check class book e2e
+test: setup lint unit honesty notebooks-check exercises-check class book e2e
 	@echo "make test: all green"
 
 setup:
@@ -25,8 +26,10 @@ setup:
 book: setup
 	bash scripts/build_book.sh
 
+# ruff for Python; eslint (eslint.config.mjs, installed by scripts/assets.sh) for our JavaScript and CSS
 lint: setup
 	$(VENV)/bin/ruff check .
+	.assets/node_modules/.bin/eslint --max-warnings 0 .
 
 # Package and platform tests, on the reference storylib (no browser).
 unit: setup
@@ -34,6 +37,16 @@ unit: setup
 
 honesty: setup
 	$(LLM) honesty
+
+# Every generated notebook: scripts/notebooks/build_*.py write solutions/ and the book pages they own (unexecuted),
+# then nbgrader releases exercises/ from solutions/. The same sources give the same bytes.
+notebooks: setup
+	$(PY) -m grading.authoring
+	$(LLM) exercises
+
+# Seconds: build into a scratch folder and name each committed notebook that differs.
+notebooks-check: setup
+	$(PY) -m grading.authoring --check
 
 exercises: setup
 	$(LLM) exercises

@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from storylib.checkpoint import default_storyteller  # noqa: E402
 from storylib.kvcache import KVCache, decode_speed, forward_cached  # noqa: E402
-from storylib.train import default_storyteller  # noqa: E402
+from storylib.tokenizer import eot_id  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model, tok = default_storyteller()
     model.eval()
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     decode_speed(model, 16, use_cache=True, prompt_ids=[eot])  # warm-up
     rows = []
     for n in args.tokens:

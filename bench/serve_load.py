@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import tempfile
 
-    from storylib.serve import start_server_subprocess
+    from storylib.service import start_server_subprocess
 
     runs = {}
     for max_batch in args.modes:

@@ -14,7 +14,7 @@ with fused AdamW and torch.compile, at the same micro-batch:
       matmul, 768 x 50,304, in FP8: storylib.precision), `compile_mode = "coordinate-descent"` (Inductor tunes
       its kernels' block sizes), both; not in the default rows: `fp8 = "all"` (every Linear in FP8: slower at
       this width, the casts cost more than the matmuls save), `loss_chunks = 1` (lm_head + cross-entropy fused,
-      GPT.fused_loss), `compile_mode = "max-autotune-no-cudagraphs"` (minutes of matmul autotuning).
+      storylib.precision.fused_loss), `compile_mode = "max-autotune-no-cudagraphs"` (minutes of matmul autotuning).
 
 `ratio_storylib_over_baseline` is the best storylib row's (named in `best_storylib_row`) over the first baseline.
 tokens/s is the median over logging windows after the first `--skip` steps (compilation, warm-up); MFU uses

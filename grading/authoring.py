@@ -10,11 +10,25 @@
 `exercise(id)` adds: the contract (signature and docstring, read from the reference source), where
 to write the code, a free cell to try it, and a locked autograder cell worth the exercise's points
 that runs the package tests of that exercise out of process (`grading.notebook.check_exercise`).
+
+Every generated notebook (these, and the book pages of `scripts/notebooks/build_ch08_book.py` and
+`build_ch12_book.py`) is written by `write_notebook`, so the same builder gives the same bytes: cell ids come
+from the file name and the cell's position, never at random. All builders at once, or a staleness check:
+
+    python -m grading.authoring            # run scripts/notebooks/build_*.py (make notebooks)
+    python -m grading.authoring --check    # build into a scratch folder, name committed files that differ
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import contextlib
+import io
+import os
+import runpy
+import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -22,6 +36,9 @@ import nbformat
 
 from grading.exercises import Exercise, discover
 from grading.harness import COURSE_ROOT
+
+BUILDERS = COURSE_ROOT / "scripts" / "notebooks"
+OUT_ENV = "LLM101N_NOTEBOOKS_OUT"  # a folder the builders write into instead of the course (the check's scratch)
 
 
 def enclosing_function(ex: Exercise, root: Path = COURSE_ROOT) -> tuple[str, str, str]:
@@ -128,8 +145,77 @@ class SolutionNotebook:
         cell.metadata.update(_meta(grade_id + "_test", grade=True, locked=True, points=points))
         self.nb.cells.append(cell)
 
-    def write(self, path: Path | None = None) -> Path:
-        path = path or COURSE_ROOT / "solutions" / f"{self.name}.ipynb"
-        nbformat.validate(self.nb)
-        nbformat.write(self.nb, path)
-        return path
+    def write(self) -> Path:
+        return write_notebook(self.nb, Path("solutions") / f"{self.name}.ipynb")
+
+
+# ------------------------------------------------------------------------------ writing, building, checking
+
+def write_notebook(nb: nbformat.NotebookNode, rel: Path | str) -> Path:
+    """Write `nb` to `rel` (relative to the course, or to $LLM101N_NOTEBOOKS_OUT) and return the path.
+
+    Cell ids are `<file stem>-<position>`, so rebuilding an unchanged notebook gives the same bytes and a changed
+    one diffs only where it changed. Raises nbformat.ValidationError for an invalid notebook."""
+    path = Path(os.environ.get(OUT_ENV) or COURSE_ROOT) / rel
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{path.stem}-{i:02d}"
+    nbformat.validate(nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def builders() -> list[Path]:
+    return sorted(BUILDERS.glob("build_*.py"))
+
+
+def build(out: Path) -> list[Path]:
+    """Run every builder, in this process, writing under the empty folder `out`; the notebooks written, relative
+    to `out`. A builder's exception propagates."""
+    before, path = os.environ.get(OUT_ENV), list(sys.path)
+    os.environ[OUT_ENV] = str(out)
+    try:
+        for script in builders():
+            with contextlib.redirect_stdout(io.StringIO()):  # each builder says what it wrote; we say it once
+                runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.path[:] = path
+        if before is None:
+            del os.environ[OUT_ENV]
+        else:
+            os.environ[OUT_ENV] = before
+    return sorted(p.relative_to(out) for p in out.rglob("*.ipynb"))
+
+
+def sync(root: Path = COURSE_ROOT, check_only: bool = False) -> tuple[list[Path], list[Path]]:
+    """Build every notebook in a scratch folder and compare it, byte for byte, with its copy under `root`; unless
+    check_only, copy the ones that differ there. Returns (the notebooks that differed or were missing, the
+    solutions/ notebooks that no builder writes), relative to `root`."""
+    with tempfile.TemporaryDirectory(prefix="llm101n-notebooks-") as tmp:
+        fresh = build(Path(tmp))
+        differ = [rel for rel in fresh
+                  if not (root / rel).is_file() or (root / rel).read_bytes() != (Path(tmp) / rel).read_bytes()]
+        for rel in [] if check_only else differ:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes((Path(tmp) / rel).read_bytes())
+    orphans = sorted({p.relative_to(root) for p in (root / "solutions").glob("*.ipynb")} - set(fresh))
+    return differ, orphans
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grading.authoring",
+                                     description="Run the notebook builders of scripts/notebooks/.")
+    parser.add_argument("--check", action="store_true", help="only name the committed notebooks that are stale")
+    args = parser.parse_args(argv)
+    differ, orphans = sync(check_only=args.check)
+    for rel in differ:
+        print(f"{rel.as_posix()} is stale: run `make notebooks` and commit it" if args.check else f"wrote {rel}")
+    for rel in orphans:
+        print(f"{rel.as_posix()} has no builder in scripts/notebooks/")
+    print(f"notebooks: {len(builders())} builders, {len(differ)} {'stale' if args.check else 'written'}, "
+          f"{len(orphans)} without a builder")
+    return 1 if orphans or (args.check and differ) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

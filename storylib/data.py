@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
-    "EOT", "HF_URL", "FILES", "RemoteFile", "DownloadError", "ChecksumError",
+    "EOT_TOKEN", "HF_URL", "FILES", "RemoteFile", "DownloadError", "ChecksumError",
     "data_dir", "cache_dir", "course_file", "load_stories", "split_stories", "split_files",
     "download_tinystories", "synthetic_stories", "HARD_STRINGS", "write_fixture", "main",
 ]
 
-EOT = "<|endoftext|>"  # the line that ends every story
+EOT_TOKEN = "<|endoftext|>"  # the line that ends every story (the tokenizers' special of the same name)
 REPO = Path(__file__).resolve().parent.parent  # the folder that holds storylib/ (repo or learner workspace)
 SHARED = Path("shared") / "data" / "tinystories"  # the course's offline subset, in a folder above the repo
 
@@ -151,15 +151,15 @@ def _missing_data_message(split: str, root: Path, explicit: bool) -> str:
 
 def split_stories(text: str) -> list[str]:
     """Split text on `<|endoftext|>` into stories, each stripped of surrounding whitespace; drop empties."""
-    return [s.strip() for s in text.split(EOT) if s.strip()]
+    return [s.strip() for s in text.split(EOT_TOKEN) if s.strip()]
 
 
 def _iter_stories(lines: Iterable[str]) -> Iterator[str]:
     """The same as `split_stories`, but streamed line by line, so a prefix of a 2 GB file is cheap."""
     buf: list[str] = []
     for line in lines:
-        *ends, rest = line.split(EOT)
-        for piece in ends:  # every EOT in the line closes the story so far
+        *ends, rest = line.split(EOT_TOKEN)
+        for piece in ends:  # every `<|endoftext|>` in the line closes the story so far
             if story := ("".join(buf) + piece).strip():
                 yield story
             buf = []
@@ -506,7 +506,7 @@ def write_fixture(dir: Path | str, n_train: int = 200, n_valid: int = 50, seed: 
     stories = synthetic_stories(n_train + n_valid, seed, unicode)
     for name, part in (("train-000.txt.xz", stories[:n_train]), ("valid.txt.xz", stories[n_train:])):
         with lzma.open(d / name, "wt", encoding="utf-8") as f:
-            f.write("".join(f"{s}\n{EOT}\n" for s in part))
+            f.write("".join(f"{s}\n{EOT_TOKEN}\n" for s in part))
     return d
 
 
@@ -516,7 +516,7 @@ def write_fixture(dir: Path | str, n_train: int = 200, n_valid: int = 50, seed: 
 
 def _scan(paths: list[Path]) -> tuple[int, int]:
     """(stories, text bytes) of data files, streamed: counts `<|endoftext|>` without parsing."""
-    eot, stories, nbytes = EOT.encode(), 0, 0
+    eot, stories, nbytes = EOT_TOKEN.encode(), 0, 0
     for path in paths:
         with lzma.open(path, "rb") if path.suffix == ".xz" else open(path, "rb") as f:
             tail = b""
@@ -524,7 +524,7 @@ def _scan(paths: list[Path]) -> tuple[int, int]:
                 stories += line.count(eot)
                 nbytes += len(line)
                 tail = line if line.strip() else tail
-            if tail and not tail.rstrip().endswith(eot):  # a last story with no EOT after it
+            if tail and not tail.rstrip().endswith(eot):  # a last story with no `<|endoftext|>` after it
                 stories += 1
     return stories, nbytes
 

@@ -1,4 +1,4 @@
-"""Chapter 11 — datasets: from a pile of stories to batches a trainer can eat, and the chat data for later.
+"""Chapter 11 — datasets: from a pile of stories to batches a trainer can eat, and the instruction data for later.
 
     encode_stories      stories -> one uint16 stream [EOT, story 1, EOT, story 2, ..., EOT]   (exercise ch11.encode)
     write_shard(s), read_shard, load_tokens
@@ -14,8 +14,8 @@
     story_features      dialogue / happy ending / main character, by simple rules              (exercise ch11.features)
     make_instruction    one synthetic (instruction, response) pair from a story                (exercise ch11.instruct)
     build_instructions  the instruction dataset, reproducible from (stories, seed)
-    render_chat         the chat template: ids, and a loss mask on the assistant's tokens
-                                                                                (exercise ch11.chat_template)
+    to_chat             an instruction example as a conversation, for the chat template: that is
+                        `storylib.chat_template`, with the chapter's last exercise (ch11.chat_template)
 
 Shard format (little-endian, version 1):
 
@@ -28,18 +28,6 @@ Shard format (little-endian, version 1):
 
 uint16 holds ids 0..65535: the storyteller's 4104 ids fit with room to spare, and a token costs 2 bytes
 instead of 8 for int64. A file is written to `<name>.tmp` and renamed, so a reader never sees half a shard.
-
-The chat template (Chapters 12, 14, 15 and 16 use it; the specials are `storylib.tokenizer.STORY_SPECIALS`):
-
-    <|endoftext|> [<|system|> text <|end|>] (<|user|> text <|end|> <|assistant|> text <|end|>)*
-
-No newlines or spaces are added around the specials; each text is encoded with encode_ordinary, so text that
-merely looks like a special token (typed by a user, say) stays ordinary text. A generation prompt is the
-rendering of the conversation so far (ending with a user turn) followed by `<|assistant|>`; the model then
-writes the reply and ends it with `<|end|>`, where generation stops. The loss mask is 1 exactly on the
-tokens of assistant texts and on the `<|end|>` that closes each assistant turn (the model must learn to
-stop), 0 on everything else (`<|endoftext|>`, the role tokens, system and user text). Chapter 14 trains on
-(ids[:-1] -> ids[1:]) with mask[1:] as the weight of each target.
 
 The instruction dataset (`python -m storylib.datasets instruct --out data/instruct.jsonl`) is one JSON
 object a line: {"instruction", "response", "features": {"name", "kind", "dialogue", "happy_ending", "words"}};
@@ -58,16 +46,16 @@ import re
 import struct
 import sys
 import unicodedata
-import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-EOT_TOKEN = "<|endoftext|>"  # stands before every story (a BOS) and after the last one
+from storylib.fastbpe import ordinary_encoder
+from storylib.tokenizer import eot_id
 
 SHARD_MAGIC = b"L101"
 SHARD_VERSION = 1
@@ -80,93 +68,18 @@ _DTYPES = {b"uint16": np.dtype("<u2")}
 # ----------------------------------------------------------------------------- encoding stories
 
 
-def _special_tokens(tokenizer) -> dict[str, int]:
-    """The specials of a storylib tokenizer (`.special_tokens`) or of a tiktoken.Encoding (`._special_tokens`)."""
-    specials = getattr(tokenizer, "special_tokens", None)
-    if specials is None:
-        specials = getattr(tokenizer, "_special_tokens", None)
-    if not isinstance(specials, dict):
-        raise TypeError(f"{type(tokenizer).__name__} has no special_tokens dict")
-    return specials
-
-
-def eot_id(tokenizer) -> int:
-    """The id of `<|endoftext|>` in `tokenizer`; ValueError if it has none."""
-    specials = _special_tokens(tokenizer)
-    if EOT_TOKEN not in specials:
-        raise ValueError(f"the tokenizer has no {EOT_TOKEN} special token (specials: {sorted(specials)})")
-    return specials[EOT_TOKEN]
-
-
-def _n_vocab(tokenizer) -> int:
-    n = getattr(tokenizer, "n_vocab", None)
-    if n is None:
-        n = max(tokenizer.vocab) + 1
-    return int(n)
-
-
-def ordinary_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]]:
-    """A function texts -> lists of ids that encodes like `tokenizer.encode_ordinary`, as fast as we can.
-
-    A tiktoken.Encoding is used as is; a storylib RegexTokenizer goes through `storylib.fastbpe.to_tiktoken`
-    (same ids, 10-100x faster) when tiktoken and fastbpe import, else its own pure-Python encode_ordinary.
-    """
-    if hasattr(tokenizer, "encode_ordinary_batch"):  # already a tiktoken.Encoding
-        return lambda texts: tokenizer.encode_ordinary_batch(list(texts), num_threads=1)
-    enc = _fast_encoding(tokenizer)
-    if enc is None:
-        return lambda texts: [tokenizer.encode_ordinary(t) for t in texts]
-    return lambda texts: enc.encode_ordinary_batch(list(texts), num_threads=1)
-
-
-# tokenizer -> (its merges and specials when converted, the tiktoken.Encoding or None): built once per tokenizer
-_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _fast_encoding(tokenizer):
-    """`storylib.fastbpe.to_tiktoken(tokenizer)`, cached, or None if that is not possible here."""
-    key = (len(getattr(tokenizer, "merges", ())), tuple(sorted(_special_tokens(tokenizer).items())),
-           getattr(tokenizer, "pattern", None))
-    try:
-        cached = _FAST.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        cached = None
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        from storylib.fastbpe import to_tiktoken
-
-        enc = to_tiktoken(tokenizer)
-    except Exception:  # no tiktoken, no fastbpe, or a tokenizer tiktoken cannot copy: the slow, sure path
-        enc = None
-    try:
-        _FAST[tokenizer] = (key, enc)
-    except TypeError:
-        pass
-    return enc
-
-
-def encode_ordinary(tokenizer, text: str) -> list[int]:
-    """`tokenizer.encode_ordinary(text)`, through the cached tiktoken copy when there is one (same ids)."""
-    if not hasattr(tokenizer, "encode_ordinary_batch"):
-        enc = _fast_encoding(tokenizer)
-        if enc is not None:
-            return enc.encode_ordinary(text)
-    return list(tokenizer.encode_ordinary(text))
-
-
 def encode_stories(stories: Sequence[str], tokenizer, progress: bool = False) -> np.ndarray:
     """All stories as one uint16 stream: [EOT, story 1, EOT, story 2, ..., story n, EOT].  (exercise ch11.encode)
 
-    EOT is `tokenizer.special_tokens["<|endoftext|>"]`; each story is encoded with encode_ordinary (text that
+    EOT is `eot_id(tokenizer)`; each story is encoded with encode_ordinary (text that
     looks like a special token is just text). The layout is `storylib.gpt2.story_stream`'s: every story is
     preceded by an EOT, so the model always sees "a new story starts here", and one EOT ends the stream.
     n stories give n + 1 EOTs; zero stories give [EOT]. Raises ValueError if an id would not fit uint16
     (a vocabulary of more than 65536 ids).
     """
     eot = eot_id(tokenizer)
-    if max(_n_vocab(tokenizer), eot + 1) > 2**16:
-        raise ValueError(f"vocabulary of {_n_vocab(tokenizer)} ids does not fit uint16 (at most 65536)")
+    if max(tokenizer.n_vocab, eot + 1) > 2**16:
+        raise ValueError(f"vocabulary of {tokenizer.n_vocab} ids does not fit uint16 (at most 65536)")
     encode_batch = ordinary_encoder(tokenizer)
     batches = range(0, len(stories), 1024)
     if progress:
@@ -249,7 +162,7 @@ def write_shards(stories: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
     """
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
-    out_dir = Path(out_dir)
+    out_dir, eot = Path(out_dir), eot_id(tokenizer)
     paths: list[Path] = []
     buf: list[np.ndarray] = []
     held = 0
@@ -262,7 +175,7 @@ def write_shards(stories: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
     for start in starts:
         # encode_stories of a slice ends with its own EOT: drop it, the next story's EOT (or the final one) follows
         part = encode_stories(stories[start:start + step], tokenizer)[:-1]
-        eots = np.flatnonzero(part == eot_id(tokenizer))
+        eots = np.flatnonzero(part == eot)
         # split this part at story starts so a shard can be closed at any story boundary
         bounds = [*eots.tolist(), part.size]
         for a, b in zip(bounds, bounds[1:], strict=False):
@@ -271,7 +184,7 @@ def write_shards(stories: Sequence[str], tokenizer, out_dir: str | os.PathLike, 
                 buf, held = [], 0
             buf.append(part[a:b])
             held += b - a
-    buf.append(np.array([eot_id(tokenizer)], dtype=np.uint16))
+    buf.append(np.array([eot], dtype=np.uint16))
     paths.append(write_shard(np.concatenate(buf), out_dir / f"{prefix}_{len(paths):03d}.bin"))
     return paths
 
@@ -911,89 +824,6 @@ def to_chat(example: dict, system: str | None = None) -> list[dict]:
     chat = [{"role": "system", "content": system}] if system is not None else []
     return chat + [{"role": "user", "content": example["instruction"]},
                    {"role": "assistant", "content": example["response"]}]
-
-
-# ----------------------------------------------------------------------------- the chat template
-
-CHAT_SPECIALS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-
-
-def check_conversation(messages: Sequence[dict], add_generation_prompt: bool = False) -> None:
-    """Raise ValueError unless messages follow the template: an optional system message first, then turns
-    that alternate user, assistant, user, ... starting with user; contents are strings. With
-    add_generation_prompt the last message must be a user's."""
-    roles = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLE_TOKENS or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} must be {{'role': system|user|assistant, 'content': str}}, got {m!r}")
-        roles.append(m["role"])
-    turns = roles[1:] if roles[:1] == ["system"] else roles
-    for i, r in enumerate(turns):
-        want = "user" if i % 2 == 0 else "assistant"
-        if r != want:
-            raise ValueError(f"roles must be [system], user, assistant, user, ...; got {roles}")
-    if add_generation_prompt and (not turns or turns[-1] != "user"):
-        raise ValueError("a generation prompt needs a conversation that ends with a user message")
-
-
-def chat_text(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """The template as text, specials written out: what `render_chat` encodes (for reading, not for encoding
-    user text: a user could type "<|end|>")."""
-    check_conversation(messages, add_generation_prompt)
-    out = EOT_TOKEN + "".join(f"{ROLE_TOKENS[m['role']]}{m['content']}<|end|>" for m in messages)
-    return out + ("<|assistant|>" if add_generation_prompt else "")
-
-
-def render_chat(messages: Sequence[dict], tokenizer,
-                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """A conversation as token ids, with the loss mask Chapter 14 trains with.  (exercise ch11.chat_template)
-
-    ids = [<|endoftext|>], then for each message: its role token (<|system|>, <|user|> or <|assistant|>), the
-    ids of its content by encode_ordinary (use the module's `encode_ordinary(tokenizer, text)`), and <|end|>;
-    with add_generation_prompt, one final <|assistant|>. Special ids come from tokenizer.special_tokens.
-    mask has one 0/1 per id: 1 on the content ids of assistant messages and on the <|end|> that closes them,
-    0 everywhere else. Raises ValueError (see `check_conversation`) for a malformed conversation.
-    """
-    check_conversation(messages, add_generation_prompt)
-    specials = _special_tokens(tokenizer)
-    missing = [s for s in CHAT_SPECIALS if s not in specials]
-    if missing:
-        raise ValueError(f"the tokenizer lacks the chat special tokens {missing}")
-    ### BEGIN SOLUTION ch11.chat_template (§11.8, 3 pts): EOT, then role, content, <|end|> per message
-    ids = [specials[EOT_TOKEN]]
-    mask = [0]
-    for m in messages:
-        learn = int(m["role"] == "assistant")
-        content = encode_ordinary(tokenizer, m["content"])
-        ids += [specials[ROLE_TOKENS[m["role"]]], *content, specials["<|end|>"]]
-        mask += [0] + [learn] * len(content) + [learn]
-    if add_generation_prompt:
-        ids.append(specials["<|assistant|>"])
-        mask.append(0)
-    return ids, mask
-    ### END SOLUTION
-
-
-def parse_chat(ids: Sequence[int], tokenizer) -> list[dict]:
-    """The inverse of render_chat: messages from ids (a trailing <|assistant|> with no text is dropped; an
-    unfinished last turn, with no <|end|>, keeps the text so far)."""
-    specials = _special_tokens(tokenizer)
-    role_of = {specials[tok]: role for role, tok in ROLE_TOKENS.items()}
-    end, eot = specials["<|end|>"], specials[EOT_TOKEN]
-    out: list[dict] = []
-    role, buf = None, []
-    for i in ids:
-        if i in role_of:
-            role, buf = role_of[i], []
-        elif i == end and role is not None:
-            out.append({"role": role, "content": tokenizer.decode(buf)})
-            role, buf = None, []
-        elif i != eot and role is not None:
-            buf.append(i)
-    if role is not None and buf:
-        out.append({"role": role, "content": tokenizer.decode(buf)})
-    return out
 
 
 # ----------------------------------------------------------------------------- command line

@@ -13,7 +13,10 @@
     4. merge the pair only in the chunks the index names, and update the counts of the pairs around it.
 
 `to_tiktoken` turns a trained tokenizer into a `tiktoken.Encoding` (ranks are our ids) that encodes
-identically and much faster. Command line, to train the storyteller's tokenizer (TOKENIZER.md next to it):
+identically and much faster; `ordinary_encoder` and `encode_ordinary` encode through that copy, made once per
+tokenizer (`tiktoken_copy`), and are what the later chapters encode text with.
+
+Command line, to train the storyteller's tokenizer (TOKENIZER.md next to it):
 
     python -m storylib.fastbpe train --vocab-size 4096 --out models/storyteller/tokenizer.json
 
@@ -29,8 +32,9 @@ import multiprocessing
 import os
 import sys
 import time
+import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain, islice, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "chunk_counts", "default_workers", "learn_merges", "train_bpe", "check_rank_consistency", "to_tiktoken",
-    "storyteller_documents", "main",
+    "tiktoken_copy", "ordinary_encoder", "encode_ordinary", "storyteller_documents", "main",
 ]
 
 Pair = tuple[int, int]
@@ -272,6 +276,49 @@ def to_tiktoken(tok: RegexTokenizer, name: str = "storyteller", check: bool = Tr
     ranks = {tok.vocab[i]: i for i in range(256 + len(tok.merges))}
     return tiktoken.Encoding(name, pat_str=tok.pattern, mergeable_ranks=ranks,
                              special_tokens=dict(tok.special_tokens))
+
+
+# ----------------------------------------------------------------------------- fast encoding
+
+
+# tokenizer -> (its merges, specials and pattern when copied, its tiktoken copy or None); a weak key, so the
+# copy goes away with the tokenizer, and the key is checked, so a tokenizer trained further is copied again
+_COPIES: weakref.WeakKeyDictionary[RegexTokenizer, tuple[tuple, tiktoken.Encoding | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def tiktoken_copy(tok: RegexTokenizer) -> tiktoken.Encoding | None:
+    """`to_tiktoken(tok)`, made once per tokenizer and kept; None where tiktoken is not installed or cannot
+    encode as `tok` does (check_rank_consistency's ValueError): then the caller takes the slow, sure path."""
+    key = (len(tok.merges), tuple(sorted(tok.special_tokens.items())), tok.pattern)
+    cached = _COPIES.get(tok)
+    if cached is None or cached[0] != key:
+        try:
+            enc = to_tiktoken(tok)
+        except ImportError:  # no tiktoken in this environment
+            enc = None
+        except ValueError:  # merges tiktoken's rank order would undo, or a pattern its regex engine rejects
+            enc = None
+        cached = _COPIES[tok] = (key, enc)
+    return cached[1]
+
+
+def ordinary_encoder(tokenizer: RegexTokenizer | tiktoken.Encoding) -> Callable[[Sequence[str]], list[list[int]]]:
+    """A function texts -> lists of ids that encodes like `tokenizer.encode_ordinary`, as fast as we can.
+
+    A tiktoken.Encoding is used as is; a storylib RegexTokenizer through its `tiktoken_copy` (same ids, 10-100x
+    faster), or its own pure-Python encode_ordinary where there is none.
+    """
+    enc = tiktoken_copy(tokenizer) if isinstance(tokenizer, RegexTokenizer) else tokenizer
+    if enc is None:
+        return lambda texts: [tokenizer.encode_ordinary(t) for t in texts]
+    return lambda texts: enc.encode_ordinary_batch(list(texts), num_threads=1)
+
+
+def encode_ordinary(tokenizer: RegexTokenizer | tiktoken.Encoding, text: str) -> list[int]:
+    """`tokenizer.encode_ordinary(text)` (specials are plain text), through the tiktoken copy when there is one."""
+    enc = tiktoken_copy(tokenizer) if isinstance(tokenizer, RegexTokenizer) else tokenizer
+    return list((enc or tokenizer).encode_ordinary(text))
 
 
 # ----------------------------------------------------------------------------- the storyteller's tokenizer

@@ -3,16 +3,17 @@
 The same architecture as OpenAI's GPT-2 (and Karpathy's nanoGPT), small enough to train on a laptop CPU.
 Parameter names follow Hugging Face's `GPT2LMHeadModel`, so its state dict loads here and back.
 
-    bytes             the tokens of this chapter: the 256 UTF-8 byte values, plus <|endoftext|> = 256
+    bytes             the tokens of this chapter: the 256 UTF-8 byte values, plus <|endoftext|> = EOT_ID = 256
     GPTConfig         the hyperparameters
     layer_norm_*      LayerNorm by hand, forward and backward          (exercises ch05.layernorm, _backward)
     CausalSelfAttention  tokens look at earlier tokens                 (exercise ch05.attention)
     MLP, Block        the feed-forward net; a pre-norm residual block  (exercises ch05.mlp, ch05.block)
-    GPT               embeddings, blocks, tied head, GPT-2 init        (exercises ch05.init, ch05.forward)
+    GPT               embeddings, blocks, tied head, GPT-2 init        (exercise ch05.init)
+    GPT.hidden        final hidden states; forward = lm_head + loss    (exercise ch05.forward)
     GPT.generate      sampling with temperature and top-k              (exercise ch05.generate)
     from_hf_state_dict / to_hf_state_dict, bits_per_byte
     GPTConfig.fused   PyTorch's own LayerNorm and attention kernels instead of ours: the trainer's speed path
-    GPT.fused_loss, linear_cross_entropy   the loss without the logits tensor: the trainer's speed path, too
+                      (its other speed paths, FP8 matmuls and the fused loss, are in storylib.precision)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- bytes as tokens
 
-EOT = 256  # <|endoftext|>: stands before every story (and ends the last one); no byte has this id
+EOT_ID = 256  # the id of <|endoftext|> in this byte vocabulary: stands before every story (and ends the last one)
 
 
 def encode(text: str) -> list[int]:
@@ -41,10 +42,10 @@ def decode(ids: Iterable[int]) -> str:
 
 
 def story_stream(stories: Sequence[str]) -> torch.Tensor:
-    """All stories as one int64 tensor of ids: EOT, story 1, EOT, story 2, ..., EOT."""
-    out = [EOT]
+    """All stories as one int64 tensor of ids: EOT_ID, story 1, EOT_ID, story 2, ..., EOT_ID."""
+    out = [EOT_ID]
     for s in stories:
-        out += encode(s) + [EOT]
+        out += encode(s) + [EOT_ID]
     return torch.tensor(out, dtype=torch.int64)
 
 
@@ -260,26 +261,34 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied matrix is counted once
 
-    def forward(self, idx, targets=None):
-        """Logits for every position, and the loss if targets are given.  (exercise ch05.forward)
+    def hidden(self, idx):
+        """The final hidden states, one vector per position: what lm_head reads.  (exercise ch05.forward)
 
-        idx: (B, T) int64 ids, T <= block_size; targets: (B, T) ids or None. Sum token and position
-        embeddings (positions 0..T-1), drop, run every block, ln_f, lm_head -> logits (B, T, vocab_size).
-        loss = mean cross-entropy of targets over all B·T positions (a scalar), or None without targets.
+        idx: (B, T) int64 ids, T <= block_size. Sum token and position embeddings (positions 0..T-1), drop,
+        run every block, then ln_f -> x (B, T, n_embd). Raises ValueError when T > block_size.
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        ### BEGIN SOLUTION ch05.forward (§5.6, 3 pts): wte(idx) + wpe(arange(T)), blocks, ln_f, lm_head, cross-entropy
+        ### BEGIN SOLUTION ch05.forward (§5.6, 3 pts): wte(idx) + wpe(arange(T)), drop, every block, ln_f
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        ### END SOLUTION
+        return x
+
+    def forward(self, idx, targets=None):
+        """Logits (B, T, vocab_size) for every position, and the loss if targets (B, T) are given.
+
+        logits = lm_head(hidden(idx)); loss = mean cross-entropy of targets over all B·T positions (a scalar),
+        or None without targets.
+        """
+        logits = self.lm_head(self.hidden(idx))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        ### END SOLUTION
         return logits, loss
 
     @torch.no_grad()
@@ -309,20 +318,6 @@ class GPT(nn.Module):
         ### END SOLUTION
         return idx
 
-    def fused_loss(self, idx, targets, n_chunks: int = 1):
-        """forward's loss, computed without forward's logits tensor: the trainer's speed path.
-
-        forward itself runs with an identity head, so it returns the final hidden states (B, T, C) instead of
-        logits; lm_head and the cross-entropy are then fused in `linear_cross_entropy`, whose forward pass also
-        computes both gradients, `n_chunks` row-chunks at a time. Same value and gradients as forward.
-        """
-        head, self.lm_head = self.lm_head, nn.Identity()
-        try:
-            h, _ = self(idx)
-        finally:
-            self.lm_head = head
-        return linear_cross_entropy(h, head.weight, targets, n_chunks)
-
     # ------------------------------------------------------------------------- Hugging Face GPT-2 weights
 
     # HF's GPT-2 uses Conv1D layers: a Linear whose weight is stored transposed, (in, out).
@@ -351,75 +346,21 @@ class GPT(nn.Module):
         return {k: (v.t() if k.endswith(self._CONV1D) else v).detach().clone() for k, v in self.state_dict().items()}
 
 
-# ----------------------------------------------------------------------------- the fused loss
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """loss = mean over rows i with targets[i] != ignore_index of  logsumexp(z_i) - z_i[targets[i]],  z = h wᵀ.
-
-    The logits z are (rows, vocab): at GPT-2 size 16,384 x 50,304, 1.6 GB in bf16. Here the forward pass takes
-    the rows `n_chunks` chunks at a time and, for each chunk, computes its logits, its loss, and at once the
-    gradient of the loss with respect to them, dz = (softmax(z) - onehot(target)) / n; then dh = dz w and
-    dw += dzᵀ h. The chunk's logits are dropped right there: nothing of size (rows, vocab) outlives a chunk, and
-    the logits are never read back by a backward pass. The backward pass only scales the saved dh, dw.
-    """
-
-    @staticmethod
-    def forward(ctx, h, w, targets, n_chunks: int, dtype: torch.dtype, ignore_index: int):
-        with torch.autocast(h.device.type, enabled=False):  # the casts are ours: matmuls in dtype, softmax in fp32
-            wc, acc = w.to(dtype), torch.promote_types(dtype, torch.float32)  # acc: fp32, or fp64 in the tests
-            valid = targets != ignore_index
-            n = valid.sum().clamp(min=1)  # rows that count (a tensor: no wait for the GPU)
-            loss, dh, dw = 0.0, [], None
-            for hc, tc, vc in zip(h.to(dtype).chunk(n_chunks), targets.chunk(n_chunks), valid.chunk(n_chunks),
-                                  strict=True):
-                z = (hc @ wc.t()).to(acc)  # (rows, vocab) logits of this chunk
-                lse = z.logsumexp(dim=-1)
-                tc = tc.where(vc, 0)  # any id for an ignored row: its weight below is 0
-                loss = loss + ((lse - z.gather(1, tc[:, None]).squeeze(1)) * vc).sum()
-                target = torch.arange(z.shape[1], device=z.device) == tc[:, None]
-                p = (z - lse[:, None]).exp()  # softmax
-                dz = (torch.where(target, p - 1, p) * (vc.to(acc) / n)[:, None]).to(dtype)
-                dh.append(dz @ wc)
-                dw_c = (dz.t() @ hc).to(acc)
-                dw = dw_c if dw is None else dw + dw_c
-        ctx.save_for_backward(torch.cat(dh).to(h.dtype), dw.to(w.dtype))
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, dloss):
-        dh, dw = ctx.saved_tensors
-        return dh * dloss, dw * dloss, None, None, None, None
-
-
-def linear_cross_entropy(h, w, targets, n_chunks: int = 1, ignore_index: int = -100):
-    """F.cross_entropy(h @ wᵀ, targets) (mean, ignore_index as there) without the (rows, vocab) logits tensor.
-
-    h: (..., C) hidden states; w: (vocab, C), lm_head's weight; targets: (...) ids. Under autocast the matmuls run in
-    its dtype (bf16) and the softmax in fp32, as F.cross_entropy under autocast would. See LinearCrossEntropy.
-    """
-    if n_chunks < 1:
-        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
-    on = torch.is_autocast_enabled(h.device.type)
-    dtype = torch.get_autocast_dtype(h.device.type) if on else h.dtype
-    return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), w, targets.reshape(-1), n_chunks, dtype, ignore_index)
-
-
 # ----------------------------------------------------------------------------- measuring
 
 
 @torch.no_grad()
 def bits_per_byte(model: GPT, stories: Sequence[str], batch_size: int = 32,
-                  encode_fn: Callable[[str], Sequence[int]] | None = None, eot: int = EOT) -> float:
+                  encode_fn: Callable[[str], Sequence[int]] | None = None, eot: int = EOT_ID) -> float:
     """The cost of the stories in bits per UTF-8 byte, each story read on its own.
 
-    A story is [EOT, b1, ..., bn, EOT]: the model predicts each byte and the final EOT (n + 1 predictions,
+    A story is [eot, b1, ..., bn, eot]: the model predicts each byte and the final eot (n + 1 predictions,
     as in Chapter 1). A story longer than block_size is read in windows that overlap by half a block, and
     each prediction is scored once, with at least block_size / 2 bytes of context (except at the start).
     Total bits / total bytes of the stories.
 
     Another tokenizer (Chapter 6's BPE): pass its `encode_fn` (text -> ids, e.g. `tok.encode_ordinary`) and the
-    id of its <|endoftext|> as `eot`; a story is then [EOT, t1, ..., tm, EOT]. The bits are still divided by the
+    id of its <|endoftext|> as `eot`; a story is then [eot, t1, ..., tm, eot]. The bits are still divided by the
     UTF-8 bytes of the stories, so models with different tokenizers are measured on the same scale.
     """
     model.eval()

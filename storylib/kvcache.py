@@ -7,6 +7,7 @@ cached forward walks the model's own modules (its embeddings, LayerNorms, attent
 
     KVCache             keys and values of every layer, allocated once, with per-sequence lengths
                         KVCache.update: write a chunk, return the filled prefix       (exercise ch12.cache_update)
+                        KVCache.rows: its first n rows as a cache of their own, sharing k and v (Chapter 16)
     attention_cached    new queries against the cache: all of it, the chunk causally  (exercise ch12.attention_cached)
     forward_cached      prefill (many tokens) and decode (one token) with the model's own modules
                                                                                       (exercise ch12.forward_cached)
@@ -39,6 +40,7 @@ each row are real; attention never looks past a query's own slot, so pads (and a
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -48,8 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from storylib.gpt2 import GPT
+from storylib.tokenizer import EOT_TOKEN, eot_id
 
-END_TOKENS = ("<|end|>", "<|endoftext|>")  # generate_stream stops at these when the tokenizer has them
+END_TOKENS = ("<|end|>", EOT_TOKEN)  # generate_stream stops at these when the tokenizer has them
 
 # ----------------------------------------------------------------------------- the cache
 
@@ -85,6 +88,16 @@ class KVCache:
     def reset(self) -> None:
         """Forget every token (the slots are simply overwritten later)."""
         self.lengths = torch.zeros_like(self.lengths)
+
+    def rows(self, n: int) -> KVCache:
+        """The first n rows as a cache of their own (Chapter 16's batch engine decodes only its active rows).
+
+        k and v are views: what is written through the new cache lands in this one. lengths starts as a view
+        too, but forward_cached gives the new cache a new lengths tensor: copy it back into self.lengths[:n].
+        """
+        view = copy.copy(self)
+        view.k, view.v, view.lengths = self.k[:, :n], self.v[:, :n], self.lengths[:n]
+        return view
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write new keys and values into one layer; return its filled prefix.  (exercise ch12.cache_update)
@@ -379,7 +392,7 @@ def generate_stream(model: GPT, tokenizer, prompt_ids: Sequence[int], max_new_to
     the text reaches a string in `stop`; none of these is yielded. seed makes sampling reproducible (None: a
     fresh random seed). on_token, if given, is called with each new token id (e.g. to count them). Breaking out
     of the loop, or .close(), stops the work. A chat reply:
-        ids, _ = storylib.datasets.render_chat(messages, tok, add_generation_prompt=True)
+        ids, _ = storylib.chat_template.render_chat(messages, tok, add_generation_prompt=True)
         for piece in generate_stream(model, tok, ids, temperature=0.8, top_p=0.9): print(piece, end="")
     """
     stop = list(stop)
@@ -497,11 +510,11 @@ GOLDEN_TOKENS = 60
 
 def golden_story() -> str:
     """The shipped storyteller's greedy continuation of <|endoftext|> + GOLDEN_PROMPT (GOLDEN_TOKENS new tokens)."""
-    from storylib.datasets import encode_ordinary
-    from storylib.train import default_storyteller
+    from storylib.checkpoint import default_storyteller
+    from storylib.fastbpe import encode_ordinary
 
     model, tok = default_storyteller()
-    ids = [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, GOLDEN_PROMPT)]
+    ids = [eot_id(tok), *encode_ordinary(tok, GOLDEN_PROMPT)]
     return "".join(generate_stream(model, tok, ids, GOLDEN_TOKENS, temperature=0.0))
 
 
@@ -524,10 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"---\n{golden_story()}\n"
         )
         return 0
-    from storylib.train import default_storyteller
+    from storylib.checkpoint import default_storyteller
 
     model, tok = default_storyteller()
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     print(f"threads: {torch.get_num_threads()}; block_size {model.config.block_size}")
     for n in args.tokens:
         r = {c: decode_speed(model, n, use_cache=c, prompt_ids=[eot]) for c in (False, True)}

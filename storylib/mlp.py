@@ -19,7 +19,7 @@ Read this file from top to bottom; it follows the chapter:
     embedding_backward      dloss/dC of emb = C[idx]: a scatter-add          (exercise ch03.embedding_backward)
     manual_backward         all of them chained: every gradient of the model, by hand
     autograd_backward, cmp  the same gradients from autograd, and a side-by-side comparison
-    lr_at                   the learning-rate schedule: linear warm-up, cosine decay  (exercise ch03.lr_schedule)
+    warmup_cosine_lr        the learning-rate schedule: linear warm-up, cosine decay  (exercise ch03.lr_schedule)
     lr_finder, train        minibatch SGD with momentum, and a sweep that finds a good learning rate
     mean_loss, bits_per_byte, sample
 """
@@ -384,7 +384,7 @@ def cmp(name: str, ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-5,
 # ----------------------------------------------------------------------------- 3.9 - 3.10 training
 
 
-def lr_at(step: int, total_steps: int, lr_max: float, warmup: int = 0, lr_min: float = 0.0) -> float:
+def warmup_cosine_lr(step: int, total_steps: int, lr_max: float, warmup: int = 0, lr_min: float = 0.0) -> float:
     """The learning rate at `step` (0-based) of a run of total_steps.  (exercise ch03.lr_schedule)
 
     Linear warm-up, then cosine decay:
@@ -477,7 +477,7 @@ def train(
     eval_size: int = 50_000,
     generator: torch.Generator | None = None,
 ) -> TrainLog:
-    """Minibatch SGD with momentum on random batches of (X, Y), learning rate lr_at(step, ...) with
+    """Minibatch SGD with momentum on random batches of (X, Y), learning rate warmup_cosine_lr(step, ...) with
     lr_min = lr / 20 unless given. Every eval_every steps (and at the end) record the mean loss on
     eval_size random training examples and on `val`."""
     lr_min = lr / 20 if lr_min is None else lr_min
@@ -486,7 +486,7 @@ def train(
     train_eval = torch.randint(0, len(X), (min(eval_size, len(X)),), generator=generator)
     for step in range(steps):
         t0 = time.perf_counter()
-        lr_now = lr_at(step, steps, lr, warmup, lr_min)
+        lr_now = warmup_cosine_lr(step, steps, lr, warmup, lr_min)
         for group in opt.param_groups:
             group["lr"] = lr_now
         batch = torch.randint(0, len(X), (batch_size,), generator=generator)

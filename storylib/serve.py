@@ -12,9 +12,13 @@ pieces, in the order the book builds them:
                         wait in a bounded queue, join a free row of the batch cache between decode steps and
                         leave it when done           (exercises ch16.admit and ch16.step)
     stream_chunks       engine events -> OpenAI streaming chunks, as SSE                 (exercise ch16.stream)
-    ConversationStore   the web app's conversations in SQLite (transactions; a corrupt file is refused, not replaced)
-    create_app          the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics,
+    render_story, fit   a request's prompt, and how many new tokens fit after it
+    Reply               one generation on the HTTP side: streamed (sse_reply) or whole (whole_reply)
+    routes, create_app  the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics,
                         /api/conversations and the web app at /
+
+What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
+server in a thread or a process) is in storylib/service.py.
 
 The storyteller (models/storyteller) was trained on stories only: it has never seen a chat. So by default
 (chat_format="story") /v1/chat/completions renders a conversation as the story it is: <|endoftext|>, then the user's
@@ -36,27 +40,28 @@ import json
 import math
 import os
 import re
-import secrets
-import sqlite3
-import subprocess
 import sys
 import threading
 import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from storylib.datasets import check_conversation, encode_ordinary, render_chat
+from storylib.chat_template import check_conversation, render_chat
+from storylib.fastbpe import encode_ordinary
 from storylib.kvcache import KVCache, StreamDecoder, forward_cached, sample
+from storylib.service import ConversationStore, Guard, Metrics, NotFound, Refused, StoreError, default_db_path
+from storylib.tokenizer import eot_id
 
 WEBAPP = Path(__file__).resolve().parent / "webapp"  # index.html, app.js, style.css: found next to this file
 MODEL_ID = "storyteller"
@@ -277,14 +282,6 @@ class Row:
     last: int = -1
 
 
-def rows_view(cache: KVCache, n: int) -> KVCache:
-    """The first n rows of a cache as a cache of its own, sharing k and v (writes go to `cache`). Its lengths
-    start as a view too, but forward_cached replaces them by a new tensor: copy them back afterwards."""
-    view = object.__new__(KVCache)
-    view.k, view.v, view.lengths = cache.k[:, :n], cache.v[:, :n], cache.lengths[:n]
-    return view
-
-
 class Engine:
     """Continuous batching (Orca, Yu et al. 2022; vLLM) over one KVCache of max_batch rows.
 
@@ -437,7 +434,7 @@ class Engine:
         """One decode step of every active row, all together.  (exercise ch16.step)
 
         With n = len(self.rows) > 0: run forward_cached on the (n, 1) ids of each row's `last` token with the
-        cache of the first n rows (view = rows_view(self.cache, n)); it writes at each row's own length and
+        cache of the first n rows (view = self.cache.rows(n)); it writes at each row's own length and
         gives the view new lengths, one more each: copy them back into self.cache.lengths[:n]. Sample each
         row's next token from its logits (self._sample(logits[i : i + 1], row)) and self._deliver(i, token) it.
         Count the step: self.stats["steps"] += 1, self.stats["rows_decoded"] += n.
@@ -446,9 +443,9 @@ class Engine:
         n = len(self.rows)
         if n == 0:
             return
-        ### BEGIN SOLUTION ch16.step (§16.5, 3 pts): (n, 1) last tokens through rows_view(cache, n); sample each row
+        ### BEGIN SOLUTION ch16.step (§16.5, 3 pts): (n, 1) last tokens through self.cache.rows(n); sample each row
         idx = torch.tensor([[row.last] for row in self.rows], device=self.device)
-        view = rows_view(self.cache, n)
+        view = self.cache.rows(n)
         logits = forward_cached(self.model, idx, view)[:, -1]  # (n, V)
         self.cache.lengths[:n] = view.lengths  # forward_cached gave the view new lengths: copy them back
         for i, row in enumerate(self.rows):
@@ -571,171 +568,155 @@ async def stream_chunks(events: AsyncIterator[tuple[str, Any]], *, completion_id
     yield SSE_DONE
 
 
-# ----------------------------------------------------------------------------- conversations in SQLite
+# ----------------------------------------------------------------------------- prompts
 
 
-class StoreError(Exception):
-    """The conversation database cannot be used (corrupt, not SQLite, or a newer schema); the file is left as is."""
+CHAT_FORMATS = ("story", "template")
 
 
-SCHEMA_VERSION = 1
-SQLITE_MAGIC = b"SQLite format 3\x00"
+def render_story(messages: Sequence[dict], tokenizer) -> list[int]:
+    """A conversation for a model that has only read stories: <|endoftext|>, then the user's and assistant's words
+    as one running text (a space between turns unless one is there already), to be continued. System messages
+    are left out: a story model cannot follow instructions. The conversation must be well formed as for the chat
+    template (storylib.chat_template.check_conversation), so the two formats accept the same requests."""
+    check_conversation(messages, add_generation_prompt=True)
+    text = ""
+    for m in messages:
+        if m["role"] == "system" or not m["content"]:
+            continue
+        sep = "" if not text or text[-1].isspace() or m["content"][0].isspace() else " "
+        text += sep + m["content"]
+    if not text.strip():
+        raise ValueError("the conversation has no user or assistant text to continue")
+    return [eot_id(tokenizer), *encode_ordinary(tokenizer, text)]
 
 
-class ConversationStore:
-    """The web app's conversations: one SQLite file, every change one transaction (all of it or nothing).
+def fit(prompt_ids: list[int], max_tokens: int | None, limits: Limits, param: str) -> int:
+    """max_tokens for this prompt (the default when None), or a 400 `context_length_exceeded` when the prompt and
+    the reply do not fit in the context. param names the prompt's field in the request."""
+    room = limits.block_size - len(prompt_ids)
+    if len(prompt_ids) > limits.max_prompt_tokens:
+        raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; the storyteller's context holds "
+                                f"{limits.block_size} tokens, prompt and reply together (at most "
+                                f"{limits.max_prompt_tokens} for the prompt)", param, "context_length_exceeded")
+    if max_tokens is None:
+        return min(limits.default_max_tokens, room)
+    if max_tokens > room:
+        raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens, so at most {room} new tokens fit in the "
+                                f"{limits.block_size}-token context; max_tokens is {max_tokens}", "max_tokens",
+                           "context_length_exceeded")
+    return max_tokens
 
-    An existing file is checked before anything is written to it: not SQLite, failing PRAGMA quick_check, or
-    another schema -> StoreError naming the file; it is never overwritten or "repaired".
-    """
 
-    def __init__(self, path: str | os.PathLike, max_messages: int = 500, max_content_chars: int = 20_000):
-        self.path = Path(path)
-        self.max_messages, self.max_content_chars = max_messages, max_content_chars
-        self.lock = threading.Lock()
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
-        if not fresh:
-            with open(self.path, "rb") as f:
-                if f.read(16) != SQLITE_MAGIC:
-                    raise StoreError(f"{self.path} is not an SQLite database; it was left untouched "
-                                     "(move it away or pass another --db)")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+# ----------------------------------------------------------------------------- one reply, streamed or whole
+
+
+@dataclass
+class Reply:
+    """A generation as the HTTP side sees it: the engine's request, the queue its events arrive in (put there
+    from the engine's thread), and the ids of the OpenAI response."""
+
+    req: GenRequest
+    events: asyncio.Queue
+    chat: bool
+    model: str
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def usage(self) -> dict:
+        p, n = len(self.req.prompt_ids), len(self.req.tokens)
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+    async def until_done(self, usage: dict | None = None) -> AsyncIterator[tuple[str, Any]]:
+        """The events up to ("done", reason) or ("error", message). At "done" the token counts are final: they
+        are written into `usage` (for stream_chunks, which reads it after "done") before "done" is passed on."""
+        while True:
+            event = await self.events.get()
+            if event[0] == "done" and usage is not None:
+                usage.update(self.usage())
+            yield event
+            if event[0] in ("done", "error"):
+                return
+
+    def json_body(self, text: str, reason: str) -> dict:
+        """The whole reply as OpenAI's JSON (a chat.completion or a text_completion)."""
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                   "logprobs": None} if self.chat else
+                  {"index": 0, "text": text, "finish_reason": reason, "logprobs": None})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage()}
+
+
+def start_reply(engine: Engine, prompt_ids: list[int], max_tokens: int, params: dict, chat: bool,
+                model: str) -> Reply:
+    """Queue a generation in the engine; a 429 with Retry-After when its queue is full."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+    def emit(event):  # called in the engine's thread: hand the event to this request's event loop
         try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            if not fresh:
-                problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
-                if problems != ["ok"]:
-                    raise StoreError(f"{self.path} is corrupt ({'; '.join(problems[:3])}); it was left untouched")
-                version = self.db.execute("PRAGMA user_version").fetchone()[0]
-                if version != SCHEMA_VERSION:
-                    raise StoreError(f"{self.path} has schema version {version}, this server knows "
-                                     f"{SCHEMA_VERSION}; it was left untouched")
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown)
+            pass
+
+    req = GenRequest(prompt_ids, max_tokens, params["temperature"], params["top_p"], params["stop"], params["seed"],
+                     emit=emit)
+    try:
+        engine.submit(req)
+    except QueueFull:
+        retry = max(1, math.ceil(len(engine.waiting) / max(1, engine.max_batch)))
+        raise RequestError(429, f"the server is busy ({engine.max_queue} requests are waiting); retry in {retry} s",
+                           code="queue_full", headers={"Retry-After": str(retry)}) from None
+    return Reply(req, events, chat, model, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24])
+
+
+async def sse_reply(reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
+    """The reply as OpenAI's stream of SSE chunks. Ends the generation when the client leaves."""
+    usage = {} if include_usage else None
+    try:
+        async for chunk in stream_chunks(reply.until_done(usage), completion_id=reply.id, created=reply.created,
+                                         model=reply.model, chat=reply.chat, usage=usage):
+            yield chunk
+    finally:  # finished, or the client went away (the response task is cancelled): free the row
+        reply.req.cancelled = reply.req.cancelled or reply.req.finish_reason is None
+
+
+async def whole_reply(request: Request, reply: Reply) -> Response | dict:
+    """The reply in one JSON response once it is done; a client that leaves meanwhile ends the generation (499)."""
+    text, reason = [], None
+    try:
+        while reason is None:
+            try:
+                kind, value = await asyncio.wait_for(reply.events.get(), timeout=0.5)
+            except TimeoutError:  # no event for a while: is anyone still waiting for it?
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                continue
+            if kind == "error":
+                return JSONResponse({"error": {"message": value, "type": "server_error"}}, status_code=500)
+            if kind == "text":
+                text.append(value)
             else:
-                with self._transaction() as db:
-                    db.execute("CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, "
-                               "created REAL NOT NULL, updated REAL NOT NULL)")
-                    db.execute("CREATE TABLE messages (conversation TEXT NOT NULL REFERENCES conversations(id) "
-                               "ON DELETE CASCADE, position INTEGER NOT NULL, role TEXT NOT NULL, "
-                               "content TEXT NOT NULL, PRIMARY KEY (conversation, position))")
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self.db.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path} cannot be read as the conversation database ({e}); "
-                             "it was left untouched") from None
-
-    class _Tx:
-        def __init__(self, db):
-            self.db = db
-
-        def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb):
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-            return False
-
-    def _transaction(self) -> ConversationStore._Tx:
-        return self._Tx(self.db)
-
-    def close(self) -> None:
-        self.db.close()
-
-    def conversations(self) -> list[dict]:
-        with self.lock:
-            rows = self.db.execute("SELECT id, title, created, updated FROM conversations ORDER BY updated DESC")
-            return [dict(zip(("id", "title", "created", "updated"), r, strict=True)) for r in rows]
-
-    def get(self, cid: str) -> dict:
-        with self.lock:
-            r = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE id = ?", (cid,))
-            row = r.fetchone()
-            if row is None:
-                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
-            msgs = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY position",
-                                   (cid,))
-            out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
-            out["messages"] = [{"role": a, "content": b} for a, b in msgs]
-            return out
-
-    def create(self, title: str) -> dict:
-        cid, now = uuid.uuid4().hex, time.time()
-        with self.lock, self._transaction() as db:
-            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)", (cid, title, now, now))
-        return self.get(cid)
-
-    def put(self, cid: str, title: str, messages: list[dict]) -> dict:
-        """Replace a conversation's title and messages, in one transaction."""
-        if len(messages) > self.max_messages:
-            raise RequestError(400, f"a conversation holds at most {self.max_messages} messages", "messages")
-        for i, m in enumerate(messages):
-            if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
-                    or not isinstance(m.get("content"), str) or len(m["content"]) > self.max_content_chars):
-                raise RequestError(400, f"messages[{i}] must be {{'role': 'system'|'user'|'assistant', 'content': "
-                                        f"string of at most {self.max_content_chars} characters}}", "messages")
-        with self.lock, self._transaction() as db:
-            n = db.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
-                           (title, time.time(), cid)).rowcount
-            if n == 0:
-                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
-            db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
-                           [(cid, i, m["role"], m["content"]) for i, m in enumerate(messages)])
-        return self.get(cid)
-
-    def delete(self, cid: str) -> None:
-        with self.lock, self._transaction() as db:
-            if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
-                raise RequestError(404, f"no conversation {cid!r}", "id", "not_found")
+                reason = value
+    finally:
+        reply.req.cancelled = reply.req.cancelled or reason is None
+    return reply.json_body("".join(text), reason)
 
 
-def default_db_path() -> Path:
-    """~/.local/share/llm101n/conversations.sqlite3 (or under $XDG_DATA_HOME)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "llm101n" / "conversations.sqlite3"
+async def respond(request: Request, body: dict, prompt_ids: list[int], params: dict, chat: bool):
+    """Generate a reply to prompt_ids and send it: streamed as SSE (params["stream"]) or whole."""
+    state = request.app.state
+    max_tokens = fit(prompt_ids, params["max_tokens"], state.limits, "messages" if chat else "prompt")
+    reply = start_reply(state.engine, prompt_ids, max_tokens, params, chat, state.model_id)
+    if not params["stream"]:
+        return await whole_reply(request, reply)
+    opts = body.get("stream_options")
+    include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    return StreamingResponse(sse_reply(reply, include_usage), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-# ----------------------------------------------------------------------------- metrics
+# ----------------------------------------------------------------------------- the routes
 
-
-class Metrics:
-    """Counters for /metrics, in Prometheus' text format."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.responses: dict[tuple[str, int], int] = {}
-
-    def count(self, path: str, status: int) -> None:
-        with self.lock:
-            self.responses[(path, status)] = self.responses.get((path, status), 0) + 1
-
-    def render(self, engine: Engine) -> str:
-        s, load = engine.stats, engine.load()
-        lines = ["# HELP llm101n_http_responses_total HTTP responses by path and status",
-                 "# TYPE llm101n_http_responses_total counter"]
-        with self.lock:
-            for (path, status), n in sorted(self.responses.items()):
-                lines.append(f'llm101n_http_responses_total{{path="{path}",status="{status}"}} {n}')
-        for name, kind, value, what in [
-            ("requests_total", "counter", s["requests"], "generations admitted into the batch"),
-            ("requests_rejected_total", "counter", s["rejected"], "generations refused: queue full (429)"),
-            ("requests_cancelled_total", "counter", s["cancelled"], "generations stopped: the client left"),
-            ("prompt_tokens_total", "counter", s["prompt_tokens"], "prompt tokens prefilled"),
-            ("generated_tokens_total", "counter", s["tokens"], "tokens generated"),
-            ("decode_steps_total", "counter", s["steps"], "batched decode steps"),
-            ("decode_rows_total", "counter", s["rows_decoded"], "rows over all decode steps (/ steps = batch)"),
-            ("time_to_first_token_seconds_sum", "counter", s["ttft_sum"], "queue + prefill time, summed"),
-            ("time_to_first_token_seconds_count", "counter", s["ttft_count"], "requests with a first token"),
-            ("active_rows", "gauge", load["active"], "requests in the batch now"),
-            ("queue_length", "gauge", load["waiting"], "requests waiting for a row"),
-            ("max_batch", "gauge", load["max_batch"], "rows of the batch cache"),
-        ]:
-            lines += [f"# HELP llm101n_{name} {what}", f"# TYPE llm101n_{name} {kind}", f"llm101n_{name} {value}"]
-        return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- the app
 
 def _schema(properties: dict, required: Sequence[str] = ()) -> dict:
     body = {"type": "object", "properties": properties, "required": list(required)}
@@ -761,339 +742,206 @@ COMPLETION_SCHEMA = _schema({**_SAMPLING, "prompt": {"anyOf": [{"type": "string"
                             ["prompt"])
 CONVERSATION_SCHEMA = _schema({"title": {"type": "string"}, "messages": {"type": "array", "items": {
     "type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}})
-PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
+GENERATION_ERRORS = {400: {"description": "a bad request"}, 413: {"description": "body too large"},
+                     429: {"description": "busy"}}
+
+routes = APIRouter()  # every route finds the engine, limits and store in request.app.state (create_app)
 
 
-CHAT_FORMATS = ("story", "template")
+async def read_body(request: Request) -> dict:
+    return await read_json_body(request.stream(), request.headers.get("content-length"), request.app.state.limits)
 
 
-def render_story(messages: Sequence[dict], tokenizer) -> list[int]:
-    """A conversation for a model that has only read stories: <|endoftext|>, then the user's and assistant's words
-    as one running text (a space between turns unless one is there already), to be continued. System messages
-    are left out: a story model cannot follow instructions. The conversation must be well formed as for the chat
-    template (storylib.datasets.check_conversation), so the two formats accept the same requests."""
-    check_conversation(messages, add_generation_prompt=True)
-    text = ""
-    for m in messages:
-        if m["role"] == "system" or not m["content"]:
-            continue
-        sep = "" if not text or text[-1].isspace() or m["content"][0].isspace() else " "
-        text += sep + m["content"]
-    if not text.strip():
-        raise ValueError("the conversation has no user or assistant text to continue")
-    return [tokenizer.special_tokens["<|endoftext|>"], *encode_ordinary(tokenizer, text)]
+def check_model(body: dict, model_id: str) -> None:
+    """A request may name the model (OpenAI clients always do): 404 unless it is this server's."""
+    m = body.get("model")
+    if m is not None and m != model_id:
+        if not isinstance(m, str):
+            raise RequestError(400, "'model' must be a string", "model")
+        raise RequestError(404, f"the model {m!r} does not exist; this server has {model_id!r}", "model",
+                           "model_not_found")
 
 
-def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
-               api_key: str | None = None, db_path: str | os.PathLike | None = None,
-               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "story"):
-    """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
-    here, so a corrupt one fails now (StoreError), before anything is served."""
-    if chat_format not in CHAT_FORMATS:
-        raise ValueError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
-    limits = limits or Limits(block_size=model.config.block_size)
-    if limits.block_size != model.config.block_size:
-        raise ValueError(f"limits.block_size ({limits.block_size}) must be the model's ({model.config.block_size})")
-    engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
-    store = ConversationStore(db_path or default_db_path())
-    metrics = Metrics()
-    eot = tokenizer.special_tokens["<|endoftext|>"]
-
-    @asynccontextmanager
-    async def lifespan(app):
-        engine.start()
-        try:
-            yield
-        finally:
-            engine.stop()
-            store.close()
-
-    app = FastAPI(title="LLM101n storyteller", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="OpenAI-compatible API of the course's storyteller (Chapter 16).")
-    app.state.engine, app.state.store, app.state.metrics, app.state.limits = engine, store, metrics, limits
-
-    if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
-                           allow_headers=["*"])
-
-    @app.exception_handler(RequestError)
-    async def on_request_error(request: Request, e: RequestError):
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(NotImplementedError)
-    async def on_unwritten_exercise(request: Request, e: NotImplementedError):  # a workspace's storylib
-        return JSONResponse({"error": {"message": f"this server runs your storylib, which is not finished: {e}",
-                                       "type": "server_error", "param": None, "code": "not_implemented"}},
-                            status_code=501)
-
-    app.add_middleware(Guard, api_key=api_key, metrics=metrics)
-
-    async def body_of(request: Request) -> dict:
-        return await read_json_body(request.stream(), request.headers.get("content-length"), limits)
-
-    def check_model(body: dict) -> None:
-        m = body.get("model")
-        if m is not None and m != model_id:
-            if not isinstance(m, str):
-                raise RequestError(400, "'model' must be a string", "model")
-            raise RequestError(404, f"the model {m!r} does not exist; this server has {model_id!r}", "model",
-                               "model_not_found")
-
-    def fit(prompt_ids: list[int], params: dict, param: str) -> int:
-        """max_tokens for this prompt, or 400 when the prompt and the reply do not fit the context."""
-        room = limits.block_size - len(prompt_ids)
-        if len(prompt_ids) > limits.max_prompt_tokens:
-            raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; the storyteller's context holds "
-                                    f"{limits.block_size} tokens, prompt and reply together (at most "
-                                    f"{limits.max_prompt_tokens} for the prompt)", param,
-                               "context_length_exceeded")
-        if params["max_tokens"] is None:
-            return min(limits.default_max_tokens, room)
-        if params["max_tokens"] > room:
-            raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens, so at most {room} new tokens fit in "
-                                    f"the {limits.block_size}-token context; max_tokens is {params['max_tokens']}",
-                               "max_tokens", "context_length_exceeded")
-        return params["max_tokens"]
-
-    async def generate(request: Request, prompt_ids: list[int], params: dict, chat: bool, body: dict):
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def emit(event):  # the engine's thread -> this request's event loop
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone (shutdown)
-                pass
-
-        max_tokens = fit(prompt_ids, params, "messages" if chat else "prompt")
-        req = GenRequest(prompt_ids, max_tokens, params["temperature"], params["top_p"], params["stop"],
-                         params["seed"], emit=emit)
-        try:
-            engine.submit(req)
-        except QueueFull:
-            retry = max(1, math.ceil(len(engine.waiting) / max(1, engine.max_batch)))
-            raise RequestError(429, f"the server is busy ({engine.max_queue} requests are waiting); "
-                                    f"retry in {retry} s", code="queue_full",
-                               headers={"Retry-After": str(retry)}) from None
-        cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-
-        def usage() -> dict:
-            n = len(req.tokens)
-            return {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
-
-        async def event_stream():
-            while True:
-                ev = await events.get()
-                yield ev
-                if ev[0] in ("done", "error"):
-                    return
-
-        if params["stream"]:
-            opts = body.get("stream_options")
-            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-
-            async def sse():
-                try:
-                    u = {} if include_usage else None
-                    async for chunk in stream_chunks(_usage_filled(event_stream(), u, usage), completion_id=cid,
-                                                     created=created, model=model_id, chat=chat, usage=u):
-                        yield chunk
-                finally:  # finished, or the client went away (the response task is cancelled): free the row
-                    req.cancelled = req.finish_reason is None or req.cancelled
-
-            return StreamingResponse(sse(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, reason = [], None
-        try:
-            while reason is None:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        req.cancelled = True
-                        return Response(status_code=499)
-                    continue
-                if kind == "text":
-                    text.append(value)
-                elif kind == "error":
-                    return JSONResponse({"error": {"message": value, "type": "server_error"}}, status_code=500)
-                else:
-                    reason = value
-        finally:
-            if reason is None:
-                req.cancelled = True
-        out = "".join(text)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": reason,
-                   "logprobs": None} if chat else
-                  {"index": 0, "text": out, "finish_reason": reason, "logprobs": None})
-        return {"id": cid, "object": "chat.completion" if chat else "text_completion", "created": created,
-                "model": model_id, "choices": [choice], "usage": usage()}
-
-    @app.post("/v1/chat/completions", openapi_extra=CHAT_SCHEMA,
-              responses={400: {"description": "a bad request"}, 413: {"description": "body too large"},
-                         429: {"description": "busy"}})
-    async def chat_completions(request: Request):
-        """A reply to a conversation (OpenAI's Chat Completions): the conversation as a story to continue
-        (chat_format "story"), or through Chapter 11's chat template, the reply after <|assistant|> ("template");
-        it ends at a special token (<|end|>, <|endoftext|>, ...) or a stop string."""
-        body = await body_of(request)
-        check_model(body)
-        params = check_sampling(body, limits)
-        messages = check_messages(body, limits)
-        try:
-            if chat_format == "story":
-                ids = render_story(messages, tokenizer)
-            else:
-                ids, _ = render_chat(messages, tokenizer, add_generation_prompt=True)
-        except ValueError as e:
-            raise RequestError(400, str(e), "messages") from None
-        return await generate(request, ids, params, True, body)
-
-    @app.post("/v1/completions", openapi_extra=COMPLETION_SCHEMA,
-              responses={400: {"description": "a bad request"}, 413: {"description": "body too large"},
-                         429: {"description": "busy"}})
-    async def completions(request: Request):
-        """A story's continuation (OpenAI's legacy Completions): <|endoftext|> + the prompt, encoded as plain
-        text (a "<|end|>" typed in a prompt is seven characters, never the special token)."""
-        body = await body_of(request)
-        check_model(body)
-        params = check_sampling(body, limits)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise RequestError(400, "'prompt' must be a string (or a list of one string)", "prompt")
-        if len(prompt) > limits.max_content_chars:
-            raise RequestError(400, f"'prompt' is longer than {limits.max_content_chars} characters", "prompt")
-        ids = [eot, *encode_ordinary(tokenizer, prompt)]
-        return await generate(request, ids, params, False, body)
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [_model_card(model_id)]}
-
-    @app.get("/v1/models/{name}")
-    async def one_model(name: str):
-        if name != model_id:
-            raise RequestError(404, f"the model {name!r} does not exist", "model", "model_not_found")
-        return _model_card(model_id)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model_id, **engine.load()}
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus():
-        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
-
-    # -- conversations (the web app); sync handlers: FastAPI runs them in its thread pool, SQLite locks
-
-    @app.get("/api/conversations")
-    def list_conversations():
-        return {"data": store.conversations()}
-
-    @app.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
-    async def create_conversation(request: Request):
-        body = await body_of(request)
-        title = body.get("title", "New story")
-        if not isinstance(title, str) or len(title) > 200:
-            raise RequestError(400, "'title' must be a string of at most 200 characters", "title")
-        return await asyncio.to_thread(store.create, title)
-
-    @app.get("/api/conversations/{cid}")
-    def get_conversation(cid: str):
-        return store.get(cid)
-
-    @app.put("/api/conversations/{cid}", openapi_extra=CONVERSATION_SCHEMA)
-    async def put_conversation(cid: str, request: Request):
-        body = await body_of(request)
-        title, messages = body.get("title", "New story"), body.get("messages", [])
-        if not isinstance(title, str) or len(title) > 200:
-            raise RequestError(400, "'title' must be a string of at most 200 characters", "title")
-        if not isinstance(messages, list):
-            raise RequestError(400, "'messages' must be a list", "messages")
-        return await asyncio.to_thread(store.put, cid, title, messages)
-
-    @app.delete("/api/conversations/{cid}")
-    def delete_conversation(cid: str):
-        store.delete(cid)
-        return {"id": cid, "deleted": True}
-
-    # -- the web app: three static files, no build step
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(WEBAPP / "index.html", headers={"Cache-Control": "no-cache"})
-
-    for name, media in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
-        app.add_api_route(f"/{name}", _static(WEBAPP / name, media), methods=["GET"], include_in_schema=False)
-
-    return app
+@routes.post("/v1/chat/completions", openapi_extra=CHAT_SCHEMA, responses=GENERATION_ERRORS)
+async def chat_completions(request: Request):
+    """A reply to a conversation (OpenAI's Chat Completions): the conversation as a story to continue
+    (chat_format "story"), or through Chapter 11's chat template, the reply after <|assistant|> ("template");
+    it ends at a special token (<|end|>, <|endoftext|>, ...) or a stop string."""
+    state, body = request.app.state, await read_body(request)
+    check_model(body, state.model_id)
+    params, messages = check_sampling(body, state.limits), check_messages(body, state.limits)
+    try:
+        if state.chat_format == "story":
+            ids = render_story(messages, state.tokenizer)
+        else:
+            ids, _ = render_chat(messages, state.tokenizer, add_generation_prompt=True)
+    except ValueError as e:  # a conversation the template refuses (roles out of order, ...)
+        raise RequestError(400, str(e), "messages") from None
+    return await respond(request, body, ids, params, chat=True)
 
 
-class Guard:
-    """ASGI middleware: the API key (every path but PUBLIC_PATHS) and the response counters of /metrics."""
-
-    def __init__(self, app, api_key: str | None, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
-
-    @staticmethod
-    def label(path: str) -> str:  # a bounded set of labels: ids are not labels
-        if path.startswith("/api/conversations/"):
-            return "/api/conversations/{id}"
-        known = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/conversations")
-        return path if path in known or path in PUBLIC_PATHS else "other"
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, status = scope["path"], 500
-        if self.expected is not None and path not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                e = RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                 code="invalid_api_key")
-                body = json.dumps(e.body()).encode()
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
-                self.metrics.count(self.label(path), 401)
-                return
-
-        async def send_counted(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        finally:
-            self.metrics.count(self.label(path), status)
-
-
-def _static(path: Path, media: str):
-    async def serve():
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
-
-    return serve
+@routes.post("/v1/completions", openapi_extra=COMPLETION_SCHEMA, responses=GENERATION_ERRORS)
+async def completions(request: Request):
+    """A story's continuation (OpenAI's legacy Completions): <|endoftext|> + the prompt, encoded as plain
+    text (a "<|end|>" typed in a prompt is seven characters, never the special token)."""
+    state, body = request.app.state, await read_body(request)
+    check_model(body, state.model_id)
+    params, prompt = check_sampling(body, state.limits), body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise RequestError(400, "'prompt' must be a string (or a list of one string)", "prompt")
+    if len(prompt) > state.limits.max_content_chars:
+        raise RequestError(400, f"'prompt' is longer than {state.limits.max_content_chars} characters", "prompt")
+    ids = [eot_id(state.tokenizer), *encode_ordinary(state.tokenizer, prompt)]
+    return await respond(request, body, ids, params, chat=False)
 
 
 def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "llm101n"}
 
 
-async def _usage_filled(events: AsyncIterator[tuple[str, Any]], u: dict | None, usage: Callable[[], dict]):
-    """Pass events on; at "done", fill u (read by stream_chunks after it) with the final token counts."""
-    async for ev in events:
-        if ev[0] == "done" and u is not None:
-            u.update(usage())
-        yield ev
+@routes.get("/v1/models")
+async def models(request: Request):
+    return {"object": "list", "data": [_model_card(request.app.state.model_id)]}
+
+
+@routes.get("/v1/models/{name}")
+async def one_model(name: str, request: Request):
+    if name != request.app.state.model_id:
+        raise RequestError(404, f"the model {name!r} does not exist", "model", "model_not_found")
+    return _model_card(name)
+
+
+@routes.get("/health")
+async def health(request: Request):
+    return {"status": "ok", "model": request.app.state.model_id, **request.app.state.engine.load()}
+
+
+@routes.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(request: Request):
+    engine = request.app.state.engine
+    return PlainTextResponse(request.app.state.metrics.render(engine.stats, engine.load()),
+                             media_type="text/plain; version=0.0.4")
+
+
+# -- the web app's conversations (storylib.service.ConversationStore). Reads are sync handlers: FastAPI runs them
+# in its thread pool; SQLite locks. Its NotFound and Refused become 404 and 400 (EXCEPTION_HANDLERS).
+
+
+@routes.get("/api/conversations")
+def list_conversations(request: Request):
+    return {"data": request.app.state.store.conversations()}
+
+
+@routes.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
+async def create_conversation(request: Request):
+    body = await read_body(request)
+    return await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"))
+
+
+@routes.get("/api/conversations/{cid}")
+def get_conversation(cid: str, request: Request):
+    return request.app.state.store.get(cid)
+
+
+@routes.put("/api/conversations/{cid}", openapi_extra=CONVERSATION_SCHEMA)
+async def put_conversation(cid: str, request: Request):
+    body = await read_body(request)
+    return await asyncio.to_thread(request.app.state.store.put, cid, body.get("title", "New story"),
+                                   body.get("messages", []))
+
+
+@routes.delete("/api/conversations/{cid}")
+def delete_conversation(cid: str, request: Request):
+    request.app.state.store.delete(cid)
+    return {"id": cid, "deleted": True}
+
+
+# -- the web app itself: three files and an icon, no build step
+
+
+def _webapp_file(name: str, media: str):
+    """A route handler for one file of storylib/webapp."""
+
+    async def serve_file():
+        return FileResponse(WEBAPP / name, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    return serve_file
+
+
+routes.add_api_route("/", _webapp_file("index.html", "text/html"), methods=["GET"], include_in_schema=False)
+routes.add_api_route("/app.js", _webapp_file("app.js", "text/javascript"), methods=["GET"], include_in_schema=False)
+routes.add_api_route("/style.css", _webapp_file("style.css", "text/css"), methods=["GET"], include_in_schema=False)
+routes.add_api_route("/favicon.svg", _webapp_file("favicon.svg", "image/svg+xml"), methods=["GET"],
+                     include_in_schema=False)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+# The layers below know nothing of HTTP: create_app maps their exceptions to responses.
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(RequestError(status, message, param, code).body(), status_code=status, headers=headers)
+
+
+async def on_request_error(request: Request, e: RequestError) -> JSONResponse:
+    return _error(e.status, e.message, e.param, e.code, e.headers)
+
+
+async def on_not_found(request: Request, e: NotFound) -> JSONResponse:  # the store: no such conversation
+    return _error(404, e.args[0] if e.args else "not found", code="not_found")
+
+
+async def on_refused(request: Request, e: Refused) -> JSONResponse:  # the store: a title or messages it refuses
+    return _error(400, str(e))
+
+
+async def on_unwritten_exercise(request: Request, e: NotImplementedError) -> JSONResponse:  # a workspace's storylib
+    return _error(501, f"this server runs your storylib, which is not finished: {e}", code="not_implemented")
+
+
+EXCEPTION_HANDLERS = {RequestError: on_request_error, NotFound: on_not_found, Refused: on_refused,
+                      NotImplementedError: on_unwritten_exercise}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """The engine's thread runs while the app is served; the database closes after it."""
+    app.state.engine.start()
+    try:
+        yield
+    finally:
+        app.state.engine.stop()
+        app.state.store.close()
+
+
+def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
+               api_key: str | None = None, db_path: str | os.PathLike | None = None,
+               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "story") -> FastAPI:
+    """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
+    here, so a corrupt one fails now (StoreError), before anything is served. ValueError for a chat_format not
+    in CHAT_FORMATS or limits of another block_size than the model's."""
+    if chat_format not in CHAT_FORMATS:
+        raise ValueError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
+    limits = limits or Limits(block_size=model.config.block_size)
+    if limits.block_size != model.config.block_size:
+        raise ValueError(f"limits.block_size ({limits.block_size}) must be the model's ({model.config.block_size})")
+    app = FastAPI(title="LLM101n storyteller", version="1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="OpenAI-compatible API of the course's storyteller (Chapter 16).",
+                  exception_handlers=EXCEPTION_HANDLERS)
+    s = app.state
+    s.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    s.store, s.metrics = ConversationStore(db_path or default_db_path()), Metrics()
+    s.tokenizer, s.limits, s.model_id, s.chat_format = tokenizer, limits, model_id, chat_format
+    app.include_router(routes)
+    if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(Guard, api_key=api_key, metrics=s.metrics)  # added last: the outermost layer
+    return app
 
 
 # ----------------------------------------------------------------------------- running it
@@ -1103,10 +951,10 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = 
           max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
           cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
           chat_format: str = "story") -> int:
-    """Load the storyteller, check the database, serve until Ctrl-C."""
+    """Load the storyteller, check the database, serve until Ctrl-C. Returns the exit status (2: a bad database)."""
     import uvicorn
 
-    from storylib.train import default_storyteller, load_model
+    from storylib.checkpoint import default_storyteller, load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -1123,57 +971,6 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = 
           f"{', API key required' if api_key else ''})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     return 0
-
-
-@contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `app` with uvicorn on a free port in a background thread (for tests and notebooks); yields the base
-    URL and stops the server (and with it the engine) on exit."""
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-
-
-def start_server_subprocess(port: int = 8080, host: str = "127.0.0.1", *, root: str | os.PathLike | None = None,
-                            args: Sequence[str] = (), env: dict | None = None,
-                            wait_s: float = 60) -> tuple[subprocess.Popen, str]:
-    """`python -m storylib.serve` in a child process with storylib from `root` (default: this repo); waits until
-    /health answers. Returns (process, base URL). For `llm101n start` and the tests."""
-    import urllib.request
-
-    root = Path(root) if root else Path(__file__).resolve().parent.parent
-    env = dict(os.environ if env is None else env, PYTHONPATH=str(root))
-    proc = subprocess.Popen([sys.executable, "-m", "storylib.serve", "--host", host, "--port", str(port), *args],
-                            env=env, cwd=root)
-    url = f"http://{host}:{port}"
-    deadline = time.time() + wait_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError(f"the server did not answer on {url}/health within {wait_s:.0f} s")
 
 
 def add_arguments(p) -> None:

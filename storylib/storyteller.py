@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PROMPT = "Once upon a time, there was a little fox"
-MODES = ("story",)  # Chapter 14 adds "chat": instructions, rendered with storylib.datasets.render_chat
+MODES = ("story",)  # Chapter 14 adds "chat": instructions, rendered with storylib.chat_template.render_chat
 
 # ----------------------------------------------------------------------------- settings and results
 
@@ -164,7 +164,7 @@ class StorySession:
         """(model, tokenizer), loading them the first time. Raises what loading raises (see friendly_error)."""
         if self.model is None:
             if self._loader is None:
-                from storylib.train import default_storyteller
+                from storylib.checkpoint import default_storyteller
 
                 self._loader = default_storyteller
             self.model, self.tokenizer = self._loader()
@@ -231,10 +231,11 @@ class StorySession:
 
     def prompt_ids(self) -> list[int]:
         """<|endoftext|> (a new story begins) + the story so far."""
-        from storylib.datasets import encode_ordinary
+        from storylib.fastbpe import encode_ordinary
+        from storylib.tokenizer import eot_id
 
         _, tok = self.load()
-        return [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, self.text)]
+        return [eot_id(tok), *encode_ordinary(tok, self.text)]
 
     # -- telling
     def generate(self, sampling: Sampling, stop: threading.Event | None = None,
@@ -406,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     loader = None
     if args.model:
-        from storylib.train import load_model
+        from storylib.checkpoint import load_model
 
         loader = lambda: load_model(args.model)  # noqa: E731
     session = StorySession(loader=loader)

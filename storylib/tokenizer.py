@@ -10,6 +10,7 @@ learn merges with byte-pair encoding (BPE, Sennrich et al. 2016; GPT-2, Radford 
     RegexTokenizer         split with GPT-2's or GPT-4's pattern first, so no merge crosses a word
                            boundary; train on unique chunks with their counts   (exercise ch06.regex_train)
                            special tokens such as <|endoftext|>                 (exercise ch06.special)
+    eot_id                 the id of <|endoftext|> (EOT_TOKEN) in ours or in a tiktoken.Encoding
     GPT4Tokenizer          tiktoken's cl100k_base rebuilt from its ranks        (exercise ch06.recover_merges)
     save / load            a small JSON file (safe to load: no pickle)
     storyteller_tokenizer  the course's 4096-token tokenizer trained on TinyStories, with the chat specials
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import regex as re
 
+from storylib.data import EOT_TOKEN  # the raw files end each story with it; the tokenizers make it one special
+
 # ----------------------------------------------------------------------------- split patterns
 
 # GPT-2 (openai/gpt-2 encoder.py): contractions, letters, numbers, other symbols, whitespace.
@@ -42,7 +45,7 @@ GPT4_SPLIT_PATTERN = (
 
 # The storyteller's special tokens, after its 4096 BPE tokens. Which chapter needs which:
 STORY_SPECIALS = {
-    "<|endoftext|>": 4096,  # ch11: stands before every story (document separator / BOS)
+    EOT_TOKEN: 4096,  # ch11: stands before every story (document separator / BOS)
     "<|system|>": 4097,  # ch14: chat turns — <|user|> text <|end|> <|assistant|> story <|end|>
     "<|user|>": 4098,
     "<|assistant|>": 4099,
@@ -51,6 +54,19 @@ STORY_SPECIALS = {
     "<|image|>": 4102,  # ch17: where an image's codes go in a multimodal sequence
     "<|reserved|>": 4103,  # unused, so the embedding table has room for one more without retraining
 }
+
+
+def eot_id(tokenizer) -> int:
+    """The id of `<|endoftext|>` in a storylib tokenizer (`.special_tokens`) or a tiktoken.Encoding.
+
+    Raises ValueError, naming the specials it has, if the tokenizer has no `<|endoftext|>`.
+    """
+    specials = getattr(tokenizer, "special_tokens", None)
+    if specials is None:  # tiktoken keeps them private; its public special_tokens_set has no ids
+        specials = tokenizer._special_tokens
+    if EOT_TOKEN not in specials:
+        raise ValueError(f"the tokenizer has no {EOT_TOKEN} special token (specials: {sorted(specials)})")
+    return specials[EOT_TOKEN]
 
 
 # ----------------------------------------------------------------------------- bytes

@@ -9,17 +9,15 @@ The parts, in the order a run uses them:
 
     TrainConfig, load_config   every knob, read from a TOML file (configs/*.toml); an unknown key is an error
     load_tokenizer, prepare_data   stories -> one uint16 token stream (storylib.datasets), cached on disk
-    evaluate                   validation loss and bits per byte (storylib.gpt2.bits_per_byte)
-    save_checkpoint, read_checkpoint   safetensors + JSON, written atomically; CheckpointError when broken
+    Validation                 validation loss and bits per byte (storylib.gpt2.bits_per_byte)
+    RunState, setup            what a run is made of, built fresh or restored from <out_dir>/last
+    train_step, evaluate, checkpoint   one optimizer step; an evaluation (which saves best/); a save
     train                      the loop: random windows, gradient accumulation, clipping, warmup + cosine,
                                bf16 autocast, torch.compile and fused AdamW on a GPU; exact resume on a CPU;
-                               speed options: fp8, loss_chunks (GPT.fused_loss), compile_mode
-    load_model, export_model   a trained model (and its tokenizer) for the chat and serving chapters
+                               speed options: fp8, loss_chunks (storylib.precision), compile_mode
 
-A checkpoint is a folder: `model.safetensors` (the weights; the tied lm_head is stored once, as wte),
-`config.json` (TrainConfig + GPTConfig + which tokenizer), `tokenizer.json` (a copy), `trainer_state.safetensors`
-(AdamW's moments) + `trainer_state.json` (step, sampler position, RNG state, best validation, log position) and
-`SHA256SUMS` (checked on every load, so a damaged file is named, never half-read). Nothing is pickled.
+The checkpoint folders themselves (safetensors + JSON + SHA256SUMS, written atomically, never unpickled) and
+loading a trained model for chatting and serving are storylib.checkpoint's.
 """
 
 from __future__ import annotations
@@ -27,41 +25,49 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import dataclasses
 import difflib
 import hashlib
 import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from storylib.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_resumable,
+    export_model,
+    find_checkpoint,
+    load_optimizer,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+    tokenizer_json,
+    write_file_atomic,
+)
 from storylib.gpt2 import GPT, GPTConfig, bits_per_byte
 from storylib.optim import lr_at, param_groups
-from storylib.precision import float8_linears, fp8_supported
-from storylib.tokenizer import RegexTokenizer
+from storylib.precision import float8_linears, fp8_supported, fused_loss
+from storylib.tokenizer import EOT_TOKEN, RegexTokenizer, eot_id
 
-CHECKPOINT_FORMAT = "llm101n-checkpoint/1"
-MODEL_FORMAT = "llm101n-model/1"  # an exported model: weights, config, tokenizer; no trainer state
-EOT_TOKEN = "<|endoftext|>"
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
+
+    from storylib.datasets import WindowSampler
 
 
 class ConfigError(ValueError):
     """A training config that cannot be used: an unknown key, a wrong type, an impossible value."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, corrupt or truncated files, or made for another model."""
 
 
 # ----------------------------------------------------------------------------- the config
@@ -111,7 +117,7 @@ class TrainConfig:
                            "(minutes of matmul autotuning) or 'coordinate-descent' (Inductor tunes its own kernels' "
                            "block sizes; a minute or two more compiling)")
     loss_chunks: int = _f(0, "system", "0: forward's loss; N: lm_head + cross-entropy fused, N row-chunks at a "
-                          "time, no logits tensor (GPT.fused_loss)")
+                          "time, no logits tensor (storylib.precision.fused_loss)")
     # [run] logging, evaluation, checkpoints
     out_dir: str = _f("runs/storyteller", "run", "where checkpoints and train_log.jsonl go")
     seed: int = _f(1337, "run", "seeds the weights, dropout and the order of the windows")
@@ -237,14 +243,6 @@ def byte_tokenizer() -> RegexTokenizer:
     return RegexTokenizer(merges={}, special_tokens={EOT_TOKEN: 256})
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_tokenizer_path(name: str) -> Path:
     """A tokenizer file: as given (relative to the working folder), else a course file (models/...)."""
     path = Path(name).expanduser()
@@ -276,16 +274,9 @@ def load_tokenizer(name: str) -> tuple[RegexTokenizer, dict[str, Any]]:
             raise ConfigError(f"tokenizer: {e}") from None
     if EOT_TOKEN not in tok.special_tokens:
         raise ConfigError(f"tokenizer {name!r} has no {EOT_TOKEN} special token: stories need it as separator")
-    doc = _tokenizer_json(tok)
+    doc = tokenizer_json(tok)
     return tok, {"source": name, "sha256": hashlib.sha256(doc).hexdigest(), "n_vocab": tok.n_vocab,
-                 "eot": tok.special_tokens[EOT_TOKEN]}
-
-
-def _tokenizer_json(tok: RegexTokenizer) -> bytes:
-    """The tokenizer as the bytes Tokenizer.save writes (same content whatever file it was read from)."""
-    doc = {"format": "llm101n-bpe/1", "type": type(tok).__name__, "pattern": tok.pattern,
-           "special_tokens": tok.special_tokens, "merges": [[a, b] for (a, b) in tok.merges]}
-    return json.dumps(doc, ensure_ascii=False, indent=0).encode("utf-8")
+                 "eot": eot_id(tok)}
 
 
 def load_stories_for(cfg: TrainConfig, split: str) -> list[str]:
@@ -334,8 +325,8 @@ def prepare_data(cfg: TrainConfig, tok: RegexTokenizer, tok_id: dict[str, Any], 
         shutil.rmtree(data_dir)
     paths = write_shards(stories, tok, data_dir, prefix="train", progress=verbose and sys.stderr.isatty())
     tokens = load_tokens(paths)
-    _write_bytes(meta, json.dumps({"key": key, "shards": [p.name for p in paths], "n_tokens": int(len(tokens))},
-                                  indent=1).encode())
+    write_file_atomic(meta, json.dumps({"key": key, "shards": [p.name for p in paths], "n_tokens": int(len(tokens))},
+                                       indent=1).encode())
     return tokens
 
 
@@ -346,10 +337,10 @@ class Validation:
     """The validation stories, encoded once; `evaluate` scores the first n of them."""
 
     def __init__(self, stories: list[str], tok: RegexTokenizer):
-        from storylib.datasets import ordinary_encoder
+        from storylib.fastbpe import ordinary_encoder
 
         self.stories = stories
-        self.eot = tok.special_tokens[EOT_TOKEN]
+        self.eot = eot_id(tok)
         self.ids = dict(zip(stories, ordinary_encoder(tok)(stories), strict=True))
 
     @torch.no_grad()
@@ -366,275 +357,6 @@ class Validation:
         n_bytes = sum(len(s.encode("utf-8")) for s in stories)
         n_pred = sum(len(self.ids[s]) + 1 for s in stories)
         return {"val_loss": bpb * math.log(2) * n_bytes / n_pred, "val_bpb": bpb, "val_stories": len(stories)}
-
-
-# ----------------------------------------------------------------------------- files, atomically
-
-
-def _write_bytes(path: Path, data: bytes) -> str:
-    """Write data to path (fsync'd) through a temporary name; returns its sha256."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets you open a folder
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_dir_atomic(final: Path, files: dict[str, bytes]) -> Path:
-    """Write `files` (name -> bytes) plus their SHA256SUMS as the folder `final`, all or nothing.
-
-    Everything goes into a temporary folder next to it (each file fsync'd), which is then renamed into place; an
-    existing `final` is first moved aside (to .<name>.old) and deleted once the new one is in. A crash at any
-    moment leaves either the old folder (as `final` or as .<name>.old, which `find_checkpoint` also finds) or the new.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    sums = [f"{_write_bytes(tmp / name, data)}  {name}\n" for name, data in files.items()]
-    _write_bytes(tmp / "SHA256SUMS", "".join(sums).encode())
-    _fsync_dir(tmp)
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
-
-
-def find_checkpoint(out_dir: Path, name: str = "last") -> Path | None:
-    """<out_dir>/<name>, or the previous copy a crash during a save left as .<name>.old; None if neither."""
-    if (out_dir / name).is_dir():
-        return out_dir / name  # complete or not: read_checkpoint says what is wrong with it
-    old = out_dir / f".{name}.old"
-    return old if (old / "SHA256SUMS").exists() else None
-
-
-def verify_dir(path: Path, required: Sequence[str]) -> None:
-    """Check every file against SHA256SUMS; CheckpointError naming the first missing or damaged file."""
-    sums_path = path / "SHA256SUMS"
-    if not sums_path.exists():
-        raise CheckpointError(f"{sums_path}: missing; {path} is not a complete checkpoint")
-    sums: dict[str, str] = {}
-    for line in sums_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
-            raise CheckpointError(f"{sums_path}: damaged line {line!r}")
-        sums[name] = digest
-    for name in required:
-        if name not in sums:
-            raise CheckpointError(f"{path / name}: not listed in {sums_path}; the checkpoint is incomplete")
-    for name, digest in sums.items():
-        file = path / name
-        if not file.exists():
-            raise CheckpointError(f"{file}: missing from the checkpoint")
-        if _sha256_file(file) != digest:
-            raise CheckpointError(f"{file}: corrupt or truncated (its SHA-256 does not match {sums_path.name})")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return doc
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        return load(path.read_bytes())
-    except (OSError, SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _model_tensors(model: GPT, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The state dict to save: lm_head.weight is wte.weight (tied), so it is stored once, as wte."""
-    sd = model.state_dict()
-    sd.pop("lm_head.weight")
-    return {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in sd.items()}
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    from safetensors.torch import save
-
-    return save(tensors, metadata=metadata)
-
-
-def _config_doc(fmt: str, cfg: TrainConfig, gcfg: GPTConfig, tok_id: dict[str, Any], step: int) -> bytes:
-    doc = {"format": fmt, "step": step, "model": asdict(gcfg), "tokenizer": tok_id, "train": asdict(cfg)}
-    return json.dumps(doc, indent=1).encode()
-
-
-def _rng_state() -> dict[str, str]:
-    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    return state
-
-
-def _set_rng_state(state: dict[str, str]) -> None:
-    def tensor(s: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensor(state["cuda"]))
-
-
-def save_checkpoint(path: Path, model: GPT, cfg: TrainConfig, tok: RegexTokenizer, tok_id: dict[str, Any],
-                    state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write a checkpoint folder atomically (see the module docstring). Without `optimizer`, no AdamW state:
-    enough to load the model (best/), not to resume training."""
-    files = {
-        "model.safetensors": _save_tensors(_model_tensors(model), {"format": "pt"}),
-        "config.json": _config_doc(CHECKPOINT_FORMAT, cfg, model.config, tok_id, state["step"]),
-        "tokenizer.json": _tokenizer_json(tok),
-    }
-    trainer = dict(state)
-    if optimizer is not None:
-        opt = optimizer.state_dict()
-        tensors = {f"state.{i}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
-                   for i, st in opt["state"].items() for k, v in st.items()}
-        files["trainer_state.safetensors"] = _save_tensors(tensors)
-        trainer["optimizer"] = {"n_params": [len(g["params"]) for g in opt["param_groups"]],
-                                "state_keys": {str(i): sorted(st) for i, st in opt["state"].items()}}
-    files["trainer_state.json"] = json.dumps(trainer, indent=1).encode()
-    return write_dir_atomic(path, files)
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    config: dict[str, Any]  # config.json
-    model: dict[str, torch.Tensor]  # model.safetensors
-    trainer: dict[str, Any]  # trainer_state.json ({} when absent)
-    optimizer: dict[str, torch.Tensor] | None  # trainer_state.safetensors
-
-
-def read_checkpoint(path: str | os.PathLike, resume: bool = False) -> Checkpoint:
-    """Read and check a checkpoint folder (or an exported model). Raises CheckpointError naming the file at fault.
-
-    resume=True also needs the trainer state (trainer_state.json and trainer_state.safetensors).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint folder")
-    required = ["model.safetensors", "config.json", "tokenizer.json"]
-    if resume:
-        required += ["trainer_state.json", "trainer_state.safetensors"]
-    verify_dir(path, required)
-    config = _read_json(path / "config.json")
-    if config.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
-        raise CheckpointError(f"{path / 'config.json'}: format {config.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-    for key in ("model", "tokenizer"):
-        if not isinstance(config.get(key), dict):
-            raise CheckpointError(f"{path / 'config.json'}: no {key!r} section")
-    model = _read_safetensors(path / "model.safetensors")
-    trainer = _read_json(path / "trainer_state.json") if (path / "trainer_state.json").exists() else {}
-    optimizer = _read_safetensors(path / "trainer_state.safetensors") if resume else None
-    if resume:
-        for key in ("step", "sampler", "rng", "optimizer"):
-            if key not in trainer:
-                raise CheckpointError(f"{path / 'trainer_state.json'}: no {key!r} entry")
-    return Checkpoint(path, config, model, trainer, optimizer)
-
-
-def _gpt_config_from(ckpt: Checkpoint) -> GPTConfig:
-    known = {f.name for f in fields(GPTConfig)}
-    doc = ckpt.config["model"]
-    if set(doc) - known:
-        raise CheckpointError(f"{ckpt.path / 'config.json'}: unknown model settings {sorted(set(doc) - known)}")
-    try:
-        return GPTConfig(**doc)
-    except TypeError as e:
-        raise CheckpointError(f"{ckpt.path / 'config.json'}: bad model settings ({e})") from None
-
-
-def _load_weights(model: GPT, ckpt: Checkpoint) -> None:
-    """Copy the checkpoint's tensors into `model`, strictly: same names, same shapes."""
-    want = _model_tensors(model)
-    file = ckpt.path / "model.safetensors"
-    missing, extra = sorted(set(want) - set(ckpt.model)), sorted(set(ckpt.model) - set(want))
-    if missing or extra:
-        raise CheckpointError(f"{file}: does not fit the model: missing {missing}, unexpected {extra}")
-    for k, v in ckpt.model.items():
-        if v.shape != want[k].shape:
-            raise CheckpointError(f"{file}: {k} has shape {tuple(v.shape)}, the model needs {tuple(want[k].shape)}")
-    params = model.state_dict()
-    with torch.no_grad():
-        for k, v in ckpt.model.items():
-            params[k].copy_(v)
-
-
-# fields of TrainConfig a resumed run must share with its checkpoint (the weights, the data, the tokens)
-MUST_MATCH = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "data", "n_train_stories")
-
-
-def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, gcfg: GPTConfig, tok_id: dict[str, Any]) -> list[str]:
-    """Raise CheckpointError if the checkpoint was made for another model, tokenizer or data; return notes on
-    settings that differ but may change on resume (learning rate, steps, dropout, ...)."""
-    file = ckpt.path / "config.json"
-    saved_train, saved_model, saved_tok = ckpt.config.get("train", {}), ckpt.config["model"], ckpt.config["tokenizer"]
-    mine = {**asdict(cfg), "vocab_size": gcfg.vocab_size}
-    theirs = {**saved_train, "vocab_size": saved_model.get("vocab_size")}
-    for key in MUST_MATCH:
-        if theirs.get(key) != mine[key]:
-            raise CheckpointError(
-                f"cannot resume: {file} was trained with {key} = {theirs.get(key)!r}, this config has "
-                f"{key} = {mine[key]!r}. Use the checkpoint's value, or a new out_dir to start afresh.")
-    if saved_tok.get("sha256") != tok_id["sha256"]:
-        raise CheckpointError(
-            f"cannot resume: {file} was trained with another tokenizer ({saved_tok.get('source')!r}, "
-            f"sha256 {str(saved_tok.get('sha256'))[:12]}…), this config has {tok_id['source']!r} "
-            f"(sha256 {tok_id['sha256'][:12]}…)")
-    return [f"{k}: {theirs[k]!r} in the checkpoint, now {mine[k]!r}" for k in sorted(mine)
-            if k in theirs and k not in MUST_MATCH and theirs[k] != mine[k] and k != "out_dir"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
-    file = ckpt.path / "trainer_state.safetensors"
-    info = ckpt.trainer["optimizer"]
-    current = optimizer.state_dict()
-    if info.get("n_params") != [len(g["params"]) for g in current["param_groups"]]:
-        raise CheckpointError(f"{file}: optimizer state for parameter groups of sizes {info.get('n_params')}, "
-                              f"this model has {[len(g['params']) for g in current['param_groups']]}")
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    try:
-        for i, keys in info["state_keys"].items():
-            state[int(i)] = {k: ckpt.optimizer[f"state.{i}.{k}"] for k in keys}
-    except KeyError as e:
-        raise CheckpointError(f"{file}: missing tensor {e.args[0]}") from None
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for i, st in state.items():
-        for k, v in st.items():
-            if k != "step" and v.shape != params[i].shape:
-                raise CheckpointError(f"{file}: state.{i}.{k} has shape {tuple(v.shape)}, "
-                                      f"its parameter {tuple(params[i].shape)}")
-    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
 # ----------------------------------------------------------------------------- the device
@@ -660,7 +382,16 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the run
+
+
+def say(msg: str, quiet: bool = False) -> None:
+    """Print a line about the run (unless quiet), above the progress bar when there is one."""
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+        sys.stdout.flush()
 
 
 def _fmt_time(seconds: float) -> str:
@@ -669,28 +400,82 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train as `cfg` says; returns the final state (step, best validation, last evaluation, checkpoint paths).
+def _rng_state() -> dict[str, str]:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
 
-    resume=True continues from <out_dir>/last: the weights, AdamW's moments, the sampler's position and the RNG
-    state are restored, so on a CPU the continued run computes exactly the losses an uninterrupted one would.
-    Without resume, an out_dir that already holds a checkpoint is an error (nothing is overwritten).
+
+def _set_rng_state(state: dict[str, str]) -> None:
+    def tensor(s: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensor(state["cuda"]))
+
+
+@dataclass
+class RunState:
+    """How far a run has come: saved in every checkpoint's trainer_state.json, restored by --resume."""
+
+    step: int = 0  # optimizer steps taken
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds of wall clock, across resumes
+    best_val_bpb: float | None = None  # the best periodic evaluation, the model in <out_dir>/best
+    log_bytes: int = 0  # the length of train_log.jsonl when the checkpoint was saved
+
+
+@dataclass
+class Run:
+    """What a run is made of, built once by `setup`; `train_step`, `evaluate` and `checkpoint` share it."""
+
+    cfg: TrainConfig
+    tok: RegexTokenizer
+    tok_id: dict[str, Any]
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    sampler: WindowSampler
+    val: Validation
+    device: torch.device
+    autocast: contextlib.AbstractContextManager  # bf16 autocast, or nothing in fp32
+    quiet: bool
+    state: RunState = field(default_factory=RunState)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "train_log.jsonl"
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.cfg.block_size
+
+    def log(self, event: dict[str, Any]) -> None:
+        """One line of train_log.jsonl."""
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
+    """A run's tokenizer, data, model and AdamW, from scratch or restored from <out_dir>/last (resume=True), with
+    the GPU's TF32 and FP8 matmuls switched on as the config asks.
+
+    A checkpoint to resume from is read and checked before anything in out_dir is touched. Raises CheckpointError
+    when resuming finds no checkpoint or one that does not fit, or when a fresh run would overwrite one.
     """
-    from tqdm.auto import tqdm
-
     from storylib.datasets import WindowSampler
-
-    def say(msg: str) -> None:
-        if not quiet:
-            tqdm.write(msg)  # above the progress bar, when there is one
-            sys.stdout.flush()
 
     out_dir = Path(cfg.out_dir)
     device, dtype = resolve_device(cfg)
     tok, tok_id = load_tokenizer(cfg.tokenizer)
     gcfg = cfg.gpt_config(tok.n_vocab)
 
-    # 1. A checkpoint to resume from is read and checked before anything in out_dir is touched.
+    # 1. The checkpoint to resume from, if any.
     ckpt = None
     if resume:
         where = find_checkpoint(out_dir)
@@ -698,7 +483,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
             raise CheckpointError(f"--resume: no checkpoint in {out_dir / 'last'}")
         ckpt = read_checkpoint(where, resume=True)
         for note in check_resumable(ckpt, cfg, gcfg, tok_id):
-            say(f"resume: {note}")
+            say(f"resume: {note}", quiet)
     elif find_checkpoint(out_dir) is not None:
         raise CheckpointError(f"{out_dir / 'last'} already holds a checkpoint: pass --resume to continue it, or "
                               "choose another out_dir (--set out_dir=...)")
@@ -713,25 +498,14 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
     model = GPT(gcfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=1e-8, fused=device.type == "cuda")
-    state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed": 0.0, "best_val_bpb": None, "log_bytes": 0}
-    log_path = out_dir / "train_log.jsonl"
+    run = Run(cfg, tok, tok_id, model, optimizer, sampler, val, device, _autocast(device, dtype), quiet)
     if ckpt is not None:
-        _load_weights(model, ckpt)
-        _load_optimizer(optimizer, ckpt)
-        try:
-            sampler.load_state_dict(ckpt.trainer["sampler"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt.path / 'trainer_state.json'}: sampler state does not fit ({e})") from None
-        state.update({k: ckpt.trainer[k] for k in state if k in ckpt.trainer})
-        _set_rng_state(ckpt.trainer["rng"])
-        if log_path.exists() and log_path.stat().st_size >= state["log_bytes"]:
-            os.truncate(log_path, state["log_bytes"])  # forget what was logged after the checkpoint
-        say(f"resuming from {ckpt.path} at step {state['step']}")
+        restore(run, ckpt)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        log_path.write_bytes(b"")
-    del ckpt
+        run.log_path.write_bytes(b"")
 
+    # 4. Speed: TF32 and FP8 matmuls where the GPU has them.
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -739,171 +513,172 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict[s
     if fp8:  # same parameters and state_dict; FP8 matmuls in training mode only
         float8_linears(model, only="lm_head" if cfg.fp8 == "lm_head" else None)
     elif cfg.fp8 != "off":
-        say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}")
-
-    def model_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # a micro-batch's mean loss; no logits kept
-        return model.fused_loss(x, y, cfg.loss_chunks) if cfg.loss_chunks else model(x, y)[1]
-
-    # evaluation calls `model` itself: its shapes vary
-    loss_fn = model_loss
-    if cfg.compile and cfg.compile_mode == "coordinate-descent":
-        loss_fn = torch.compile(model_loss, options={"coordinate_descent_tuning": True})
-    elif cfg.compile:
-        loss_fn = torch.compile(model_loss, mode=cfg.compile_mode)
-    autocast = _autocast(device, dtype)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
-    say(f"model: {model.num_params() / 1e6:.2f}M parameters, {gcfg}")
+        say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}", quiet)
+    say(f"model: {model.num_params() / 1e6:.2f}M parameters, {gcfg}", quiet)
     say(f"data: {len(tokens):,} training tokens, {len(val.stories)} validation stories; "
-        f"{tokens_per_step:,} tokens per step; {device}, {str(dtype).removeprefix('torch.')}"
+        f"{run.tokens_per_step:,} tokens per step; {device}, {str(dtype).removeprefix('torch.')}"
         f"{', compiled' if cfg.compile else ''}{f', fp8 matmuls ({cfg.fp8})' if fp8 else ''}"
-        f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}")
+        f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}", quiet)
+    return run
 
-    def log(event: dict[str, Any]) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
 
-    def checkpoint(name: str, with_optimizer: bool) -> None:
-        state["log_bytes"] = log_path.stat().st_size
-        full = {**state, "sampler": sampler.state_dict(), "rng": _rng_state(),
-                "tokens_per_step": tokens_per_step, "saved_at": time.time()}
-        save_checkpoint(out_dir / name, model, cfg, tok, tok_id, full, optimizer if with_optimizer else None)
+def restore(run: Run, ckpt: Checkpoint) -> None:
+    """Continue where `ckpt` stopped: the weights, AdamW's moments, the sampler's position, the RunState and the
+    RNG; train_log.jsonl forgets what was logged after the checkpoint. Raises CheckpointError if they do not fit."""
+    load_weights(run.model, ckpt)
+    load_optimizer(run.optimizer, ckpt)
+    try:
+        run.sampler.load_state_dict(ckpt.trainer["sampler"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{ckpt.path / 'trainer_state.json'}: sampler state does not fit ({e})") from None
+    run.state = RunState(**{f.name: ckpt.trainer[f.name] for f in fields(RunState) if f.name in ckpt.trainer})
+    _set_rng_state(ckpt.trainer["rng"])
+    log_bytes = run.state.log_bytes
+    if run.log_path.exists() and run.log_path.stat().st_size >= log_bytes:
+        os.truncate(run.log_path, log_bytes)
+    say(f"resuming from {ckpt.path} at step {run.state.step}", run.quiet)
 
-    def evaluate(final: bool = False) -> dict[str, Any]:
-        n = cfg.n_val_stories if final else cfg.eval_stories
-        result = val.evaluate(model, n, cfg.batch_size, autocast)
-        event = {"event": "eval", "step": state["step"], **result, "tokens_seen": state["tokens_seen"],
-                 "elapsed": round(state["elapsed"], 3)}
-        if final:
-            event["final"] = True
-        log(event)
-        say(f"step {state['step']:>6}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte "
-            f"({result['val_stories']} stories)")
-        periodic = result["val_stories"] == min(cfg.eval_stories, len(val.stories))  # best/ compares like with like
-        if periodic and (state["best_val_bpb"] is None or result["val_bpb"] < state["best_val_bpb"]):
-            state["best_val_bpb"] = result["val_bpb"]
-            checkpoint("best", with_optimizer=False)
-        return result
 
-    kill_after = int(os.environ.get("_LLM101N_TRAIN_KILL_AFTER_STEP", "0"))  # test-only: crash like a power cut
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], unit="step", dynamic_ncols=True,
+def loss_function(run: Run) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A micro-batch's mean loss, keeping no logits when loss_chunks is set (fused_loss); torch.compile'd
+    if the config says so. Evaluation calls the model itself: its shapes vary."""
+    cfg, model = run.cfg, run.model
+
+    def model_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return fused_loss(model, x, y, cfg.loss_chunks) if cfg.loss_chunks else model(x, y)[1]
+
+    if cfg.compile and cfg.compile_mode == "coordinate-descent":
+        return torch.compile(model_loss, options={"coordinate_descent_tuning": True})
+    if cfg.compile:
+        return torch.compile(model_loss, mode=cfg.compile_mode)
+    return model_loss
+
+
+# ----------------------------------------------------------------------------- a step, an evaluation, a save
+
+
+def train_step(run: Run, loss_fn: Callable, lr: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step at learning rate `lr`; returns (the sum of the micro-batches' losses, the gradient norm
+    before clipping, None without clipping), both still on the device."""
+    cfg, device, optimizer = run.cfg, run.device, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for _ in range(cfg.grad_accum):  # accumulate the gradient of the mean over grad_accum micro-batches
+        x, y = run.sampler.next_batch()
+        if device.type == "cuda":  # pinned memory: the copy overlaps with the GPU's work
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        with run.autocast:
+            loss = loss_fn(x, y)
+        (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, norm
+
+
+def log_step(run: Run, bar: tqdm, loss: float, lr: float, norm: torch.Tensor | None, tok_s: float) -> None:
+    """A training step in train_log.jsonl, and on the progress bar (or, without one, as a line of its own)."""
+    state = run.state
+    run.log({"event": "train", "step": state.step, "loss": loss, "lr": lr,
+             "grad_norm": None if norm is None else norm.item(), "tokens_seen": state.tokens_seen,
+             "elapsed": round(state.elapsed, 3), "tokens_per_s": round(tok_s, 1)})
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+    if bar.disable:
+        say(f"step {state.step:>6}/{run.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+            f"{_fmt_time(state.elapsed)}", run.quiet)
+
+
+def evaluate(run: Run, final: bool = False) -> dict[str, Any]:
+    """Score the first eval_stories validation stories (final: n_val_stories of them), log and print the result.
+    A periodic evaluation that beats the best so far saves the model as <out_dir>/best."""
+    cfg, state = run.cfg, run.state
+    n = cfg.n_val_stories if final else cfg.eval_stories
+    result = run.val.evaluate(run.model, n, cfg.batch_size, run.autocast)
+    event = {"event": "eval", "step": state.step, **result, "tokens_seen": state.tokens_seen,
+             "elapsed": round(state.elapsed, 3)}
+    if final:
+        event["final"] = True
+    run.log(event)
+    say(f"step {state.step:>6}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte "
+        f"({result['val_stories']} stories)", run.quiet)
+    periodic = result["val_stories"] == min(cfg.eval_stories, len(run.val.stories))  # best/ compares like with like
+    if periodic and (state.best_val_bpb is None or result["val_bpb"] < state.best_val_bpb):
+        state.best_val_bpb = result["val_bpb"]
+        checkpoint(run, "best", with_optimizer=False)
+    return result
+
+
+def checkpoint(run: Run, name: str, with_optimizer: bool) -> Path:
+    """Save <out_dir>/<name> atomically: the model, and with_optimizer all a resumed run needs (AdamW's moments,
+    the sampler's position, the RNG state, the RunState)."""
+    run.state.log_bytes = run.log_path.stat().st_size
+    trainer = {**asdict(run.state), "sampler": run.sampler.state_dict(), "rng": _rng_state(),
+               "tokens_per_step": run.tokens_per_step, "saved_at": time.time()}
+    return save_checkpoint(run.out_dir / name, run.model, run.cfg, run.tok, run.tok_id, trainer,
+                           run.optimizer if with_optimizer else None)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
+          on_step: Callable[[RunState], None] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the final state (step, best validation, last evaluation, checkpoint paths).
+
+    resume=True continues from <out_dir>/last: the weights, AdamW's moments, the sampler's position and the RNG
+    state are restored, so on a CPU the continued run computes exactly the losses an uninterrupted one would.
+    Without resume, an out_dir that already holds a checkpoint is an error (nothing is overwritten).
+    on_step(state) is called after every step, once its logging, evaluation and checkpoint are done (tests use it
+    to crash a run at a chosen step).
+    """
+    from tqdm.auto import tqdm
+
+    run = setup(cfg, resume, quiet)
+    loss_fn = loss_function(run)
+    state = run.state
+    bar = tqdm(total=cfg.max_steps, initial=state.step, unit="step", dynamic_ncols=True,
                disable=quiet or not sys.stderr.isatty())
-    model.train()
-    if state["step"] == 0:
-        evaluate()
-    t_start, elapsed_before = time.perf_counter(), state["elapsed"]
-    t_last, tokens_last = t_start, state["tokens_seen"]
-    while state["step"] < cfg.max_steps:
-        step = state["step"]
-        lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(cfg.grad_accum):  # accumulate the gradient of the mean over grad_accum micro-batches
-            x, y = sampler.next_batch()
-            if device.type == "cuda":  # pinned memory: the copy overlaps with the GPU's work
-                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-            with autocast:
-                loss = loss_fn(x, y)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step = step + 1
-        state["tokens_seen"] += tokens_per_step
-        state["elapsed"] = elapsed_before + time.perf_counter() - t_start  # wall clock, across resumes
+    run.model.train()
+    if state.step == 0:
+        evaluate(run)
+    t_start, elapsed_before = time.perf_counter(), state.elapsed
+    t_last, tokens_last = t_start, state.tokens_seen
+    while state.step < cfg.max_steps:
+        lr = lr_at(state.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+        loss_sum, norm = train_step(run, loss_fn, lr)
+        state.step += 1
+        state.tokens_seen += run.tokens_per_step
+        state.elapsed = elapsed_before + time.perf_counter() - t_start  # wall clock, across resumes
         bar.update(1)
 
+        step = state.step
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            loss_value = loss_sum.item() / cfg.grad_accum  # .item() waits for the GPU: only when logging
+            loss = loss_sum.item() / cfg.grad_accum  # .item() waits for the GPU: only when logging
             now = time.perf_counter()
-            tok_s = (state["tokens_seen"] - tokens_last) / max(now - t_last, 1e-9)
-            t_last, tokens_last = now, state["tokens_seen"]
-            event = {"event": "train", "step": step, "loss": loss_value, "lr": lr,
-                     "grad_norm": None if norm is None else norm.item(), "tokens_seen": state["tokens_seen"],
-                     "elapsed": round(state["elapsed"], 3), "tokens_per_s": round(tok_s, 1)}
-            log(event)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-            if bar.disable:
-                say(f"step {step:>6}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
-                    f"{_fmt_time(state['elapsed'])}")
+            tok_s = (state.tokens_seen - tokens_last) / max(now - t_last, 1e-9)
+            t_last, tokens_last = now, state.tokens_seen
+            log_step(run, bar, loss, lr, norm, tok_s)
         if step % cfg.eval_interval == 0 and step < cfg.max_steps:
-            evaluate()
+            evaluate(run)
         if step % cfg.ckpt_interval == 0 and step < cfg.max_steps:
-            checkpoint("last", with_optimizer=True)
+            checkpoint(run, "last", with_optimizer=True)
         if step % cfg.eval_interval == 0 or step % cfg.ckpt_interval == 0:
-            t_last, tokens_last = time.perf_counter(), state["tokens_seen"]  # tokens/s counts training only
-        if step == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            t_last, tokens_last = time.perf_counter(), state.tokens_seen  # tokens/s counts training only
+        if on_step is not None:
+            on_step(state)
     bar.close()
 
     # The end: evaluate (the last model may be the best), score the whole validation set, save the final state.
-    result = evaluate(final=cfg.n_val_stories <= cfg.eval_stories)
+    result = evaluate(run, final=cfg.n_val_stories <= cfg.eval_stories)
     if cfg.n_val_stories > cfg.eval_stories:
-        result = evaluate(final=True)
-    checkpoint("last", with_optimizer=True)
-    say(f"done: {state['step']} steps, {state['tokens_seen']:,} tokens in {_fmt_time(state['elapsed'])}; "
-        f"best val {state['best_val_bpb']:.4f} bits per byte; checkpoints in {out_dir}/last and {out_dir}/best")
-    return {**state, **result, "last": str(out_dir / "last"), "best": str(out_dir / "best")}
-
-
-# ----------------------------------------------------------------------------- using a trained model
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               fused: bool | None = None) -> tuple[GPT, RegexTokenizer]:
-    """(model, tokenizer) from a checkpoint folder (runs/.../best) or an exported model, in eval mode.
-
-    The weights must fit the config exactly (names and shapes); the files are checked against SHA256SUMS.
-    fused: True / False to choose PyTorch's kernels or the hand-written ones (None: as trained; same weights).
-    Raises CheckpointError naming the file at fault.
-    """
-    ckpt = read_checkpoint(path)
-    gcfg = _gpt_config_from(ckpt)
-    if fused is not None:
-        gcfg = dataclasses.replace(gcfg, fused=fused)
-    model = GPT(gcfg)
-    _load_weights(model, ckpt)
-    try:
-        tok = RegexTokenizer.load(ckpt.path / "tokenizer.json")
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    if tok.n_vocab > gcfg.vocab_size:
-        raise CheckpointError(f"{ckpt.path / 'tokenizer.json'}: {tok.n_vocab} ids, the model has {gcfg.vocab_size}")
-    return model.to(device=device, dtype=dtype).eval(), tok
-
-
-def export_model(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
-    """A compact copy of a checkpoint for chatting and serving: the weights in `dtype` (fp16 halves the size),
-    config.json, tokenizer.json and SHA256SUMS; no optimizer state. Written atomically; returns out_dir."""
-    ckpt = read_checkpoint(ckpt_dir)
-    model, tok = load_model(ckpt_dir)
-    doc = json.loads(_config_doc(MODEL_FORMAT, TrainConfig(**{k: v for k, v in ckpt.config.get("train", {}).items()
-                                                              if k in {f.name for f in fields(TrainConfig)}}),
-                                 model.config, ckpt.config["tokenizer"], ckpt.config.get("step", 0)))
-    doc["dtype"] = str(dtype).removeprefix("torch.")
-    doc["exported_from"] = str(Path(ckpt_dir).resolve())
-    files = {"model.safetensors": _save_tensors(_model_tensors(model, dtype), {"format": "pt"}),
-             "config.json": json.dumps(doc, indent=1).encode(), "tokenizer.json": _tokenizer_json(tok)}
-    return write_dir_atomic(Path(out_dir), files)
-
-
-def default_storyteller(device: str = "cpu") -> tuple[GPT, RegexTokenizer]:
-    """The course's shipped model, models/storyteller (fp16 weights, checked against SHA256SUMS), in fp32."""
-    from storylib.data import course_file
-
-    return load_model(course_file("models/storyteller"), device=device)
-
-
-def storyteller_hello(prompt: str = "Once upon a time", n_tokens: int = 24) -> str:
-    """One line for `llm101n start`: the default storyteller loads offline and speaks (greedy, CPU)."""
-    model, tok = default_storyteller()
-    eot = tok.special_tokens["<|endoftext|>"]
-    idx = torch.tensor([[eot, *tok.encode_ordinary(prompt)]])
-    with torch.no_grad():
-        out = model.generate(idx, n_tokens, temperature=0.0)
-    text = tok.decode([i for i in out[0, 1:].tolist() if i < eot]).replace("\n", " ")
-    return f"{model.num_params() / 1e6:.1f} M parameters, loaded offline — “{text}…”"
+        result = evaluate(run, final=True)
+    checkpoint(run, "last", with_optimizer=True)
+    say(f"done: {state.step} steps, {state.tokens_seen:,} tokens in {_fmt_time(state.elapsed)}; "
+        f"best val {state.best_val_bpb:.4f} bits per byte; checkpoints in {run.out_dir}/last and {run.out_dir}/best",
+        quiet)
+    return {**asdict(state), **result, "last": str(run.out_dir / "last"), "best": str(run.out_dir / "best")}
 
 
 # ----------------------------------------------------------------------------- command line

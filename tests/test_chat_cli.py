@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from storylib import kvcache
-from storylib.datasets import encode_ordinary
+from storylib.checkpoint import default_storyteller
+from storylib.fastbpe import encode_ordinary
 from storylib.storyteller import Sampling, StorySession, TerminalChat
-from storylib.train import default_storyteller
+from storylib.tokenizer import eot_id
+from tests.story_hold import HELD_CHAT
 
 ROOT = Path(__file__).resolve().parents[1]
 LLM101N = str(Path(sys.executable).parent / "llm101n")
@@ -35,7 +37,7 @@ def storyteller():
 
 def greedy(storyteller, text: str, n: int) -> str:
     model, tok = storyteller
-    ids = [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, text)]
+    ids = [eot_id(tok), *encode_ordinary(tok, text)]
     return "".join(kvcache.generate_stream(model, tok, ids, n, temperature=0.0))
 
 
@@ -81,7 +83,9 @@ def test_repl_commands(storyteller):
 def test_ctrl_c_stops_the_story_not_the_program(storyteller):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
     env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.Popen([LLM101N, "chat", "--temperature", "1", "--top-p", "1", "--seed", "4", "--max-tokens", "600"],
+    # the story is held after its first 80 characters until Ctrl-C: a busy machine cannot finish it first
+    p = subprocess.Popen([sys.executable, "-c", HELD_CHAT, "--temperature", "1", "--top-p", "1", "--seed", "4",
+                          "--max-tokens", "600"],
                          cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, bufsize=1)
     out: list[str] = []

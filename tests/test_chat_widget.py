@@ -18,10 +18,12 @@ import traitlets
 
 import storylib
 from storylib import kvcache
-from storylib.datasets import encode_ordinary
+from storylib.checkpoint import default_storyteller
+from storylib.fastbpe import encode_ordinary
 from storylib.storyteller import Sampling, StorySession, friendly_error
-from storylib.train import default_storyteller
+from storylib.tokenizer import eot_id
 from storylib.widgets import StoryChat
+from tests.story_hold import held_generate
 
 PROMPT = "Once upon a time, there was a little fox"
 
@@ -34,8 +36,8 @@ def storyteller():
 def reference(storyteller, text: str, n: int, **kw) -> tuple[str, int]:
     """The model's continuation of <|endoftext|> + text, and its number of tokens, from storylib.kvcache."""
     model, tok = storyteller
-    ids = [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, text)]
-    stop_ids = {tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|end|>"]}
+    ids = [eot_id(tok), *encode_ordinary(tok, text)]
+    stop_ids = {eot_id(tok), tok.special_tokens["<|end|>"]}
     gen = kvcache.generate_tokens(model, ids, n, stop_ids=stop_ids, temperature=kw.get("temperature", 0.0))
     n_tokens = sum(1 for _ in gen) if kw.get("temperature", 0.0) == 0 else -1
     return "".join(kvcache.generate_stream(model, tok, ids, n, **kw)), n_tokens
@@ -78,8 +80,10 @@ def test_send_streams_exactly_what_the_engine_tells(storyteller):
     assert returned < w.stats["seconds"], "handle() should return at once and leave the work to the worker"
 
 
-def test_stop_stops_a_running_turn(storyteller):
-    # seed 4 at temperature 1 tells a long story (checked below): Stop lands in its middle
+def test_stop_stops_a_running_turn(storyteller, monkeypatch):
+    # seed 4 at temperature 1 tells a long story (checked below): Stop lands in its middle. The turn waits for Stop
+    # after 160 characters (tests/story_hold.py), so it cannot run out first on a busy machine.
+    monkeypatch.setattr(StorySession, "generate", held_generate(StorySession.generate, 160))
     w, sent = make_chat(storyteller, temperature=1.0, top_p=1.0, seed=4, max_tokens=600)
     full, _ = reference(storyteller, PROMPT, 600, temperature=1.0, seed=4)
     w.handle({"type": "send", "text": PROMPT})

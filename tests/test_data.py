@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # storylib is imported from the repo folder, not installed (see pyproject.toml)
 
 from storylib import data  # noqa: E402
-from storylib.data import EOT, ChecksumError, DownloadError, RemoteFile  # noqa: E402
+from storylib.data import EOT_TOKEN, ChecksumError, DownloadError, RemoteFile  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # local data
@@ -38,8 +38,8 @@ def fixture_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_write_fixture_matches_the_shared_layout(fixture_dir: Path):
     assert sorted(p.name for p in fixture_dir.iterdir()) == ["train-000.txt.xz", "valid.txt.xz"]
     text = lzma.open(fixture_dir / "valid.txt.xz", "rt", encoding="utf-8").read()
-    assert text.endswith(f"\n{EOT}\n"), "each story, the last included, should be followed by an EOT line"
-    assert text.count(f"\n{EOT}\n") == 15
+    assert text.endswith(f"\n{EOT_TOKEN}\n"), "each story, the last included, should be followed by an EOT line"
+    assert text.count(f"\n{EOT_TOKEN}\n") == 15
 
 
 def test_load_stories_reads_the_fixture_via_storylib_data(fixture_dir: Path):
@@ -62,7 +62,7 @@ def test_load_stories_reads_official_plain_text_files(tmp_path: Path):
     # official layout: plain text, story then an EOT line; a blank line or two must not matter
     stories = data.synthetic_stories(8, seed=11)
     (tmp_path / "TinyStories-valid.txt").write_text(
-        "".join(f"{s}\n{EOT}\n\n" for s in stories[:-1]) + stories[-1] + "\n", encoding="utf-8")
+        "".join(f"{s}\n{EOT_TOKEN}\n\n" for s in stories[:-1]) + stories[-1] + "\n", encoding="utf-8")
     assert data.load_stories("valid", root=tmp_path) == stories
     assert data.split_files("valid", tmp_path) == [tmp_path / "TinyStories-valid.txt"]
 
@@ -70,7 +70,7 @@ def test_load_stories_reads_official_plain_text_files(tmp_path: Path):
 def test_official_file_wins_over_subset_in_the_same_folder(tmp_path: Path):
     data.write_fixture(tmp_path, n_train=5, n_valid=5, seed=0)
     official = data.synthetic_stories(3, seed=99)
-    text = "".join(f"{s}\n{EOT}\n" for s in official)
+    text = "".join(f"{s}\n{EOT_TOKEN}\n" for s in official)
     (tmp_path / "TinyStories-train.txt").write_text(text, encoding="utf-8")
     assert data.load_stories("train", root=tmp_path) == official
 
@@ -79,13 +79,13 @@ def test_train_shards_are_read_in_order(tmp_path: Path):
     stories = data.synthetic_stories(9, seed=5)
     for i, part in enumerate((stories[:4], stories[4:])):
         with lzma.open(tmp_path / f"train-{i:03d}.txt.xz", "wt", encoding="utf-8") as f:
-            f.write("".join(f"{s}\n{EOT}\n" for s in part))
+            f.write("".join(f"{s}\n{EOT_TOKEN}\n" for s in part))
     assert data.load_stories("train", root=tmp_path) == stories
     assert data.load_stories("train", root=tmp_path, limit=6) == stories[:6]
 
 
 def test_streamed_parse_agrees_with_split_stories():
-    text = f"  a\nb {EOT}\n{EOT}{EOT}c{EOT} d\n\ne\n{EOT}\n f "
+    text = f"  a\nb {EOT_TOKEN}\n{EOT_TOKEN}{EOT_TOKEN}c{EOT_TOKEN} d\n\ne\n{EOT_TOKEN}\n f "
     assert data.split_stories(text) == ["a\nb", "c", "d\n\ne", "f"]
     assert list(data._iter_stories(text.splitlines(keepends=True))) == data.split_stories(text)
 
@@ -164,7 +164,7 @@ def test_synthetic_stories_are_stable_across_processes():
 def test_synthetic_stories_look_like_stories():
     stories = data.synthetic_stories(400, seed=0)
     assert len(set(stories)) > 390, "stories should vary"
-    assert all(s == s.strip() and s and EOT not in s for s in stories)
+    assert all(s == s.strip() and s and EOT_TOKEN not in s for s in stories)
     assert all(s.isascii() for s in stories), "unicode=False should give plain ASCII"
     assert all(1 <= s.count("\n") + 1 <= 3 for s in stories), "1 to 3 paragraphs"
     assert any("\n" in s for s in stories) and any("\n" not in s for s in stories)
@@ -190,7 +190,7 @@ def test_synthetic_unicode_stories_have_non_ascii():
 # -----------------------------------------------------------------------------
 # downloader, against a local HTTP server
 
-PAYLOAD = "".join(f"{s}\n{EOT}\n" for s in data.synthetic_stories(300, seed=42, unicode=True)).encode()
+PAYLOAD = "".join(f"{s}\n{EOT_TOKEN}\n" for s in data.synthetic_stories(300, seed=42, unicode=True)).encode()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 FIXTURE = RemoteFile("TinyStories-valid.txt", len(PAYLOAD), SHA)
 

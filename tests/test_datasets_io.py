@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from storylib import datasets
+from storylib import chat_template, datasets
 from storylib.data import synthetic_stories
-from storylib.tokenizer import STORY_SPECIALS, RegexTokenizer
+from storylib.tokenizer import EOT_TOKEN, STORY_SPECIALS, RegexTokenizer, eot_id
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def tok() -> RegexTokenizer:
 def test_encode_stories_layout_matches_the_slow_tokenizer(tok):
     stories = synthetic_stories(23, seed=11, unicode=True) + ["<|endoftext|> is text here", ""]
     arr = datasets.encode_stories(stories, tok)
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     assert arr.dtype == np.uint16
     # the layout is EOT, story, EOT, story, ..., EOT
     want = []
@@ -40,7 +40,7 @@ def test_encode_stories_layout_matches_the_slow_tokenizer(tok):
 
 
 def test_encode_stories_rejects_a_vocab_too_big_for_uint16(tok):
-    big = RegexTokenizer(merges=dict(tok.merges), special_tokens={"<|endoftext|>": 70_000})
+    big = RegexTokenizer(merges=dict(tok.merges), special_tokens={EOT_TOKEN: 70_000})
     with pytest.raises(ValueError, match="uint16"):
         datasets.encode_stories(["hi"], big)
 
@@ -91,7 +91,7 @@ def test_write_shards_concatenate_to_the_stream_and_cut_between_stories(tmp_path
     paths = datasets.write_shards(stories, tok, tmp_path, prefix="val", shard_tokens=500)
     assert len(paths) > 2
     assert [p.name for p in paths] == [f"val_{i:03d}.bin" for i in range(len(paths))]
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     for p in paths:
         assert datasets.read_shard(p)[0] == eot
     assert np.array_equal(datasets.load_tokens(paths), full)
@@ -151,12 +151,12 @@ def test_chat_template_rejects_malformed_conversations(tok):
     u, a, sy = ({"role": r, "content": "x"} for r in ("user", "assistant", "system"))
     for bad in ([a], [u, u], [sy, a], [u, a, a], [u, sy], [{"role": "user"}], [{"role": "bot", "content": "x"}]):
         with pytest.raises(ValueError):
-            datasets.render_chat(bad, tok)
+            chat_template.render_chat(bad, tok)
     with pytest.raises(ValueError):
-        datasets.render_chat([u, a], tok, add_generation_prompt=True)
-    ids, mask = datasets.render_chat([sy, u, a], tok)
-    assert datasets.parse_chat(ids, tok) == [sy, u, a]
-    assert datasets.parse_chat(datasets.render_chat([u], tok, add_generation_prompt=True)[0], tok) == [u]
+        chat_template.render_chat([u, a], tok, add_generation_prompt=True)
+    ids, mask = chat_template.render_chat([sy, u, a], tok)
+    assert chat_template.parse_chat(ids, tok) == [sy, u, a]
+    assert chat_template.parse_chat(chat_template.render_chat([u], tok, add_generation_prompt=True)[0], tok) == [u]
 
 
 def test_packed_sampler_masks_seams_and_resumes():

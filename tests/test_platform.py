@@ -150,7 +150,7 @@ def test_checks_never_grade_the_reference_by_mistake(tmp_path):
 
 def test_cli_check_prints_a_table_and_exit_code(learner):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
-    llm = [sys.executable, "-m", "grading.cli"]
+    llm = [sys.executable, "-m", "llm101n.cli"]
     out = subprocess.run([*llm, "check", "ch01"], cwd=learner, env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "ch01." in out.stdout and "FAIL" in out.stdout and "total 0/" in out.stdout
     out = subprocess.run([*llm, "check", "ch01", "--root", str(ROOT)], env=env, capture_output=True, text=True)
@@ -169,3 +169,77 @@ def test_a_learner_solution_is_graded_as_theirs(learner, tmp_path):
     (root / ex.path).write_text(stub_text(ref, ex.path, others), encoding="utf-8")
     report = check(["ch01"], root)
     assert [r.exercise.id for r in report.results if r.passed] == [ex.id]
+
+
+def test_notebook_builders_are_deterministic_and_the_check_names_a_stale_notebook(tmp_path):
+    """Every builder gives the same bytes twice; after a build the check is clean, and it names the one notebook
+    edited by hand and a solutions notebook without a builder."""
+    from grading import authoring
+
+    scratch, course = tmp_path / "scratch", tmp_path / "course"
+    scratch.mkdir()
+    written = authoring.build(scratch)
+    assert {"solutions/ch01_bigram.ipynb", "book/ch08_device.ipynb", "book/ch12_kvcache.ipynb"} <= {
+        p.as_posix() for p in written}
+    assert authoring.sync(course) == (written, [])  # an empty course: every notebook is written
+    assert all((course / p).read_bytes() == (scratch / p).read_bytes() for p in written)
+    assert authoring.sync(course, check_only=True) == ([], [])
+    edited = course / "solutions" / "ch01_bigram.ipynb"
+    edited.write_text(edited.read_text(encoding="utf-8").replace("import", "# import", 1), encoding="utf-8")
+    shutil.copy(edited, course / "solutions" / "ch99_orphan.ipynb")
+    assert authoring.sync(course, check_only=True) == ([Path("solutions/ch01_bigram.ipynb")],
+                                                       [Path("solutions/ch99_orphan.ipynb")])
+
+
+SHIM_KERNEL = """
+import numpy as np
+from numba import float32
+from cuda_labs._compat import SIMULATOR, cuda
+
+@cuda.jit
+def kernel(out):
+    a = cuda.shared.array(32, dtype=float32, alignment=16)
+    b = cuda.shared.array(32, dtype=float32)
+    r = cuda.local.array(2, dtype=float32, alignment=16)
+    i = cuda.threadIdx.x
+    a[i], b[i] = i, 2 * i
+    cuda.syncthreads()
+    r[0] = a[31 - i] + b[i]
+    out[i] = r[0] + cuda.shfl_down_sync(0xFFFFFFFF, float32(i), 1)
+
+out = np.zeros(32, np.float32)
+kernel[1, 32](out)
+print(SIMULATOR, out.astype(int).tolist())
+"""
+
+
+def test_the_cuda_simulator_takes_what_the_gpu_takes():
+    """cuda_labs._compat on whichever simulator is installed (numba's or numba-cuda's): `alignment=` accepted, two
+    shared arrays of one kernel apart, warp shuffles (a lane past the warp keeps its own value, as on a GPU)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_ENABLE_CUDASIM="1")
+    done = subprocess.run([sys.executable, "-c", SHIM_KERNEL], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = [31 + i + (i + 1 if i < 31 else i) for i in range(32)]
+    assert done.stdout.split()[0] == "True" and done.stdout.split(" ", 1)[1].strip() == str(want)
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="this machine has an NVIDIA driver")
+def test_without_a_usable_gpu_both_processes_run_the_labs_on_the_simulator(monkeypatch, tmp_path):
+    """The grader asks numba in a child even where a driver's device file is there; no usable GPU: the simulator,
+    told to the trusted tests and to the learner's worker alike (their SIMULATOR must agree)."""
+    from grading import harness
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/nvidiactl" or real_exists(p))
+    assert harness.gpu_name.__wrapped__() is None
+    assert harness.lab_device() == harness.lab_device(simulator=True) == harness.SIMULATOR
+    for device, flag in ((harness.SIMULATOR, "1"), ("NVIDIA H100 80GB HBM3", "0"), ("", "1")):
+        assert harness.clean_env(tmp_path, device)["NUMBA_ENABLE_CUDASIM"] == flag
+        assert harness.worker_env(tmp_path, device)["NUMBA_ENABLE_CUDASIM"] == flag
+
+
+def test_the_report_says_where_the_lab_kernels_ran():
+    report = check(["lab01.map"], ROOT, simulator=True)
+    assert report["lab01.map"].passed and report.device == "CUDA simulator"
+    assert "cuda_labs kernels on: CUDA simulator" in report.table()

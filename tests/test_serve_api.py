@@ -24,15 +24,18 @@ import pytest
 import torch
 
 from storylib import serve as S
-from storylib.datasets import encode_ordinary
+from storylib.checkpoint import default_storyteller
+from storylib.fastbpe import encode_ordinary
 from storylib.gpt2 import GPT, GPTConfig
 from storylib.kvcache import generate_stream
-from storylib.train import default_storyteller
+from storylib.service import ConversationStore, StoreError, serve_in_thread
+from storylib.tokenizer import eot_id
+from tests.reply_gate import ReplyGate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-live = S.serve_in_thread
+live = serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def client(url: str, key: str = "none") -> openai.OpenAI:
 def test_openai_client_completions_match_the_chapter_12_generator(server, storyteller):
     model, tok = storyteller
     prompt = "Once upon a time, a small green frog"
-    ids = [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, prompt)]
+    ids = [eot_id(tok), *encode_ordinary(tok, prompt)]
     want = "".join(generate_stream(model, tok, ids, 40, temperature=0.0))  # Chapter 12, one request, no server
     c = client(server)
     r = c.completions.create(model="storyteller", prompt=prompt, max_tokens=40, temperature=0)
@@ -218,10 +221,12 @@ def test_full_queue_is_429_with_retry_after(storyteller, tmp_path):
     app = S.create_app(model, tok, max_batch=1, max_queue=1, db_path=tmp_path / "c.sqlite3")
     app.state.engine.banned[list(app.state.engine.end_ids)] = True  # no early end: the first reply holds its row
     body = {"model": "storyteller", "messages": user("A long story, please."), "max_tokens": 200, "stream": True}
+    gate = ReplyGate(app.state.engine)  # and it cannot end (tests/reply_gate.py) before the third one is refused
     with live(app) as url, httpx.Client(timeout=60) as h:
-        with h.stream("POST", url + "/v1/chat/completions", json=body) as first:
+        with gate.closed(), h.stream("POST", url + "/v1/chat/completions", json=body) as first:
             assert first.status_code == 200
-            next(first.iter_lines())  # the first one holds the only row
+            first_lines = first.iter_lines()  # kept: a dropped iterator closes the stream (the client leaves)
+            next(first_lines)  # the first one holds the only row
             with h.stream("POST", url + "/v1/chat/completions", json=body) as second:
                 assert second.status_code == 200  # the second waits in the queue
                 third = h.post(url + "/v1/chat/completions", json=body)
@@ -237,8 +242,8 @@ def test_full_queue_is_429_with_retry_after(storyteller, tmp_path):
 def test_client_disconnect_cancels_the_generation(storyteller, tmp_path):
     model, tok = storyteller
     app = S.create_app(model, tok, db_path=tmp_path / "c.sqlite3")
-    app.state.engine.banned[list(app.state.engine.end_ids)] = True  # the reply cannot end before we leave
-    with live(app) as url:
+    app.state.engine.banned[list(app.state.engine.end_ids)] = True  # the reply cannot end before we leave:
+    with live(app) as url, ReplyGate(app.state.engine).closed():  # neither early nor at its length, however slow we are
         disconnect_and_watch(url)
 
 
@@ -287,7 +292,7 @@ def test_a_corrupt_database_is_refused_and_left_untouched(tiny, tmp_path):
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"these are not the bytes of a database\n" * 50)
     real = tmp_path / "real.sqlite3"
-    store = S.ConversationStore(real)
+    store = ConversationStore(real)
     for i in range(40):
         store.put(store.create(f"c{i}")["id"], "t", [{"role": "user", "content": "word " * 400}])
     store.close()
@@ -297,7 +302,7 @@ def test_a_corrupt_database_is_refused_and_left_untouched(tiny, tmp_path):
     broken.write_bytes(bytes(data))
     for path in (junk, broken):
         before = path.read_bytes()
-        with pytest.raises(S.StoreError) as e:
+        with pytest.raises(StoreError) as e:
             S.create_app(model, tok, db_path=path)
         assert str(path) in str(e.value) and "untouched" in str(e.value)
         assert path.read_bytes() == before, "a corrupt database must not be modified"
@@ -309,10 +314,10 @@ def test_a_corrupt_database_is_refused_and_left_untouched(tiny, tmp_path):
 
 
 def test_store_writes_are_transactions(tmp_path):
-    store = S.ConversationStore(tmp_path / "c.sqlite3")
+    store = ConversationStore(tmp_path / "c.sqlite3")
     cid = store.create("t")["id"]
     store.put(cid, "t", [{"role": "user", "content": "first"}])
-    with pytest.raises(S.RequestError):
+    with pytest.raises(ValueError):
         store.put(cid, "t2", [{"role": "user", "content": "a"}] * 501)
     class Boom(sqlite3.Connection):
         def executemany(self, *a):
@@ -425,7 +430,7 @@ def test_story_chat_format_continues_the_conversation_as_one_text(tiny, tmp_path
     model, tok = tiny
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"},
                 {"role": "assistant", "content": "there was a cat."}, {"role": "user", "content": " The cat"}]
-    assert S.render_story(messages, tok) == [tok.special_tokens["<|endoftext|>"],
+    assert S.render_story(messages, tok) == [eot_id(tok),
                                              *tok.encode_ordinary("Once upon a time there was a cat. The cat")]
     with pytest.raises(ValueError, match="no user or assistant text"):
         S.render_story([{"role": "system", "content": "x"}, {"role": "user", "content": " "}], tok)

@@ -1,5 +1,6 @@
-"""storylib.train: configs, a tiny run whose loss falls, exact resume after a SIGKILL, checkpoints that refuse to be
-misread, load_model / export_model, and GPTConfig.fused (PyTorch's kernels) against the hand-written model.
+"""storylib.train and storylib.checkpoint: configs, a tiny run whose loss falls, exact resume after a SIGKILL,
+checkpoints that refuse to be misread, load_model / export_model, and GPTConfig.fused (PyTorch's kernels) against the
+hand-written model.
 
 Synthetic stories only (storylib.data.synthetic_stories), tiny models, CPU; nothing is downloaded and ../shared is
 never read. The resume test runs the trainer in subprocesses with one thread each, as a user's runs would.
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,21 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # storylib is imported from the repo folder, not installed (see pyproject.toml)
 
 from storylib import gpt2  # noqa: E402
+from storylib.checkpoint import CheckpointError, export_model, load_model, save_checkpoint  # noqa: E402
 from storylib.data import synthetic_stories  # noqa: E402
 from storylib.gpt2 import GPT, GPTConfig, bits_per_byte  # noqa: E402
-from storylib.tokenizer import RegexTokenizer  # noqa: E402
-from storylib.train import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    TrainConfig,
-    export_model,
-    load_config,
-    load_model,
-    load_tokenizer,
-    main,
-    save_checkpoint,
-    train,
-)
+from storylib.tokenizer import RegexTokenizer, eot_id  # noqa: E402
+from storylib.train import ConfigError, TrainConfig, load_config, load_tokenizer, main, train  # noqa: E402
 
 TINY = """
 [model]
@@ -145,7 +137,7 @@ def test_fused_model_matches_the_hand_written_one():
 
 def test_bits_per_byte_with_a_bpe_tokenizer(small_bpe):
     tok = RegexTokenizer.load(small_bpe)
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=320, n_layer=1, n_head=2, n_embd=16)).double()
     stories = synthetic_stories(5, seed=11)
@@ -214,13 +206,26 @@ def test_tiny_run_learns_and_writes_checkpoints(finished_run):
     assert not list(out.glob(".*")), "no temporary folders should be left behind"
 
 
+# `llm101n train CONFIG --quiet` that SIGKILLs itself after step 6, as a power cut would (no cleanup, no atexit):
+# the kill is train's on_step callback, so the trainer itself has no crash switch
+KILLED_AFTER_STEP_6 = """
+import os, signal, sys
+from storylib.train import load_config, train
+
+def power_cut(state):
+    if state.step == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_config(sys.argv[1]), quiet="--quiet" in sys.argv, on_step=power_cut)
+"""
+
+
 def test_kill_and_resume_reproduces_the_run_bit_for_bit(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("_LLM101N_TRAIN_KILL_AFTER_STEP", None)
     cmd = [sys.executable, "-m", "storylib.train"]
 
-    def start(cfg: Path, *args: str, **extra: str) -> subprocess.Popen:
-        return subprocess.Popen([*cmd, str(cfg), "--quiet", *args], env={**env, **extra}, cwd=tmp_path,
+    def start(cfg: Path, *args: str, program: Sequence[str] = cmd) -> subprocess.Popen:
+        return subprocess.Popen([*program, str(cfg), "--quiet", *args], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def finish(p: subprocess.Popen) -> tuple[int, str]:
@@ -229,7 +234,7 @@ def test_kill_and_resume_reproduces_the_run_bit_for_bit(tmp_path):
 
     b_cfg = write_config(tmp_path / "b.toml", tmp_path / "b")
     a = start(write_config(tmp_path / "a.toml", tmp_path / "a"))  # uninterrupted, side by side with b
-    killed = start(b_cfg, _LLM101N_TRAIN_KILL_AFTER_STEP="6")  # SIGKILLs itself after step 6; last/ is step 4
+    killed = start(b_cfg, program=[sys.executable, "-c", KILLED_AFTER_STEP_6])  # killed after step 6; last/ is step 4
     (rc_a, err_a), (rc_b, err_b) = finish(a), finish(killed)
     assert rc_a == 0, err_a
     assert rc_b == -9, f"the run should have been killed, rc = {rc_b}: {err_b}"
@@ -249,7 +254,7 @@ def test_kill_and_resume_reproduces_the_run_bit_for_bit(tmp_path):
 
 
 def test_a_crash_during_a_save_leaves_a_usable_checkpoint(finished_run, tmp_path):
-    from storylib.train import find_checkpoint, read_checkpoint
+    from storylib.checkpoint import find_checkpoint, read_checkpoint
 
     _, out = copy_run(finished_run, tmp_path)
     (out / "last").rename(out / ".last.old")  # the moment between moving the old folder aside and the new one in

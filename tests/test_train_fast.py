@@ -1,5 +1,5 @@
-"""The trainer's speed options: the fused linear + cross-entropy (storylib.gpt2.linear_cross_entropy,
-GPT.fused_loss, TrainConfig.loss_chunks) against F.cross_entropy in float64, and the new TrainConfig fields.
+"""The trainer's speed options: the fused linear + cross-entropy (storylib.precision.linear_cross_entropy,
+fused_loss, TrainConfig.loss_chunks) against F.cross_entropy in float64, and the new TrainConfig fields.
 Their speed is measured in bench/train_throughput.py, on a GPU, never here."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from storylib.gpt2 import GPT, GPTConfig, linear_cross_entropy
+from storylib.gpt2 import GPT, GPTConfig
+from storylib.precision import fused_loss, linear_cross_entropy
 from storylib.train import ConfigError, TrainConfig, train
 
 
@@ -71,13 +72,13 @@ def test_gpt_fused_loss_has_forwards_value_and_gradients(fused):
     ref.backward()
     want = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    loss = model.fused_loss(idx, tgt, n_chunks=5)
+    loss = fused_loss(model, idx, tgt, n_chunks=5)
     loss.backward()
     assert torch.allclose(loss, ref, rtol=1e-13, atol=0)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, want[name], rtol=1e-10, atol=1e-14), f"gradient of {name} differs"
     with pytest.raises(ValueError, match="block_size"):
-        model.fused_loss(torch.zeros(1, 17, dtype=torch.long), torch.zeros(1, 17, dtype=torch.long))
+        fused_loss(model, torch.zeros(1, 17, dtype=torch.long), torch.zeros(1, 17, dtype=torch.long))
 
 
 def _run(tmp_path, name: str, **settings) -> list[float]:

@@ -4,16 +4,12 @@ Run by the grader, the learner's code lives in a worker process (grading/remote.
 to it, for the few tests whose objects must live there, and `storage_ptr` tells which memory a tensor of the
 learner's lives in. Run directly on the reference (`make unit`), `worker` is None.
 
-cuda_labs kernels run on numba's CUDA simulator here: NUMBA_ENABLE_CUDASIM must be set before numba is
-first imported, and this conftest is read before any test module of this folder is imported. The grading
-harness sets it too (grading/harness.py). Set NUMBA_ENABLE_CUDASIM=0 yourself to run the lab tests on a GPU.
+cuda_labs kernels run on the GPU when this machine has one, else on numba's CUDA simulator: cuda_labs/_compat.py
+chooses (set NUMBA_ENABLE_CUDASIM=1 yourself to force the simulator). The grader asks numba which and tells both
+of its processes the same (grading/harness.py; `llm101n check --simulator` forces the simulator).
 """
 
-import os
-
 import pytest
-
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 
 @pytest.fixture

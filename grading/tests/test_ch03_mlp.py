@@ -302,16 +302,16 @@ def schedule_oracle(step, total, lr_max, warmup, lr_min):
 @pytest.mark.exercise("ch03.lr_schedule")
 @pytest.mark.parametrize("total, warmup, lr_max, lr_min", [(37, 5, 0.3, 0.01), (20, 0, 1.5, 0.0), (9, 3, 2.0, 0.5)])
 def test_lr_schedule_matches_formula(total, warmup, lr_max, lr_min):
-    got = [mlp.lr_at(s, total, lr_max, warmup, lr_min) for s in range(total)]
+    got = [mlp.warmup_cosine_lr(s, total, lr_max, warmup, lr_min) for s in range(total)]
     want = [schedule_oracle(s, total, lr_max, warmup, lr_min) for s in range(total)]
     for s, (g, w) in enumerate(zip(got, want, strict=True)):
-        call = f"lr_at({s}, {total}, {lr_max}, {warmup}, {lr_min})"
+        call = f"warmup_cosine_lr({s}, {total}, {lr_max}, {warmup}, {lr_min})"
         assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-15), f"{call} should be {w:.6g}, got {g!r}"
 
 
 @pytest.mark.exercise("ch03.lr_schedule")
 def test_lr_schedule_shape():
-    lrs = [mlp.lr_at(s, 50, 0.8, 10, 0.04) for s in range(50)]
+    lrs = [mlp.warmup_cosine_lr(s, 50, 0.8, 10, 0.04) for s in range(50)]
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10], strict=False)), "the warm-up should rise at every step"
     assert math.isclose(lrs[9], 0.8) and math.isclose(lrs[10], 0.8), "lr_max at the last warm-up step and just after"
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)), "after the warm-up the rate should only fall"

@@ -500,7 +500,7 @@ def test_bytes_round_trip_and_stream_layout():
     assert gpt2.decode(gpt2.encode(stories[0])) == stories[0]
     assert len(gpt2.encode(stories[0])) == len(stories[0]) + 1, "é is two UTF-8 bytes"
     s = gpt2.story_stream(stories).tolist()
-    assert s[0] == s[17] == s[-1] == gpt2.EOT and len(s) == 16 + 8 + 3
+    assert s[0] == s[17] == s[-1] == gpt2.EOT_ID and len(s) == 16 + 8 + 3
 
 
 def test_bits_per_byte_scores_every_prediction_once():
@@ -520,7 +520,7 @@ def test_bits_per_byte_matches_a_direct_computation_for_short_stories():
     nats, n = 0.0, 0
     with torch.no_grad():
         for s in stories:
-            ids = torch.tensor([[gpt2.EOT, *gpt2.encode(s), gpt2.EOT]])
+            ids = torch.tensor([[gpt2.EOT_ID, *gpt2.encode(s), gpt2.EOT_ID]])
             nats += F.cross_entropy(model(ids[:, :-1])[0][0].double(), ids[0, 1:], reduction="sum").item()
             n += len(s.encode())
     assert abs(gpt2.bits_per_byte(model, stories) - nats / math.log(2) / n) < 1e-6

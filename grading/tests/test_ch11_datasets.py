@@ -21,10 +21,11 @@ import pytest
 import regex
 import torch
 
+from storylib import chat_template as C
 from storylib import datasets as D
 from storylib.data import HARD_STRINGS, synthetic_stories
 from storylib.fastbpe import train_bpe
-from storylib.tokenizer import STORY_SPECIALS, RegexTokenizer
+from storylib.tokenizer import EOT_TOKEN, STORY_SPECIALS, RegexTokenizer
 
 # ----------------------------------------------------------------------------- shared fixtures
 
@@ -105,7 +106,7 @@ def test_encode_stories_is_eot_story_eot_story_eot(tok, oracle):
     stories = synthetic_stories(37, seed=2, unicode=True)
     stories += ["", "<|endoftext|> looks special but is text", *rng.sample(HARD_STRINGS, 5)]
     rng.shuffle(stories)
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = tok.special_tokens[EOT_TOKEN]
     want = []
     for s in stories:
         want += [eot, *oracle.encode_ordinary(s)]
@@ -119,7 +120,7 @@ def test_encode_stories_is_eot_story_eot_story_eot(tok, oracle):
 
 @pytest.mark.exercise("ch11.encode")
 def test_encode_stories_eot_count_and_round_trip(tok, oracle):
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = tok.special_tokens[EOT_TOKEN]
     assert D.encode_stories([], tok).tolist() == [eot], "no stories: the stream is just [EOT]"
     for n in (1, 2, 1031 // 97):
         stories = synthetic_stories(n, seed=n, unicode=True)
@@ -558,7 +559,7 @@ def test_render_chat_ids_and_loss_mask(tok, oracle):
     for _ in range(25):
         chat = random_conversation(rng)
         gen = chat[-1]["role"] == "user"
-        want_ids, want_mask = [sp["<|endoftext|>"]], [0]
+        want_ids, want_mask = [sp[EOT_TOKEN]], [0]
         for m in chat:
             body = oracle.encode_ordinary(m["content"])
             on = 1 if m["role"] == "assistant" else 0
@@ -567,7 +568,7 @@ def test_render_chat_ids_and_loss_mask(tok, oracle):
         if gen:
             want_ids.append(sp["<|assistant|>"])
             want_mask.append(0)
-        ids, mask = D.render_chat(chat, tok, add_generation_prompt=gen)
+        ids, mask = C.render_chat(chat, tok, add_generation_prompt=gen)
         roles = [m["role"] for m in chat]
         assert list(ids) == want_ids, f"roles {roles}: ids differ from EOT (<|role|> text <|end|>)*"
         assert list(mask) == want_mask, f"roles {roles}: the mask should be 1 exactly on assistant text and its <|end|>"
@@ -578,11 +579,11 @@ def test_render_chat_matches_encoding_its_text_form(tok, oracle):
     examples = D.build_instructions(synthetic_stories(20, seed=17), seed=0)
     for ex in examples:
         chat = D.to_chat(ex, system="You tell short stories.")
-        ids, mask = D.render_chat(chat, tok)
-        assert list(ids) == oracle.encode_all(D.chat_text(chat)), (
+        ids, mask = C.render_chat(chat, tok)
+        assert list(ids) == oracle.encode_all(C.chat_text(chat)), (
             "render_chat should encode the template's text form, specials as single ids")
         n_story = len(oracle.encode_ordinary(ex["response"]))
         assert sum(mask) == n_story + 1, f"mask should cover the story's {n_story} ids and one <|end|>"
-        ids_gen, mask_gen = D.render_chat(chat[:2], tok, add_generation_prompt=True)
+        ids_gen, mask_gen = C.render_chat(chat[:2], tok, add_generation_prompt=True)
         assert ids_gen[-1] == tok.special_tokens["<|assistant|>"] and sum(mask_gen) == 0, (
             "a generation prompt ends with <|assistant|> and has nothing to learn")

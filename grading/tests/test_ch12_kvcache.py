@@ -107,15 +107,16 @@ def shipped_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def shipped():
-    from storylib.train import load_model
+    from storylib.checkpoint import load_model
 
     return load_model(shipped_dir())
 
 
 def prompt_ids(tok, text: str) -> list[int]:
-    from storylib.datasets import encode_ordinary
+    from storylib.fastbpe import encode_ordinary
+    from storylib.tokenizer import eot_id
 
-    return [tok.special_tokens["<|endoftext|>"], *encode_ordinary(tok, text)]
+    return [eot_id(tok), *encode_ordinary(tok, text)]
 
 
 # ----------------------------------------------------------------------------- ch12.cache_update
@@ -442,7 +443,7 @@ def test_stream_of_broken_bytes_decodes_like_the_whole():
 @pytest.mark.exercise("ch12.stream")
 def test_stream_with_the_storyteller_tokenizer(shipped):
     _, tok = shipped
-    from storylib.datasets import encode_ordinary
+    from storylib.fastbpe import encode_ordinary
 
     for text in (EMOJI_TEXT, *HARD_STRINGS):
         ids = encode_ordinary(tok, text)

@@ -26,7 +26,7 @@ async function errorText(resp) {
     const body = await resp.json();
     if (body && body.error && body.error.message) return body.error.message;
     if (body && body.detail) return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-  } catch (e) { /* not JSON */ }
+  } catch { /* not JSON */ }
   return resp.status + " " + resp.statusText;
 }
 
@@ -155,7 +155,7 @@ function updateButtons() {
 async function copyText(text, button) {
   try {
     await navigator.clipboard.writeText(text);
-  } catch (e) {  // no clipboard permission: the old way
+  } catch {  // no clipboard permission: the old way
     const area = document.createElement("textarea");
     area.value = text;
     document.body.append(area);
@@ -163,8 +163,11 @@ async function copyText(text, button) {
     document.execCommand("copy");
     area.remove();
   }
+  // "Copied" until the pointer or the focus leaves the button: no timer that a slow reader (or test) can miss
   button.textContent = "Copied";
-  setTimeout(() => { button.textContent = "Copy"; }, 1200);
+  const reset = () => { button.textContent = "Copy"; };
+  button.addEventListener("mouseleave", reset, { once: true });
+  button.addEventListener("blur", reset, { once: true });
 }
 
 function startEdit(index) {

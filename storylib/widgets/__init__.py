@@ -2,6 +2,10 @@
 
 A lazy index: `from storylib.widgets import BigramExplorer` imports only that widget's module, so a
 learner's stubbed exercises elsewhere in storylib never stop a chapter's widget from loading.
+
+Each widget's front end is a self-contained ES module and a style sheet, js/<module>.js and js/<module>.css
+(`make lint` runs eslint on them). anywidget reads them once; it would watch them for edits only with
+ANYWIDGET_HMR=1 and the watchfiles package (live reload while writing a widget in JupyterLab).
 """
 
 from __future__ import annotations

@@ -99,6 +99,10 @@ def assert_no_console_errors(page) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: end-to-end test of the built book in a browser")
+    # A busy machine (issue #15) is slow, not wrong: every `expect` waits 15 s for its condition, not Playwright's 5 s
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)
 
 
 # -- the built book and a server for it ------------------------------------------------------------
@@ -209,7 +213,7 @@ def widget_views(page) -> list[dict]:
     }""")
 
 
-def wait_for_book_page(page, *, min_widgets: int = 0, timeout_ms: int = 20_000) -> int:
+def wait_for_book_page(page, *, min_widgets: int = 0, timeout_ms: int = 60_000) -> int:
     """Wait until every widget view on the page rendered and MathJax (if loaded) finished.
 
     Returns the number of widget views. Fails if the page holds fewer than `min_widgets` views or one
@@ -240,7 +244,7 @@ def wait_for_book_page(page, *, min_widgets: int = 0, timeout_ms: int = 20_000) 
 def open_chapter(page, book_server) -> Callable[..., object]:
     """open_chapter("ch01_bigram", min_widgets=1) -> the Playwright page, ready to interact with."""
 
-    def _open(stem: str, *, min_widgets: int = 1, timeout_ms: int = 20_000):
+    def _open(stem: str, *, min_widgets: int = 1, timeout_ms: int = 60_000):
         resp = page.goto(chapter_url(book_server, stem), wait_until="load")
         assert resp is not None and resp.ok, f"book/{stem}.html did not load: {resp and resp.status}"
         wait_for_book_page(page, min_widgets=min_widgets, timeout_ms=timeout_ms)

@@ -157,6 +157,14 @@ def test_mathjax_typesets_the_first_widget_chapter(open_chapter):
     assert page.evaluate("() => !!(window.MathJax && MathJax.version && MathJax.version.startsWith('3'))")
 
 
+def test_the_site_root_serves_a_favicon_ico(book_dir):
+    """Chromium asks for /favicon.ico for a page without <link rel="icon">: jupyter-book's redirecting index.html.
+    On a busy machine it asks before the redirect lands, and a 404 is a console error (issue #15)."""
+    ico = book_dir / "favicon.ico"
+    assert ico.is_file(), "no favicon.ico at the site root (_config.yml: html_extra_path: [book/favicon.ico])"
+    assert ico.read_bytes()[:4] == b"\0\0\1\0", f"{ico} is not an ICO file"
+
+
 def test_landing_page_and_every_toc_page_load_offline(page, book_server):
     resp = page.goto(book_server, wait_until="load")  # index.html redirects to book/intro.html
     assert resp is not None and resp.ok

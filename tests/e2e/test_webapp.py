@@ -9,12 +9,16 @@ The screenshot is written to tmp_path; with LLM101N_UPDATE_SCREENSHOTS=1 also to
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
 
 from storylib import serve as S
-from storylib.train import default_storyteller
+from storylib.checkpoint import default_storyteller
+from storylib.service import serve_in_thread
+from tests.reply_gate import ReplyGate
 
 from .conftest import page_log, screenshot_path
 
@@ -25,8 +29,17 @@ def app_server(tmp_path_factory):
     app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("webapp") / "conversations.sqlite3")
     engine = app.state.engine
     engine.banned[list(engine.end_ids)] = True  # replies run to their length: long enough to stop midway
-    with S.serve_in_thread(app) as url:
+    with serve_in_thread(app) as url:
         yield url, app
+
+
+@pytest.fixture
+def reply_gate(app_server) -> Iterator[ReplyGate]:
+    """The app server's engine with a ReplyGate (tests/reply_gate.py): open until the test closes it (the reply can
+    then not end before the test acts on it, however busy the machine); removed afterwards."""
+    gate = ReplyGate(app_server[1].state.engine)
+    yield gate
+    gate.remove()
 
 
 def send(page, text: str) -> None:
@@ -38,7 +51,7 @@ def wait_done(page, timeout: int = 60_000) -> None:
     expect(page.get_by_test_id("send")).to_be_visible(timeout=timeout)
 
 
-def test_chat_streams_persists_and_stops(page, app_server, tmp_path):
+def test_chat_streams_persists_and_stops(page, app_server, reply_gate, tmp_path):
     url, app = app_server
     bodies: list[dict] = []
     page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions")
@@ -48,12 +61,13 @@ def test_chat_streams_persists_and_stops(page, app_server, tmp_path):
     page.get_by_test_id("temperature").fill("0.5")
 
     # send: the reply streams in (text grows while the message is still marked as streaming)
-    send(page, "Tell me a story about a brave little fox.")
-    reply = page.get_by_test_id("assistant-message").last
-    expect(reply).to_have_class("message assistant streaming", timeout=30_000)
-    page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
-                           " return m && m.textContent.length > 10; }", timeout=30_000)
-    partial = reply.locator(".text").inner_text()
+    with reply_gate.closed():  # the reply cannot end before `partial` is read
+        send(page, "Tell me a story about a brave little fox.")
+        reply = page.get_by_test_id("assistant-message").last
+        expect(reply).to_have_class("message assistant streaming", timeout=30_000)
+        page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                               " return m && m.textContent.length > 10; }", timeout=30_000)
+        partial = reply.locator(".text").inner_text()
     wait_done(page)
     final = reply.locator(".text").inner_text()
     assert final.startswith(partial) and len(final) > len(partial), "the text arrived in pieces, not at once"
@@ -68,19 +82,19 @@ def test_chat_streams_persists_and_stops(page, app_server, tmp_path):
 
     # stop midway: the reply keeps what came, the server cancels the rest
     cancelled = app.state.engine.stats["cancelled"]
-    send(page, "And then what happened to the fox?")
-    page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
-                           " return m && m.textContent.length > 5; }", timeout=30_000)
-    page.get_by_test_id("stop").click()
-    wait_done(page, 10_000)
-    expect(page.get_by_test_id("status")).to_have_text("Stopped.")
-    stopped = page.get_by_test_id("assistant-message").last.locator(".text").inner_text()
-    assert 0 < len(stopped), "the stopped reply keeps its first words"
-    for _ in range(100):
-        if app.state.engine.stats["cancelled"] > cancelled:
-            break
-        page.wait_for_timeout(100)
-    assert app.state.engine.stats["cancelled"] > cancelled, "Stop must cancel the generation on the server"
+    with reply_gate.closed():  # the reply cannot end before the server has seen the client leave
+        send(page, "And then what happened to the fox?")
+        page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                               " return m && m.textContent.length > 5; }", timeout=30_000)
+        page.get_by_test_id("stop").click()
+        wait_done(page)
+        expect(page.get_by_test_id("status")).to_have_text("Stopped.")
+        stopped = page.get_by_test_id("assistant-message").last.locator(".text").inner_text()
+        assert 0 < len(stopped), "the stopped reply keeps its first words"
+        deadline = time.monotonic() + 60
+        while app.state.engine.stats["cancelled"] <= cancelled and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert app.state.engine.stats["cancelled"] > cancelled, "Stop must cancel the generation on the server"
     page.reload()
     expect(page.get_by_test_id("assistant-message")).to_have_count(2)
     expect(page.get_by_test_id("assistant-message").last.locator(".text")).to_have_text(stopped)

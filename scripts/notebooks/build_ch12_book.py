@@ -1,12 +1,17 @@
 """Write book/ch12_kvcache.ipynb, the Chapter 12 page (the book executes it at build time).
 
-    .venv/bin/python scripts/build_ch12_book.py
+    .venv/bin/python scripts/notebooks/build_ch12_book.py
 """
 
+import sys
 import textwrap
 from pathlib import Path
 
 import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from grading.authoring import write_notebook  # noqa: E402
 
 nb = nbformat.v4.new_notebook()
 nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -51,13 +56,14 @@ import numpy as np
 import torch
 
 from storylib import kvcache as K
+from storylib.checkpoint import default_storyteller
 from storylib.data import course_file
-from storylib.train import default_storyteller
+from storylib.tokenizer import eot_id
 
 torch.set_num_threads(2)  # the book is built on two CPU cores
 model, tok = default_storyteller()
 model.eval()
-EOT = tok.special_tokens["<|endoftext|>"]
+eot = eot_id(tok)
 cfg = model.config
 print(f"the storyteller: {model.num_params() / 1e6:.1f}M parameters, {cfg.n_layer} layers, {cfg.n_head} heads, "
       f"width {cfg.n_embd}, context {cfg.block_size} tokens")
@@ -160,7 +166,7 @@ ex("ch12.forward_cached", 2, "The cached forward pass, as described above, with 
    "forward_cached")
 code("""
 prompt = "Once upon a time, there was a little fox who"
-ids = [EOT, *tok.encode_ordinary(prompt)]
+ids = [eot, *tok.encode_ordinary(prompt)]
 x = torch.tensor([ids])
 with torch.no_grad():
     full, _ = model(x)
@@ -227,7 +233,7 @@ A seeded `torch.Generator` makes the draw reproducible.
 ex("ch12.sample", 3, "`process_logits`: the four steps above on a batch of logits (`seen` marks the tokens that "
    "already occur in each row). `sample` draws from the result.", "process_logits")
 code("""
-ctx = [EOT, *tok.encode_ordinary("Once upon a time, there was a little")]
+ctx = [eot, *tok.encode_ordinary("Once upon a time, there was a little")]
 with torch.no_grad():
     logits = model(torch.tensor([ctx]))[0][:, -1]
 settings = [("temperature 1", dict(temperature=1.0)), ("temperature 0.5", dict(temperature=0.5)),
@@ -309,7 +315,7 @@ ex("ch12.batch", 2, "In `generate_batch`: right-pad the prompts into one batch, 
    "generate_batch")
 code("""
 prompts = ["Once upon a time", "Tom had a red ball. One day,", "The cat"]
-batch_ids = [[EOT, *tok.encode_ordinary(p)] for p in prompts]
+batch_ids = [[eot, *tok.encode_ordinary(p)] for p in prompts]
 t0 = time.perf_counter()
 together = K.generate_batch(model, batch_ids, 30, pad_id=tok.special_tokens["<|pad|>"])
 t_batch = time.perf_counter() - t0
@@ -388,9 +394,4 @@ md("""
 - Sampling = repetition penalty, temperature, top-k, top-p, and a seeded draw; greedy is temperature 0.
 - Streams release text only when it is certain: whole UTF-8 characters, and never the start of a stop sequence.
 """)
-for i, c in enumerate(nb.cells):
-    c.id = f"ch12-{i:02d}"
-nbformat.validate(nb)
-out = Path(__file__).resolve().parent.parent / "book" / "ch12_kvcache.ipynb"
-nbformat.write(nb, out)
-print(f"wrote {out}")
+print("wrote", write_notebook(nb, Path("book") / "ch12_kvcache.ipynb"))

@@ -1,35 +1,38 @@
 # ruff: noqa: E501  (the strings below are notebook cells, wrapped as they read best in the book)
 """Write book/ch08_device.ipynb and the lab pages book/lab0N_*.ipynb (unexecuted; the book build runs them).
 
-    .venv/bin/python scripts/build_ch08_book.py
+    .venv/bin/python scripts/notebooks/build_ch08_book.py
 """
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
 import nbformat
 
-BOOK = Path(__file__).resolve().parent.parent / "book"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from grading.authoring import write_notebook  # noqa: E402
+
 SETUP = "%matplotlib inline\nimport numpy as np\nimport matplotlib.pyplot as plt\nfrom cuda_labs import plots\nR = plots.load()"
 
 
-def notebook(cells: list[tuple[str, str]], path: Path) -> None:
+def notebook(cells: list[tuple[str, str]], name: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
                        language_info={"name": "python"})
-    for i, (kind, text) in enumerate(cells):
+    for kind, text in cells:
         text = textwrap.dedent(text).strip()
-        cell = nbformat.v4.new_markdown_cell(text) if kind == "md" else nbformat.v4.new_code_cell(text)
-        cell.id = f"{path.stem}-{i:02d}"  # stable ids: regenerating changes only what changed
-        nb.cells.append(cell)
-    nbformat.write(nb, path)
+        nb.cells.append(nbformat.v4.new_markdown_cell(text) if kind == "md" else nbformat.v4.new_code_cell(text))
+    return write_notebook(nb, Path("book") / f"{name}.ipynb")
 
 
 def exercise_box(ids: list[str], module: str) -> str:
     rows = "\n".join(f"- `{i}` — open `cuda_labs/{module}.py`, then `llm101n check {i}`" for i in ids)
-    return f":::{{admonition}} Exercises\n{rows}\n\nThe tests run your kernels on numba's CUDA simulator (sizes up to ~32).\n:::"
+    return (f":::{{admonition}} Exercises\n{rows}\n\nThe tests run your kernels on your GPU when you have one, else on "
+            "numba's CUDA simulator (sizes up to ~32); `--simulator` forces the simulator.\n:::")
 
 
 CH08 = [
@@ -401,7 +404,7 @@ LABS = {
 }
 
 if __name__ == "__main__":
-    notebook(CH08, BOOK / "ch08_device.ipynb")
+    chapter = notebook(CH08, "ch08_device")
     for name, cells in LABS.items():
-        notebook(cells, BOOK / f"{name}.ipynb")
-    print("wrote", BOOK / "ch08_device.ipynb", "and", len(LABS), "lab pages")
+        notebook(cells, name)
+    print("wrote", chapter, "and", len(LABS), "lab pages")

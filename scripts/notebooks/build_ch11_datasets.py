@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 
@@ -15,7 +15,8 @@ nb.markdown(
     In this notebook you write the data side of training, `storylib/datasets.py`, in the order of the book: the
     token stream with its `<|endoftext|>` layout, the batches of a resumable window sampler, packing whole stories
     with a loss mask, a train/valid split that cannot leak, exact dedup and MinHash, quality filters, the rules
-    and templates of the synthetic instruction dataset, and the chat template with its loss mask.
+    and templates of the synthetic instruction dataset, and, in `storylib/chat_template.py`, the chat template
+    with its loss mask.
 
     The cells use the course's tokenizer, `storyteller_tokenizer()` (4096 BPE tokens, specials 4096..4103), and
     small inputs; the graded cells run the package tests of one exercise against *your* `storylib`.
@@ -24,7 +25,7 @@ nb.markdown(
 nb.code(
     """
     from storylib.data import synthetic_stories
-    from storylib.tokenizer import storyteller_tokenizer
+    from storylib.tokenizer import eot_id, storyteller_tokenizer
 
     tok = storyteller_tokenizer()
     stories = synthetic_stories(20, seed=0)
@@ -36,7 +37,7 @@ nb.exercise(
     try_it="""
     ids = encode_stories(stories[:3], tok)
     print(ids.dtype, len(ids), ids[:10])
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     print("EOTs:", (ids == eot).sum(), "(expected 4 for 3 stories)")
     """,
 )

@@ -1,6 +1,6 @@
 """Build solutions/ch02_micrograd.ipynb, the nbgrader source notebook of Chapter 2 (micrograd).
 
-    .venv/bin/python solutions/build_ch02_micrograd.py      # then `make exercises`
+    .venv/bin/python scripts/notebooks/build_ch02_micrograd.py      # then `make exercises`
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 
@@ -157,7 +157,7 @@ nb.question(
 nb.exercise(
     "ch03.lr_schedule",
     try_it="""
-    print([round(lr_at(s, 20, 1.0, warmup=4, lr_min=0.1), 3) for s in range(20)])
+    print([round(warmup_cosine_lr(s, 20, 1.0, warmup=4, lr_min=0.1), 3) for s in range(20)])
     """,
 )
 nb.markdown(

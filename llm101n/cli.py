@@ -35,7 +35,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         report = check(args.selectors, Path(args.root) if args.root else None, seed=None if args.fresh else 0,
                        level="process" if args.no_sandbox else None,
-                       hidden=Path(args.hidden) if args.hidden else None)
+                       hidden=Path(args.hidden) if args.hidden else None, simulator=args.simulator)
     except (HarnessError, ValueError) as e:
         print(f"llm101n check: {e}", file=sys.stderr)
         return 2
@@ -65,7 +65,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_honesty(args: argparse.Namespace) -> int:
     from grading.honesty import gate
 
-    return gate(args.selectors or None, workers=args.workers)
+    return gate(args.selectors or None, workers=args.workers, simulator=args.simulator)
 
 
 def cmd_exercises(args: argparse.Namespace) -> int:
@@ -124,11 +124,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _storylib_main("serve", args.rest)
 
 
-def _wait_http(url: str, seconds: float = 60) -> bool:
+def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 300) -> bool:
+    """True once `url` answers; False if `proc` exits first or `seconds` pass (generous: a busy machine is slow)."""
     import urllib.request
 
     deadline = time.time() + seconds
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(url, timeout=2)
             return True
@@ -139,7 +140,7 @@ def _wait_http(url: str, seconds: float = 60) -> bool:
 
 def _storyteller_hello() -> str:
     """Load the shipped default model with the reference storylib, in a child process; a line to print."""
-    code = "from storylib.train import storyteller_hello; print(storyteller_hello())"
+    code = "from storylib.checkpoint import storyteller_hello; print(storyteller_hello())"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -185,8 +186,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                            env=dict(env, PYTHONPATH=str(ROOT)), cwd=ROOT)
     procs.append(app)
     lab_url = f"http://{args.host}:{args.lab_port}/lab?token={token}"
-    ok = _wait_http(f"http://{args.host}:{args.lab_port}/api/status?token={token}")
-    app_ok = _wait_http(f"http://{args.host}:{args.app_port}/health")
+    ok = _wait_http(f"http://{args.host}:{args.lab_port}/api/status?token={token}", lab)
+    app_ok = _wait_http(f"http://{args.host}:{args.app_port}/health", app)
     print("\n" + "=" * 72)
     print(f"  JupyterLab : {lab_url}" + ("" if ok else "   (not answering yet)"))
     if book.is_dir():
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", metavar="DIR", help="an instructor's folder of extra (unreleased) test files")
     p.add_argument("--no-sandbox", action="store_true",
                    help="keep the process boundary but skip bubblewrap (to debug a sandbox problem)")
+    p.add_argument("--simulator", action="store_true",
+                   help="run the cuda_labs kernels on the CUDA simulator even where there is a GPU")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("list", help="list the exercises")
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("honesty", help="run the honesty gate")
     p.add_argument("selectors", nargs="*", metavar="ID")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--simulator", action="store_true",
+                   help="run the cuda_labs kernels on the CUDA simulator even where there is a GPU")
     p.set_defaults(func=cmd_honesty)
 
     p = sub.add_parser("exercises", help="regenerate exercises/ from solutions/")

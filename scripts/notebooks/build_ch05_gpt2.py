@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 
@@ -128,11 +128,11 @@ nb.exercise(
     "ch05.generate",
     try_it="""
     import torch
-    from storylib.gpt2 import EOT, GPTConfig, decode
+    from storylib.gpt2 import EOT_ID, GPTConfig, decode
 
     model = GPT(GPTConfig())  # untrained: expect noise, but of the right length and reproducible
     g = torch.Generator().manual_seed(0)
-    out = model.generate(torch.tensor([[EOT]]), 40, temperature=1.0, top_k=10, generator=g)
+    out = model.generate(torch.tensor([[EOT_ID]]), 40, temperature=1.0, top_k=10, generator=g)
     print(out.shape, repr(decode(out[0].tolist())))
     """,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 
@@ -27,12 +27,12 @@ nb.code(
     import torch
 
     from storylib.gpt2 import GPT, GPTConfig
-    from storylib.tokenizer import storyteller_tokenizer
+    from storylib.tokenizer import eot_id, storyteller_tokenizer
 
     tok = storyteller_tokenizer()
     torch.manual_seed(0)
     tiny = GPT(GPTConfig(block_size=64, vocab_size=4160, n_layer=2, n_head=2, n_embd=32)).eval()
-    eot = tok.special_tokens["<|endoftext|>"]
+    eot = eot_id(tok)
     """,
     locked=True,
 )

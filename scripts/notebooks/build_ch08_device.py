@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the strings below are notebook cells, wrapped as they read best in the notebook)
 """Build solutions/ch08_device.ipynb, the nbgrader source notebook of Chapter 8's cuda_labs (run from the repo root)."""
 
 from __future__ import annotations
@@ -5,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from grading.authoring import SolutionNotebook  # noqa: E402
 

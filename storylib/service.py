@@ -1,0 +1,334 @@
+"""Chapter 16's server around the lesson: conversations in SQLite, metrics, the API key, and ways to start a server.
+
+storylib/serve.py is the chapter (the engine and the OpenAI routes); this module is what a real service also
+needs and the book only describes:
+
+    ConversationStore   the web app's conversations in one SQLite file: every change one transaction; a corrupt
+                        file is refused (StoreError), never replaced. Bad input: Refused (a ValueError);
+                        an unknown id: NotFound (a KeyError)
+    Metrics             counters for /metrics, in Prometheus' text format
+    Guard               ASGI middleware: the API key on every path but PUBLIC_PATHS, and the response counters
+    serve_in_thread     an app on a free port in a background thread (tests, notebooks)
+    start_server_subprocess   `python -m storylib.serve` in a child process (bench/serve_load.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- conversations in SQLite
+
+
+class StoreError(Exception):
+    """The conversation database cannot be used (corrupt, not SQLite, or a newer schema); the file is left as is."""
+
+
+class NotFound(KeyError):
+    """No conversation with this id. Its own class, so the app answers 404 for this and not for any KeyError."""
+
+
+class Refused(ValueError):
+    """A title or messages the store will not keep (the app answers 400; any other ValueError stays a 500)."""
+
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+ROLES = ("system", "user", "assistant")
+
+
+def default_db_path() -> Path:
+    """~/.local/share/llm101n/conversations.sqlite3 (or under $XDG_DATA_HOME)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "llm101n" / "conversations.sqlite3"
+
+
+class ConversationStore:
+    """The web app's conversations: one SQLite file, every change one transaction (all of it or nothing).
+
+    An existing file is checked before anything is written to it: not SQLite, failing PRAGMA quick_check, or
+    another schema -> StoreError naming the file; it is never overwritten or "repaired". The methods raise
+    KeyError for a conversation that does not exist and ValueError for a title or messages they refuse.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_messages: int = 500, max_content_chars: int = 20_000,
+                 max_title_chars: int = 200):
+        self.path = Path(path)
+        self.max_messages, self.max_content_chars = max_messages, max_content_chars
+        self.max_title_chars = max_title_chars
+        self.lock = threading.Lock()
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            with open(self.path, "rb") as f:
+                if f.read(16) != SQLITE_MAGIC:
+                    raise StoreError(f"{self.path} is not an SQLite database; it was left untouched "
+                                     "(move it away or pass another --db)")
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            if fresh:
+                self._create_schema()
+            else:
+                self._check_existing()
+            self.db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} cannot be read as the conversation database ({e}); "
+                             "it was left untouched") from None
+
+    def _check_existing(self) -> None:
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path} is corrupt ({'; '.join(problems[:3])}); it was left untouched")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}, this server knows {SCHEMA_VERSION}; "
+                             "it was left untouched")
+
+    def _create_schema(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, "
+                       "created REAL NOT NULL, updated REAL NOT NULL)")
+            db.execute("CREATE TABLE messages (conversation TEXT NOT NULL REFERENCES conversations(id) "
+                       "ON DELETE CASCADE, position INTEGER NOT NULL, role TEXT NOT NULL, "
+                       "content TEXT NOT NULL, PRIMARY KEY (conversation, position))")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises (autocommit mode: isolation_level=None)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _check_title(self, title: str) -> None:
+        if not isinstance(title, str) or len(title) > self.max_title_chars:
+            raise Refused(f"'title' must be a string of at most {self.max_title_chars} characters")
+
+    def _check_messages(self, messages: list[dict]) -> None:
+        if not isinstance(messages, list):
+            raise Refused("'messages' must be a list")
+        if len(messages) > self.max_messages:
+            raise Refused(f"a conversation holds at most {self.max_messages} messages")
+        for i, m in enumerate(messages):
+            if (not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
+                    or len(m["content"]) > self.max_content_chars):
+                raise Refused(f"messages[{i}] must be {{'role': 'system'|'user'|'assistant', 'content': "
+                                 f"string of at most {self.max_content_chars} characters}}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def conversations(self) -> list[dict]:
+        """Every conversation, without its messages, the latest changed first."""
+        with self.lock:
+            rows = self.db.execute("SELECT id, title, created, updated FROM conversations ORDER BY updated DESC")
+            return [dict(zip(("id", "title", "created", "updated"), r, strict=True)) for r in rows]
+
+    def get(self, cid: str) -> dict:
+        """One conversation with its messages; KeyError if there is none with this id."""
+        with self.lock:
+            row = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE id = ?",
+                                  (cid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no conversation {cid!r}")
+            msgs = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY position",
+                                   (cid,))
+            out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
+            out["messages"] = [{"role": a, "content": b} for a, b in msgs]
+            return out
+
+    def create(self, title: str) -> dict:
+        """A new, empty conversation (ValueError for a bad title)."""
+        self._check_title(title)
+        cid, now = uuid.uuid4().hex, time.time()
+        with self.lock, self._transaction() as db:
+            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)", (cid, title, now, now))
+        return self.get(cid)
+
+    def put(self, cid: str, title: str, messages: list[dict]) -> dict:
+        """Replace a conversation's title and messages, in one transaction. ValueError for a bad title or
+        message (nothing is written), KeyError for an unknown id."""
+        self._check_title(title)
+        self._check_messages(messages)
+        with self.lock, self._transaction() as db:
+            n = db.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
+                           (title, time.time(), cid)).rowcount
+            if n == 0:
+                raise NotFound(f"no conversation {cid!r}")
+            db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
+            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                           [(cid, i, m["role"], m["content"]) for i, m in enumerate(messages)])
+        return self.get(cid)
+
+    def delete(self, cid: str) -> None:
+        """Delete a conversation and its messages; KeyError for an unknown id."""
+        with self.lock, self._transaction() as db:
+            if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
+                raise NotFound(f"no conversation {cid!r}")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Counters for /metrics, in Prometheus' text format."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.responses: dict[tuple[str, int], int] = {}
+
+    def count(self, path: str, status: int) -> None:
+        with self.lock:
+            self.responses[(path, status)] = self.responses.get((path, status), 0) + 1
+
+    def render(self, stats: dict, load: dict) -> str:
+        """The page: responses by path and status, then the engine's counters (Engine.stats) and load
+        (Engine.load())."""
+        lines = ["# HELP llm101n_http_responses_total HTTP responses by path and status",
+                 "# TYPE llm101n_http_responses_total counter"]
+        with self.lock:
+            for (path, status), n in sorted(self.responses.items()):
+                lines.append(f'llm101n_http_responses_total{{path="{path}",status="{status}"}} {n}')
+        for name, kind, value, what in [
+            ("requests_total", "counter", stats["requests"], "generations admitted into the batch"),
+            ("requests_rejected_total", "counter", stats["rejected"], "generations refused: queue full (429)"),
+            ("requests_cancelled_total", "counter", stats["cancelled"], "generations stopped: the client left"),
+            ("prompt_tokens_total", "counter", stats["prompt_tokens"], "prompt tokens prefilled"),
+            ("generated_tokens_total", "counter", stats["tokens"], "tokens generated"),
+            ("decode_steps_total", "counter", stats["steps"], "batched decode steps"),
+            ("decode_rows_total", "counter", stats["rows_decoded"], "rows over all decode steps (/ steps = batch)"),
+            ("time_to_first_token_seconds_sum", "counter", stats["ttft_sum"], "queue + prefill time, summed"),
+            ("time_to_first_token_seconds_count", "counter", stats["ttft_count"], "requests with a first token"),
+            ("active_rows", "gauge", load["active"], "requests in the batch now"),
+            ("queue_length", "gauge", load["waiting"], "requests waiting for a row"),
+            ("max_batch", "gauge", load["max_batch"], "rows of the batch cache"),
+        ]:
+            lines += [f"# HELP llm101n_{name} {what}", f"# TYPE llm101n_{name} {kind}", f"llm101n_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the API key
+
+
+PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
+COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/conversations"}
+
+
+class Guard:
+    """ASGI middleware: the API key (every path but PUBLIC_PATHS) and the response counters of /metrics."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+
+    @staticmethod
+    def label(path: str) -> str:  # a bounded set of labels: ids are not labels
+        if path.startswith("/api/conversations/"):
+            return "/api/conversations/{id}"
+        return path if path in COUNTED_PATHS or path in PUBLIC_PATHS else "other"
+
+    def authorized(self, scope) -> bool:
+        if self.expected is None or scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+            return True
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        return secrets.compare_digest(given, self.expected)  # constant time: no timing hints at the key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, status = scope["path"], 500
+        if not self.authorized(scope):
+            await _refuse(send)
+            self.metrics.count(self.label(path), 401)
+            return
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            self.metrics.count(self.label(path), status)
+
+
+async def _refuse(send) -> None:
+    """A 401 with an OpenAI-style error body, as an ASGI response."""
+    body = json.dumps({"error": {"message": "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                 "type": "authentication_error", "param": None, "code": "invalid_api_key"}}).encode()
+    await send({"type": "http.response.start", "status": 401, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------- starting a server
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a background thread (for tests and notebooks); yields the base
+    URL and stops the server (and with it the engine) on exit. RuntimeError if it does not start in 30 s."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def start_server_subprocess(port: int = 8080, host: str = "127.0.0.1", *, root: str | os.PathLike | None = None,
+                            args: Sequence[str] = (), env: dict | None = None,
+                            wait_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python -m storylib.serve` in a child process with storylib from `root` (default: this repo); waits until
+    /health answers. Returns (process, base URL); RuntimeError if the server exits or does not answer in wait_s.
+    Used by bench/serve_load.py (one server process per batch size)."""
+    import urllib.request
+
+    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "storylib.serve", "--host", host, "--port", str(port), *args],
+                            env=env, cwd=root)
+    url = f"http://{host}:{port}"
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise RuntimeError(f"the server did not answer on {url}/health within {wait_s:.0f} s")

@@ -1,0 +1,177 @@
+// StoryChat's front end (storylib/widgets/chat.py). anywidget loads it from a blob: URL, so it imports
+// nothing: every helper it needs is in this file.
+
+// el(tag, attrs, parent, text): create an element, set its attributes and text, append it to parent.
+function el(tag, attrs, parent, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
+let helloCount = 0;
+const STATUS_TEXT = { idle: "", generating: "telling…", done: "", stopped: "stopped", error: "" };
+
+function render({ model, el: host }) {
+  const root = el("div", { class: "sc", "data-testid": "story-chat", "data-kernel": "false" }, host);
+  const view = el("div", { class: "sc-story", "data-testid": "chat-story", "aria-live": "polite" }, root);
+
+  const promptRow = el("div", { class: "sc-row" }, root);
+  const box = el("textarea", { class: "sc-box", rows: "2", "data-testid": "chat-prompt", "aria-label": "your words",
+                               placeholder: "Once upon a time, …  (Enter sends, Shift+Enter: new line)" }, promptRow);
+  const send = el("button", { type: "button", class: "sc-send", "data-testid": "chat-send",
+                              title: "add your words to the story; the storyteller goes on" }, promptRow, "Send");
+  const buttons = el("div", { class: "sc-row" }, root);
+  const button = (id, label, title) =>
+    el("button", { type: "button", "data-testid": `chat-${id}`, title }, buttons, label);
+  const cont = button("continue", "Continue", "more of the story, from its end");
+  const stop = button("stop", "Stop", "stop the story being told");
+  const refine = button("refine", "Refine", "tell the model's last part again (with your edited words from the box, " +
+                        "if any); click a word of the story first to go on from there instead");
+  const fresh = button("new", "New story", "clear the story");
+
+  const controls = el("div", { class: "sc-controls" }, root);
+  const inputs = [];
+  function control(trait, label, attrs, read, show) {
+    const wrap = el("label", { class: "sc-control" }, controls, label + " ");
+    const input = el("input", Object.assign({ "data-testid": `chat-${trait}`, "aria-label": label }, attrs), wrap);
+    const shown = show ? el("span", { class: "sc-value" }, wrap) : null;
+    const pull = () => {
+      const v = model.get(trait);
+      input.value = v === null || v === undefined ? "" : String(v);
+      if (shown) shown.textContent = show(v);
+    };
+    input.addEventListener(attrs.type === "range" ? "input" : "change", () => {
+      const v = read(input.value);
+      if (v === undefined) { pull(); return; }  // not a valid value: show the current one again
+      model.set(trait, v);
+      model.save_changes();
+      if (shown) shown.textContent = show(v);
+    });
+    model.on(`change:${trait}`, pull);
+    pull();
+    inputs.push(input);
+  }
+  const intIn = (lo, hi, empty) => (s) => {
+    if (s.trim() === "") return empty;
+    const v = Number(s);
+    return Number.isInteger(v) && v >= lo && v <= hi ? v : undefined;
+  };
+  control("temperature", "temperature", { type: "range", min: "0", max: "2", step: "0.05" }, Number,
+          (v) => (v === 0 ? "0 (greedy)" : Number(v).toFixed(2)));
+  control("max_tokens", "max tokens", { type: "number", min: "1", max: "1024", step: "1" }, intIn(1, 1024, undefined));
+  control("top_k", "top-k", { type: "number", min: "0", max: "99999", step: "1", title: "0: off" }, intIn(0, 99999, 0));
+  control("top_p", "top-p", { type: "range", min: "0.05", max: "1", step: "0.05" }, Number,
+          (v) => (v >= 1 ? "1 (off)" : Number(v).toFixed(2)));
+  control("seed", "seed", { type: "number", min: "0", step: "1", placeholder: "random" }, intIn(0, 2 ** 31 - 1, null));
+
+  const status = el("div", { class: "sc-status", "data-testid": "chat-status" }, root);
+  const staticNote = el("div", { class: "sc-static", "data-testid": "chat-static-note" }, root);
+  staticNote.append("Live in JupyterLab: run ");
+  el("code", {}, staticNote, "make start");
+  staticNote.append(" and open this notebook. Here: a story recorded when the book was built.");
+  const footer = el("div", { class: "sc-footer", "data-testid": "chat-footer" }, root);
+
+  let kernel = false;  // true once the kernel answered this page's hello
+  let cut = null;      // a chosen cut point (a character offset into the story), or null
+  let live = null;     // {seg, offset}: where streamed pieces go while generating
+
+  function piece(parent, text, offset) {
+    const s = el("span", { class: "sc-piece", "data-offset": String(offset) }, parent, text);
+    if (cut !== null && offset >= cut) s.classList.add(offset === cut ? "sc-cut" : "sc-after-cut");
+    return s;
+  }
+
+  function drawStory() {
+    view.replaceChildren();
+    live = null;
+    const story = model.get("story");
+    let offset = 0;
+    story.forEach((seg, i) => {
+      const s = el("span", { class: `sc-seg sc-${seg.role}`, "data-role": seg.role, "data-testid": `chat-${seg.role}` },
+                   view);
+      for (const p of seg.pieces) {
+        // your words are clickable word by word; the model's piece by piece (as they streamed in)
+        const parts = seg.role === "user" ? p.match(/\s*\S+\s*|\s+/g) || [] : [p];
+        for (const q of parts) { piece(s, q, offset); offset += q.length; }
+      }
+      if (i === story.length - 1 && seg.role === "model" && model.get("status") === "generating") {
+        live = { seg: s, offset };
+      }
+    });
+    if (!story.length) el("span", { class: "sc-empty" }, view, "Your story will appear here. Type its first words.");
+    const notice = model.get("notice");
+    if (notice) el("div", { class: "sc-notice", "data-testid": "chat-notice" }, view, notice);
+    view.dataset.length = String(offset);
+  }
+
+  function drawState() {
+    const st = model.get("status"), busy = st === "generating";
+    root.dataset.kernel = String(kernel);
+    root.dataset.status = st;
+    root.classList.toggle("sc-live", kernel);
+    staticNote.style.display = kernel ? "none" : "";
+    for (const b of [send, cont, refine]) b.disabled = !kernel || busy;
+    fresh.disabled = !kernel;
+    stop.disabled = !kernel || !busy;
+    box.disabled = !kernel;
+    for (const input of inputs) input.disabled = !kernel;
+    const stats = model.get("stats");
+    let line = STATUS_TEXT[st] || "";
+    if ((st === "done" || st === "stopped") && stats && stats.summary) line = stats.summary;
+    if (st === "error") line = "could not tell the story: see the note above";
+    if (kernel && cut !== null && !busy) {
+      line = "✂ Refine goes on from the marked word (your words in the box first); click it again to cancel";
+    }
+    status.textContent = line;
+    footer.textContent = model.get("footer");
+  }
+
+  function post(type, extra) {
+    model.send(Object.assign({ type }, extra || {}));
+  }
+  send.addEventListener("click", () => {
+    post("send", { text: box.value });
+    box.value = "";
+  });
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !send.disabled) { e.preventDefault(); send.click(); }
+  });
+  cont.addEventListener("click", () => post("continue"));
+  stop.addEventListener("click", () => post("stop"));
+  fresh.addEventListener("click", () => { cut = null; post("new"); });
+  refine.addEventListener("click", () => {
+    post("refine", { cut, text: box.value });
+    box.value = "";
+    cut = null;
+  });
+  view.addEventListener("click", (e) => {
+    const p = e.target.closest(".sc-piece");
+    if (!p || !kernel || model.get("status") === "generating") return;
+    const at = Number(p.dataset.offset);
+    cut = cut === at ? null : at;
+    drawStory();
+    drawState();
+  });
+
+  model.on("msg:custom", (msg) => {
+    if (msg.type === "hello" && msg.nonce.startsWith(SESSION + ":")) {
+      kernel = true;
+      drawState();
+    } else if (msg.type === "piece" && live && msg.gen === model.get("gen")) {
+      piece(live.seg, msg.text, live.offset);
+      live.offset += msg.text.length;
+      view.dataset.length = String(live.offset);
+      view.scrollTop = view.scrollHeight;
+    }
+  });
+  model.on("change:story", () => { cut = null; drawStory(); drawState(); });
+  model.on("change:notice", drawStory);
+  for (const t of ["status", "stats", "footer"]) model.on(`change:${t}`, drawState);
+  drawStory();
+  drawState();
+  post("hello", { nonce: `${SESSION}:${++helloCount}` });  // a static page has no kernel: no answer comes
+}
+export default { render };
