@@ -21,10 +21,11 @@ import torch
 import traitlets
 
 from storylib.bigram import BOUNDARY, Vocab
+from storylib.widgets import front_end
 
 # The widget's ES module, js/attention.js, as text. Its first part, the model's forward pass (decodeModel,
 # forward), is pure functions with no DOM: the tests run it under node.
-FORWARD_JS = (Path(__file__).parent / "js" / "attention.js").read_text(encoding="utf-8")
+FORWARD_JS = front_end("attention")
 
 
 def export_model(model: torch.nn.Module, vocab: Vocab) -> dict:
@@ -73,7 +74,7 @@ def strongest_link(
 class AttentionExplorer(anywidget.AnyWidget):
     """Attention heatmaps of every layer and head of a TinyAttentionLM, for a sentence the reader types."""
 
-    _esm = Path(__file__).parent / "js" / "attention.js"
+    _esm = FORWARD_JS
     _css = Path(__file__).parent / "js" / "attention.css"
     weights = traitlets.Dict().tag(sync=True)  # export_model(model, vocab)
     text = traitlets.Unicode("").tag(sync=True)

@@ -18,12 +18,13 @@ import torch
 import traitlets
 
 from storylib.bigram import BOUNDARY, Vocab
+from storylib.widgets import front_end
 
 
 class BigramExplorer(anywidget.AnyWidget):
     """Next-character distributions of a bigram table, with a temperature slider and a story sampler."""
 
-    _esm = Path(__file__).parent / "js" / "bigram.js"
+    _esm = front_end("bigram")
     _css = Path(__file__).parent / "js" / "bigram.css"
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # printable names: ◆, ␣, ⏎, a, b, ...
     chars = traitlets.List(traitlets.Unicode()).tag(sync=True)  # what each token writes ("" for ◆)

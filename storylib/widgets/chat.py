@@ -33,12 +33,13 @@ import anywidget
 import traitlets
 
 from storylib.storyteller import DEFAULT_PROMPT, MODES, Sampling, StorySession, describe_storylib, friendly_error
+from storylib.widgets import front_end
 
 
 class StoryChat(anywidget.AnyWidget):
     """A story told in turns by you and a model, streamed token by token (see the module docstring)."""
 
-    _esm = Path(__file__).parent / "js" / "chat.js"
+    _esm = front_end("chat")
     _css = Path(__file__).parent / "js" / "chat.css"
 
     # the story: [{"role": "user" | "model", "pieces": [str, ...]}], Python's; the front end draws it

@@ -18,6 +18,8 @@ from pathlib import Path
 import anywidget
 import traitlets
 
+from storylib.widgets import front_end
+
 
 def token_label(text: str) -> str:
     """How a token's text is shown on its chip: spaces as ␣, newlines as ⏎, tabs as ⇥."""
@@ -25,7 +27,7 @@ def token_label(text: str) -> str:
 
 
 class LossMaskView(anywidget.AnyWidget):
-    _esm = Path(__file__).parent / "js" / "datasets.js"
+    _esm = front_end("datasets")
     _css = Path(__file__).parent / "js" / "datasets.css"
     examples = traitlets.List().tag(sync=True)
 

@@ -18,6 +18,7 @@ import torch
 import traitlets
 
 from storylib.gpt2 import EOT_ID, GPT, encode
+from storylib.widgets import front_end
 
 
 def byte_label(i: int) -> str:
@@ -32,7 +33,7 @@ def byte_label(i: int) -> str:
 
 
 class GenerationLens(anywidget.AnyWidget):
-    _esm = Path(__file__).parent / "js" / "gpt2.js"
+    _esm = front_end("gpt2")
     _css = Path(__file__).parent / "js" / "gpt2.css"
     ids = traitlets.List(traitlets.Int()).tag(sync=True)
     n_prompt = traitlets.Int(1).tag(sync=True)

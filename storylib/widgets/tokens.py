@@ -41,6 +41,7 @@ import anywidget
 import traitlets
 
 from storylib.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BasicTokenizer, RegexTokenizer, Tokenizer
+from storylib.widgets import front_end
 
 # ----------------------------------------------------------------------------- split patterns for JavaScript
 
@@ -100,7 +101,7 @@ def js_split_pattern(pattern: str) -> str | None:
 
 # The widget's ES module, js/tokens.js, as text. Its first part (compileTokenizer, tokenLabel, ...) is pure
 # functions with no DOM: the package tests run it under node.
-TOKENS_JS = (Path(__file__).parent / "js" / "tokens.js").read_text(encoding="utf-8")
+TOKENS_JS = front_end("tokens")
 
 # ----------------------------------------------------------------------------- the same, in Python
 
@@ -292,7 +293,7 @@ def standard_tokenizers() -> tuple[dict[str, Any], list[str]]:
 class TokenViewer(anywidget.AnyWidget):
     """Text tokenized by several tokenizers side by side: coloured tokens, ids on hover, tokens and bytes/token."""
 
-    _esm = Path(__file__).parent / "js" / "tokens.js"
+    _esm = TOKENS_JS
     _css = Path(__file__).parent / "js" / "tokens.css"
     text = traitlets.Unicode("").tag(sync=True)
     row_info = traitlets.List(traitlets.Dict()).tag(sync=True)  # [{name, about, live}], in row order

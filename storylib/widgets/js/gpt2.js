@@ -1,14 +1,5 @@
-// GenerationLens's front end (storylib/widgets/gpt2.py). anywidget loads it from a blob: URL, so it imports
-// nothing: every helper it needs is in this file.
-
-// el(tag, attrs, parent, text): create an element, set its attributes and text, append it to parent.
-function el(tag, attrs, parent, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  if (parent) parent.appendChild(e);
-  return e;
-}
+// GenerationLens's front end (storylib/widgets/gpt2.py). storylib.widgets.front_end puts
+// js/_dom.js (el) before it: anywidget loads one module from a blob: URL, which cannot import another file.
 
 function softmax(z, T, k) {
   const idx = z.map((v, i) => i).sort((a, b) => z[b] - z[a]);
