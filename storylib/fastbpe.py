@@ -295,9 +295,7 @@ def tiktoken_copy(tok: RegexTokenizer) -> tiktoken.Encoding | None:
     if cached is None or cached[0] != key:
         try:
             enc = to_tiktoken(tok)
-        except ImportError:  # no tiktoken in this environment
-            enc = None
-        except ValueError:  # merges tiktoken's rank order would undo, or a pattern its regex engine rejects
+        except (ImportError, ValueError):  # no tiktoken here; or merges its rank order would undo, a pattern it rejects
             enc = None
         cached = _COPIES[tok] = (key, enc)
     return cached[1]
