@@ -72,8 +72,8 @@ md("""
 ## Where the time goes
 
 Time one step of Chapter 5's loop: a forward pass over the whole context, of which only the last position's logits
-are used. The work grows with the context, up to the window of 256 tokens; after that the context is cropped and
-every step costs a full 256-token pass.
+are used. The work grows with the context, up to the model's window (`cfg.block_size`, 512 tokens for the
+storyteller); after that the context is cropped and every step costs a full window's pass.
 """)
 code("""
 def median_ms(f, repeats=5):
@@ -86,8 +86,9 @@ def median_ms(f, repeats=5):
     return 1e3 * float(np.median(times))
 
 g = torch.Generator().manual_seed(0)
-lengths = [8, 32, 64, 128, 192, 255]  # 255: room for one decode step in the 256-token window
-idx = torch.randint(0, 4096, (1, 256), generator=g)
+W = cfg.block_size
+lengths = [8, 32, 64, 128, 256, W - 1]  # W - 1: room for one decode step in the window
+idx = torch.randint(0, 4096, (1, W), generator=g)
 with torch.no_grad():
     full_ms = [median_ms(lambda n=n: model(idx[:, :n])) for n in lengths]
 for n, ms in zip(lengths, full_ms):
@@ -115,7 +116,7 @@ reallocated (growing a tensor with `torch.cat` at every step would copy the whol
 code("""
 cache = K.KVCache.for_model(model, batch_size=1, max_len=cfg.block_size)
 mb = (cache.k.numel() + cache.v.numel()) * cache.k.element_size() / 2**20
-print(f"K and V: {tuple(cache.k.shape)} each, {mb:.1f} MiB in float32 for one 256-token story")
+print(f"K and V: {tuple(cache.k.shape)} each, {mb:.1f} MiB in float32 for one {cfg.block_size}-token window")
 print(f"the weights: {sum(p.numel() for p in model.parameters()) * 4 / 2**20:.1f} MiB in float32")
 """)
 md("""
@@ -210,11 +211,11 @@ for n, p, d in zip(lengths, prefill_ms, decode_ms):
     print(f"{n:3d} tokens: prefill {p:6.1f} ms ({n / p * 1e3:6.0f} tok/s) | a decode step after them {d:5.2f} ms")
 """)
 md("""
-**The context window.** The storyteller learned position embeddings for positions 0…255 only, and a cached key has
+**The context window.** The storyteller learned position embeddings for positions 0…511 only, and a cached key has
 its position baked in, so the cache cannot slide. Chapter 5's `generate` crops the context at every step (which
 re-positions every token: with a cache that would mean recomputing everything, every step). `generate_tokens`
-instead starts the cache again from the last 128 tokens when it is full: one prefill every 128 tokens. Up to 256
-tokens the cached and uncached stories are identical; beyond, they read slightly different contexts.
+instead starts the cache again from the last half of the window when it is full: one prefill every 256 tokens. Up
+to 512 tokens the cached and uncached stories are identical; beyond, they read slightly different contexts.
 (Chapter 5's relative cousins, RoPE in appendix C and sliding-window caches, lift this restriction.)
 
 ## Sampling
@@ -352,8 +353,9 @@ for i, r in enumerate(kv["decode"]):
 plt.tight_layout(); plt.show()
 """)
 md("""
-The speed-up grows with the length: without the cache, token $n$ costs a pass over $\\min(n, 256)$ tokens; with
-it, one token. At 1,024 tokens the uncached loop pays a full 256-token pass per token, the cached one a single
+The speed-up grows with the length: without the cache, token $n$ costs a pass over $\\min(n, W)$ tokens (the
+benchmark's model had a window of $W = 256$); with it, one token. At 1,024 tokens the uncached loop pays a full
+window's pass per token, the cached one a single
 decode step — bound, as §12.4 showed, by reading the 45 MB of weights. That is also why a smaller number format
 for the weights (Chapter 13, quantization) speeds decoding up almost in proportion.
 
