@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 2
 # tiktoken's encodings, cached offline by scripts/assets.sh (tiktoken downloads into it if empty)
 export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.assets/tiktoken
 
-.PHONY: start test setup book lint unit honesty notebooks notebooks-check exercises exercises-check class e2e release \
+.PHONY: start test setup book lint unit graded honesty notebooks notebooks-check exercises exercises-check class e2e release \
 	screenshots clean
 
 start: setup book
@@ -31,9 +31,14 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	.assets/node_modules/.bin/eslint --max-warnings 0 .
 
-# Package and platform tests, on the reference storylib (no browser).
+# Platform tests, on the reference storylib (no browser). The graded tests (grading/tests) run on the reference in
+# `make honesty`, through the grader, where any failure is an error: running them here too would double their time.
 unit: setup
-	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q grading/tests tests --ignore=tests/e2e
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests --ignore=tests/e2e
+
+# The graded tests in-process on the reference (quicker to debug than through the grader; not part of `make test`).
+graded: setup
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q grading/tests
 
 honesty: setup
 	$(LLM) honesty

@@ -3,8 +3,9 @@
     llm101n exercises [--check]   # solutions/*.ipynb → exercises/*.ipynb (nbgrader generate_assignment)
     llm101n class DIR             # generate → submit (7 students) → autograde → regrade → feedback → export
 
-The class has seven students whose expected marks follow from the exercise registry (ada, bo and cy hand in every
-assignment; the others, whose attacks do not depend on the chapter, three of them):
+The class has seven students whose expected marks follow from the exercise registry (ada and bo hand in every
+assignment: every released notebook must earn full marks done and 0 untouched; the others, whose cases do not depend
+on the chapter, three of them):
 ada hands in the reference (full marks); bo hands in the release untouched (0); cy finished the other chapters and
 wrote the first half of this chapter's package exercises (their points); dee hands in the reference but her notebook
 kills its kernel (the package points, and 0 for the questions: her notebook computed nothing); eve is hostile — stubs,
@@ -430,9 +431,9 @@ def _all_but(name: str) -> set[str]:
 
 
 def _sample(names: list[str]) -> list[str]:
-    """The assignments dee, eve, fay and gus hand in: what they test (a dying kernel, a hostile submission, a package
-    that kills) does not depend on the chapter, so the first, the last and the cuda_labs one (the other package)
-    are enough."""
+    """The assignments cy, dee, eve, fay and gus hand in: what they test (partial credit, a dying kernel, a hostile
+    submission, a package that kills) does not depend on the chapter, so the first, the last and the cuda_labs one
+    (the other package) are enough."""
     return sorted({names[0], names[-1], *[n for n in names if any(e.path.parts[0] == "cuda_labs"
                                                                     for e in assignment_exercises(n))][:1]})
 
@@ -564,7 +565,7 @@ def submit_class(course: Path, names: list[str]) -> dict[str, dict[str, Expected
     expected: dict[str, dict[str, Expected]] = {}
     for student, hand_in in STUDENTS.items():
         expected[student] = {}
-        for name in names if student in ("ada", "bo", "cy") else _sample(names):
+        for name in names if student in ("ada", "bo") else _sample(names):
             d = course / "submitted" / student / name
             d.mkdir(parents=True, exist_ok=True)
             expected[student][name] = hand_in(course, d, name)
