@@ -9,8 +9,9 @@
     llm101n class DIR                   grade a simulated class end to end with nbgrader
     llm101n data download|info          TinyStories for your machine
     llm101n train CONFIG [--resume]     train a storyteller (storylib.train), e.g. configs/cpu_learner.toml
-    llm101n chat [--prompt TEXT]        tell stories in the terminal, streaming (storylib.storyteller)
-    llm101n serve [--port 8080]         the storyteller's OpenAI-compatible API and web app (storylib.serve)
+    llm101n chat [--mode story]         ask for stories and changes (or continue one), streaming (storylib.storyteller)
+    llm101n serve [--port 8080]         the chat model's OpenAI-compatible API and web app (storylib.serve)
+    llm101n sft eval [MODEL] [--base B] the chat model's rules table on held-out conversations (storylib.sft)
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _storylib_main("serve", args.rest)
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    return _storylib_main("sft", args.rest)
+
+
 def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 300) -> bool:
     """True once `url` answers; False if `proc` exits first or `seconds` pass (generous: a busy machine is slow)."""
     import urllib.request
@@ -197,7 +202,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     print("  Your checks: llm101n check ch01   (in a terminal in JupyterLab)")
     print(f"  Storyteller: {hello}")
     print(f"  Chat       : http://{args.host}:{args.lab_port}/lab/tree/storyteller.ipynb?token={token}")
-    print("               (your storylib: it speaks once Chapters 5, 6 and 12 pass; or `llm101n chat`)")
+    print("               (your storylib: it tells stories once Chapters 5, 6 and 12 pass, and takes requests")
+    print("               once Chapter 14 does; or `llm101n chat`)")
     print(f"  Web app    : http://{args.host}:{args.app_port}/   (OpenAI-compatible API at /v1)"
           + ("" if app_ok else "   (not answering yet)"))
     print("=" * 72 + "\n  Ctrl-C stops everything.", flush=True)
@@ -223,7 +229,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve}
+    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve, "sft": cmd_sft}
     if argv[:1] and argv[0] in passthrough:  # all that follows is the storylib module's, its --help included
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
@@ -272,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, func, help_ in (  # all that follows the name is the storylib module's own (its --help included)
         ("train", cmd_train, "train a storyteller: CONFIG [--resume] [--set k=v]; export CKPT OUT"),
-        ("chat", cmd_chat, "tell stories in the terminal: [--prompt TEXT] [--temperature T] ..."),
-        ("serve", cmd_serve, "the storyteller's API and web app: [--port 8080] [--max-batch N] [--api-key K]"),
+        ("chat", cmd_chat, "ask for stories in the terminal: [--mode chat|story] [--prompt TEXT] ..."),
+        ("serve", cmd_serve, "the chat model's API and web app: [--port 8080] [--max-batch N] [--api-key K]"),
+        ("sft", cmd_sft, "Chapter 14's evaluation by rules: eval [MODEL ...] [--base B] [--n N]"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

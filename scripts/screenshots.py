@@ -1,8 +1,12 @@
 """Screenshots of built book pages for the README: docs/screenshots/<stem>.png (first viewport) and
 docs/screenshots/<stem>-widget.png (the page's first widget, with its cell output around it).
 
-    .venv/bin/python scripts/screenshots.py                      # ch01_bigram ch02_micrograd
+    .venv/bin/python scripts/screenshots.py                      # ch01_bigram ch02_micrograd storyteller
     .venv/bin/python scripts/screenshots.py intro ch01_bigram --full-page
+
+storyteller is the book's storyteller page: the chat model's conversation recorded at build time (a story asked
+for, then changed; storylib.storyteller.FIRST_TURNS). The live pictures (the chat in JupyterLab, the web app) are
+taken by the browser tests: `make screenshots` runs both.
 
 Serves _build/html on 127.0.0.1 (build it first: `make book`), drives Debian's Chromium through
 Playwright, waits for widgets and MathJax, and refuses to write a screenshot of a page that made an
@@ -108,7 +112,7 @@ def shoot(stems: list[str], out: Path, *, full_page: bool, width: int, height: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stems", nargs="*", default=["ch01_bigram", "ch02_micrograd"],
+    ap.add_argument("stems", nargs="*", default=["ch01_bigram", "ch02_micrograd", "storyteller"],
                     help="page stems under book/ (e.g. ch01_bigram, intro)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     ap.add_argument("--full-page", action="store_true", help="the whole page instead of the first viewport")

@@ -742,11 +742,11 @@ def character_phrase(features: dict) -> str | None:
 
 
 def _and_list(words: Sequence[str]) -> str:
-    quoted = [f'"{w}"' for w in words]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-# {c}: the character phrase; {w}: the words, quoted: "a", "b" and "c"
+# {c}: the character phrase; {w}: the words joined: a, b and c. Not quoted: '"shiny"' is tokenized as '"', 'sh',
+# 'iny', '"', nothing like the ' shiny' of a story, and a small model then cannot copy the word (Chapter 14).
 TEMPLATES_CHARACTER = (
     "Write a story about {c}.",
     "Tell me a short story where the main character is {c}.",
@@ -777,7 +777,7 @@ def make_instruction(story: str, rng: random.Random, n_words: int = 3) -> dict:
       1. use_words = rng.random() < 0.7, but False if there are no words;
       2. if c is None or not use_words: use_character = c is not None; else use_character = rng.random() < 0.5
       3. the template: rng.choice of TEMPLATES_BOTH, TEMPLATES_WORDS or TEMPLATES_CHARACTER by what is used,
-         else TEMPLATE_PLAIN (no draw), formatted with c and w = the words quoted and joined: "a", "b" and "c"
+         else TEMPLATE_PLAIN (no draw), formatted with c and w = the words joined: a, b and c (no quotes)
       4. if features["happy_ending"] and rng.random() < 0.5: append HAPPY_CLAUSE
       5. if features["dialogue"] and rng.random() < 0.5: append DIALOGUE_CLAUSE
 

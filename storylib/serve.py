@@ -20,15 +20,19 @@ pieces, in the order the book builds them:
 What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
 server in a thread or a process) is in storylib/service.py.
 
-The storyteller (models/storyteller) was trained on stories only: it has never seen a chat. So by default
-(chat_format="story") /v1/chat/completions renders a conversation as the story it is: <|endoftext|>, then the user's
-and the storyteller's words as one running text, and the reply continues it. A model that learned Chapter 11's chat
-template (Chapter 14's) is served with chat_format="template": role tokens, <|end|>, and a reply after <|assistant|>.
+By default the server runs Chapter 14's chat model (models/storyteller-chat) with chat_format="template":
+/v1/chat/completions renders a conversation through Chapter 11's chat template (role tokens, <|end|>) and the
+reply is what follows <|assistant|>, up to <|end|>; /v1/completions continues plain text. A model trained on
+stories only (`--model models/storyteller`) is served with chat_format="story": a conversation is rendered as the
+story it is (<|endoftext|>, then the user's and the storyteller's words as one running text) and continued.
 
-The context window is block_size = 256 tokens, prompt and reply together, and a cached key cannot move to a new
-position (Chapter 12). The rule here: a prompt (after the template) longer than block_size - 1 tokens, or a
-max_tokens that does not fit after the prompt, is refused with 400 `context_length_exceeded`; nothing is
-truncated behind the caller's back. Without max_tokens, a reply gets min(default_max_tokens, what fits).
+The context window is block_size tokens (512 for the storyteller), prompt and reply together, and a cached key
+cannot move to a new position (Chapter 12). The rule here: a prompt (after the template) longer than block_size - 1
+tokens, or a max_tokens that does not fit after the prompt, is refused with 400 `context_length_exceeded`; nothing
+is truncated behind the caller's back. Without max_tokens, a reply gets min(default_max_tokens, what fits). A chat
+request may ask for truncation "auto" (as in OpenAI's Responses API; the web app does): the oldest whole turns that
+do not fit are dropped first (storylib.storyteller.fit_for_reply), and without max_tokens the reply may use what is
+left of the context (up to Limits.max_tokens).
 
     llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH]      (see `llm101n serve --help`)
 """
@@ -736,7 +740,8 @@ _SAMPLING = {
     "stream_options": {"type": ["object", "null"]},
 }
 CHAT_SCHEMA = _schema({**_SAMPLING, "messages": {"type": "array", "items": {"type": "object", "properties": {
-    "role": {"type": "string"}, "content": {"type": "string"}}}}}, ["messages"])
+    "role": {"type": "string"}, "content": {"type": "string"}}}}, "truncation": {"type": ["string", "null"]}},
+    ["messages"])
 COMPLETION_SCHEMA = _schema({**_SAMPLING, "prompt": {"anyOf": [{"type": "string"},
                                                                {"type": "array", "items": {"type": "string"}}]}},
                             ["prompt"])
@@ -770,13 +775,28 @@ async def chat_completions(request: Request):
     state, body = request.app.state, await read_body(request)
     check_model(body, state.model_id)
     params, messages = check_sampling(body, state.limits), check_messages(body, state.limits)
+    truncation = body.get("truncation")
+    if truncation not in (None, "auto", "disabled"):
+        raise RequestError(400, f"'truncation' must be \"auto\" or \"disabled\", got {truncation!r}", "truncation")
     try:
+        if truncation == "auto":  # the last whole turns that leave room for the reply
+            from storylib.storyteller import fit_for_reply  # Chapter 14's windowing (a learner's Ch. 16 runs without)
+
+            check_conversation(messages, add_generation_prompt=True)
+            reserve, block = params["max_tokens"] or state.limits.default_max_tokens, state.limits.block_size
+            try:
+                messages = fit_for_reply(messages, state.tokenizer, block, reserve)
+            except ValueError as e:  # the last request (and the story it refers to) alone are too long
+                raise RequestError(400, f"the conversation does not fit the {block}-token context: {e}", "messages",
+                                   "context_length_exceeded") from None
         if state.chat_format == "story":
             ids = render_story(messages, state.tokenizer)
         else:
             ids, _ = render_chat(messages, state.tokenizer, add_generation_prompt=True)
     except ValueError as e:  # a conversation the template refuses (roles out of order, ...)
         raise RequestError(400, str(e), "messages") from None
+    if truncation == "auto" and params["max_tokens"] is None:  # what is left of the context, up to the limit
+        params = {**params, "max_tokens": max(1, min(state.limits.max_tokens, state.limits.block_size - len(ids)))}
     return await respond(request, body, ids, params, chat=True)
 
 
@@ -921,7 +941,7 @@ async def lifespan(app: FastAPI):
 
 def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
                api_key: str | None = None, db_path: str | os.PathLike | None = None,
-               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "story") -> FastAPI:
+               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "template") -> FastAPI:
     """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
     here, so a corrupt one fails now (StoreError), before anything is served. ValueError for a chat_format not
     in CHAT_FORMATS or limits of another block_size than the model's."""
@@ -950,15 +970,26 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
 def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None, max_batch: int = 32,
           max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
           cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
-          chat_format: str = "story") -> int:
-    """Load the storyteller, check the database, serve until Ctrl-C. Returns the exit status (2: a bad database)."""
+          chat_format: str = "template") -> int:
+    """Load the model (default: Chapter 14's chat model; where it cannot load, e.g. in a workspace whose Chapter 14
+    is unfinished, the storyteller with chat_format "story", saying why), check the database, serve until Ctrl-C.
+    Returns the exit status (2: a bad database)."""
     import uvicorn
 
     from storylib.checkpoint import default_storyteller, load_model
+    from storylib.storyteller import chat_unavailable, default_chat_model
 
     if threads:
         torch.set_num_threads(threads)
-    model, tok = load_model(model_dir) if model_dir else default_storyteller()
+    which = "the model"
+    if model_dir:
+        model, tok = load_model(model_dir)
+    else:
+        try:
+            (model, tok), which = default_chat_model(), "the chat model"
+        except Exception as e:  # the learner's Chapter 14 unfinished (or no chat model): stories are still served
+            print(f"llm101n serve: {chat_unavailable(e)}", file=sys.stderr)
+            (model, tok), which, chat_format = default_storyteller(), "the storyteller", "story"
     db = Path(db_path) if db_path else default_db_path()
     try:
         app = create_app(model, tok, max_batch=max_batch, max_queue=max_queue, api_key=api_key, db_path=db,
@@ -966,7 +997,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = 
     except StoreError as e:
         print(f"llm101n serve: {e}", file=sys.stderr)
         return 2
-    print(f"llm101n serve: the storyteller ({model.num_params() / 1e6:.1f} M parameters) on http://{host}:{port}/ "
+    print(f"llm101n serve: {which} ({model.num_params() / 1e6:.1f} M parameters) on http://{host}:{port}/ "
           f"(API: http://{host}:{port}/v1, max batch {max_batch}, queue {max_queue}, conversations in {db}"
           f"{', API key required' if api_key else ''})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
@@ -977,7 +1008,8 @@ def add_arguments(p) -> None:
     """The options of `llm101n serve` (and `python -m storylib.serve`)."""
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", dest="model_dir", default=None, help="a model folder (default: models/storyteller)")
+    p.add_argument("--model", dest="model_dir", default=None,
+                   help="a model folder (default: the chat model, models/storyteller-chat)")
     p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (1: no batching)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429")
     p.add_argument("--api-key", default=os.environ.get("LLM101N_API_KEY"),
@@ -987,9 +1019,10 @@ def add_arguments(p) -> None:
                    help="allow browser pages from this origin (repeatable; default: none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--log-level", default="warning")
-    p.add_argument("--chat-format", choices=CHAT_FORMATS, default="story",
-                   help="story: a chat is a story to continue (a model trained on stories only, like the shipped "
-                        "one); template: Chapter 11's chat template (an instruction-tuned model, Chapter 14)")
+    p.add_argument("--chat-format", choices=CHAT_FORMATS, default="template",
+                   help="template (default): Chapter 11's chat template, for an instruction-tuned model like the "
+                        "chat model (Chapter 14); story: a chat is a story to continue (a model trained on stories "
+                        "only, e.g. --model models/storyteller)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

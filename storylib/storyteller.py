@@ -1,17 +1,25 @@
-"""The storyteller: a story written by you and the model in turns, told by Chapter 12's engine.
+"""The storyteller: a conversation (or a story) written by you and the model in turns, told by Chapter 12's engine.
 
     Sampling          the knobs of one generation: temperature, max tokens, top-k, top-p, seed
-    StorySession      the story so far (your parts and the model's); generate() appends the model's next part,
-                      streaming its pieces, and stops when asked (a threading.Event), at <|endoftext|> or at the
-                      length limit. The engine is storylib.kvcache.generate_stream, so a learner's workspace runs
-                      the learner's own KV cache and sampler.
+    StorySession      the conversation so far (your parts and the model's); generate() appends the model's next
+                      part, streaming its pieces, and stops when asked (a threading.Event), at <|end|> /
+                      <|endoftext|> or at the length limit. The engine is storylib.kvcache.generate_stream, so a
+                      learner's workspace runs the learner's own KV cache and sampler.
     friendly_error    a learner's unfinished exercise (NotImplementedError "ch12.forward_cached: ...") as advice
+    chat_unavailable  the same, in one sentence, when chat mode cannot run (Chapter 14 unfinished)
     main              `llm101n chat`: the same session in a terminal (one-shot with --prompt, else a REPL)
 
-The chat widget (storylib.widgets.chat.StoryChat) is this session behind buttons. The story is plain text:
-a generation's prompt is <|endoftext|> (a story starts here) followed by the story so far, re-encoded, so
-editing or cutting the story and generating again always sees exactly the text on the screen. Only "story"
-mode exists; Chapter 14 adds an instruction mode (the prompt rendered with the chat template instead).
+Two modes. "chat" (the default): you give instructions ("Write a story about a cat named Tom who finds a key",
+then "Give it a happy ending") and Chapter 14's chat model (storylib.sft.load_chat_model) answers each; the
+prompt is the conversation through Chapter 11's chat template (storylib.chat_template.render_chat, after
+storylib.conversations.fit_conversation drops the oldest whole turns that do not fit the context), ending in
+<|assistant|>, and a reply ends at <|end|>. "story": the model goes on with your text; the prompt is
+<|endoftext|> (a story starts here) followed by the story so far, on the storyteller (models/storyteller).
+Either way the prompt is re-encoded from the text on the screen, so editing or cutting it and generating again
+always sees exactly that text. When the chat model cannot load (a learner's Chapter 14 is unfinished), the
+session says why in one sentence (chat_unavailable) and tells stories instead.
+
+The chat widget (storylib.widgets.chat.StoryChat) is this session behind buttons.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PROMPT = "Once upon a time, there was a little fox"
-MODES = ("story",)  # Chapter 14 adds "chat": instructions, rendered with storylib.chat_template.render_chat
+MODES = ("chat", "story")  # chat: instructions to Chapter 14's chat model; story: the storyteller goes on
+# What a new widget tells first (the book shows it): a story asked for, then changed
+FIRST_TURNS = {"chat": ("Write a story about a cat named Tom who finds a key.", "Give it a happy ending."),
+               "story": (DEFAULT_PROMPT,)}
 
 # ----------------------------------------------------------------------------- settings and results
 
@@ -38,7 +49,7 @@ class Sampling:
     """How the next part is drawn (see storylib.kvcache.process_logits). top_k / top_p None: off; seed None: random."""
 
     temperature: float = 0.8
-    max_tokens: int = 200
+    max_tokens: int = 300
     top_k: int | None = None
     top_p: float | None = 0.95
     seed: int | None = None
@@ -70,6 +81,7 @@ class Segment:
 
 REASONS = {
     "end": "the story ended (<|endoftext|>)",
+    "end_chat": "the reply ended (<|end|>)",
     "length": "reached the length limit",
     "stopped": "stopped",
     "error": "error",
@@ -78,13 +90,15 @@ REASONS = {
 
 @dataclass
 class Generation:
-    """What one generate() call did. reason: "end", "length", "stopped" or "error" (then `error` says why)."""
+    """What one generate() call did. reason: "end", "length", "stopped" or "error" (then `error` says why); mode:
+    the session's ("chat": a reply, which ends at <|end|>)."""
 
     text: str
     n_tokens: int
     seconds: float
     reason: str
     error: str | None = None
+    mode: str = "story"
 
     @property
     def tokens_per_s(self) -> float:
@@ -93,8 +107,8 @@ class Generation:
     def summary(self) -> str:
         if self.reason == "error":
             return "error"
-        return (f"{self.n_tokens} tokens in {self.seconds:.2f} s · {self.tokens_per_s:.0f} tokens/s · "
-                f"{REASONS[self.reason]}")
+        why = REASONS["end_chat" if self.reason == "end" and self.mode == "chat" else self.reason]
+        return f"{self.n_tokens} tokens in {self.seconds:.2f} s · {self.tokens_per_s:.0f} tokens/s · {why}"
 
 
 # ----------------------------------------------------------------------------- a learner's unfinished exercise
@@ -102,26 +116,64 @@ class Generation:
 _EXERCISE_ID = re.compile(r"((?:ch|lab)(\d\d)\.\w+):")
 
 
-def friendly_error(e: BaseException, then: str = "restart the kernel and try again") -> str:
-    """One paragraph for the reader instead of a traceback.
+@dataclass
+class Unwritten:
+    """A stub's NotImplementedError, read: exercise id ("ch12.forward_cached"), chapter, " (storylib/file.py)"
+    or "", and the hint."""
 
-    A stub's NotImplementedError starts with its exercise id ("ch12.forward_cached: <hint> — see book §12.4"):
-    name the exercise, the file it lives in, and the chapter to finish. Anything else: its type and message.
-    """
+    ex_id: str
+    chapter: int
+    where: str
+    hint: str
+
+    @property
+    def kind(self) -> str:
+        return "lab" if self.ex_id.startswith("lab") else "Chapter"
+
+    @property
+    def check(self) -> str:
+        return f"llm101n check {self.ex_id.split('.')[0]}"
+
+
+def unwritten(e: BaseException) -> Unwritten | None:
+    """The exercise a stub's NotImplementedError names ("ch12.forward_cached: <hint> — see book §12.4"), else None."""
     m = _EXERCISE_ID.match(str(e)) if isinstance(e, NotImplementedError) else None
     if m is None:
-        return f"{type(e).__name__}: {e}"
-    ex_id, chapter = m.group(1), int(m.group(2))
+        return None
     frames = traceback.extract_tb(e.__traceback__)
     where = ""
     if frames and Path(frames[-1].filename).is_file():  # the stub's file, from storylib/ down
         parts = Path(frames[-1].filename).parts
         top = max((i for i, p in enumerate(parts) if p == "storylib"), default=len(parts) - 1)
         where = " (" + "/".join(parts[top:]) + ")"
-    kind = "lab" if ex_id.startswith("lab") else "Chapter"
-    return (f"The storyteller needs exercise {ex_id}{where}, which is not written yet. Finish {kind} {chapter} "
-            f"(`llm101n check {ex_id.split('.')[0]}`), then {then}. "
-            f"Its hint: {str(e)[m.end():].strip()}")
+    return Unwritten(m.group(1), int(m.group(2)), where, str(e)[m.end():].strip())
+
+
+def friendly_error(e: BaseException, then: str = "restart the kernel and try again") -> str:
+    """One paragraph for the reader instead of a traceback.
+
+    A stub's NotImplementedError: name the exercise, the file it lives in, and the chapter to finish.
+    Anything else: its type and message.
+    """
+    ex = unwritten(e)
+    if ex is None:
+        return f"{type(e).__name__}: {e}"
+    return (f"The storyteller needs exercise {ex.ex_id}{ex.where}, which is not written yet. Finish {ex.kind} "
+            f"{ex.chapter} (`{ex.check}`), then {then}. Its hint: {ex.hint}")
+
+
+def chat_unavailable(e: BaseException) -> str:
+    """One sentence: why chat mode cannot run here (the exercise a stub names, a storylib from before Chapter 14,
+    a missing chat model), and that stories go on instead."""
+    ex = unwritten(e)
+    if ex is not None:
+        why = f"exercise {ex.ex_id}{ex.where} is not written yet (`{ex.check}`)"
+        return f"Chat mode needs {ex.kind} {ex.chapter}: {why}; continuing stories instead."
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("storylib."):
+        why = f"your storylib has no {e.name.split('.')[-1]}.py yet (`llm101n start` adds it)"
+    else:
+        why = f"{type(e).__name__}: {e}"
+    return f"Chat mode needs Chapter 14: {why}; continuing stories instead."
 
 
 # ----------------------------------------------------------------------------- the session
@@ -142,38 +194,106 @@ def describe_storylib() -> str:
     return folder
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def default_chat_model():
+    """Chapter 14's chat model (models/storyteller-chat), checked by rendering a one-line conversation (a
+    learner's unfinished template or windowing fails here, before anyone types). Raises what fails (see
+    chat_unavailable)."""
+    from storylib.sft import load_chat_model as load
+
+    model, tok = load()
+    chat_prompt(model, tok, [{"role": "user", "content": "Hello."}], 1)
+    return model, tok
+
+
+def fit_for_reply(messages: list[dict], tokenizer, block_size: int, reserve: int) -> list[dict]:
+    """The conversation's last whole turns that leave `reserve` tokens of a block_size context free for the reply
+    (storylib.conversations.fit_conversation: the oldest turns go first; the last request and the story it refers
+    to always stay). Where those alone leave less room, the reserve is halved until they fit: the reply gets what
+    is left. Raises ValueError if even they do not fit."""
+    from storylib.conversations import fit_conversation
+
+    while True:
+        try:
+            return fit_conversation(messages, tokenizer, block_size, reserve=reserve)
+        except ValueError:
+            if reserve == 0:
+                raise
+            reserve //= 2
+
+
+def chat_prompt(model, tokenizer, messages: list[dict], reserve: int) -> list[int]:
+    """The generation prompt of a conversation: fit_for_reply's window through the chat template, ending in
+    <|assistant|>. (A reply longer than the room left runs past the end of the context: storylib.kvcache slides
+    the window.)"""
+    from storylib.chat_template import render_chat
+
+    ids, _ = render_chat(fit_for_reply(messages, tokenizer, model.config.block_size, reserve), tokenizer,
+                         add_generation_prompt=True)
+    return ids
+
+
 class StorySession:
-    """A story told in turns. The model and tokenizer load on first use (default: the shipped storyteller).
+    """A conversation (mode "chat") or a story (mode "story") told in turns.
+
+    The model and tokenizer load on first use: the ones given (or the loader's) in both modes; by default the
+    course's, one per mode: Chapter 14's chat model for chat, the storyteller for story. When the chat model
+    cannot load, `chat_unavailable` says why in one sentence and the session switches to story mode.
 
     Not thread-safe by itself: one generate() at a time, and nothing else touches the story meanwhile (the
     widget runs generate() in a worker thread and waits for it before any other change).
     """
 
-    def __init__(self, model=None, tokenizer=None, loader: Callable | None = None, mode: str = "story"):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r} (instructions arrive with Chapter 14)")
+    def __init__(self, model=None, tokenizer=None, loader: Callable | None = None, mode: str = "chat"):
+        check_mode(mode)
         if (model is None) != (tokenizer is None):
-            raise ValueError("give both model and tokenizer, or neither (the shipped storyteller)")
+            raise ValueError("give both model and tokenizer, or neither (the course's models)")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
+        if loader is None and model is not None:
+            loader = lambda: (model, tokenizer)  # noqa: E731
         self._loader = loader
+        self._loaded: dict[str, tuple] = {}  # the course's models, by mode
+        self.chat_unavailable = ""  # one sentence, once chat mode failed to load (see chat_unavailable)
         self.segments: list[Segment] = []
         self.retry = "restart the kernel and try again"  # what friendly_error tells the reader to do after a fix
 
     # -- the model
     def load(self):
-        """(model, tokenizer), loading them the first time. Raises what loading raises (see friendly_error)."""
-        if self.model is None:
-            if self._loader is None:
-                from storylib.checkpoint import default_storyteller
+        """(model, tokenizer) of the mode, loading them the first time. Raises what loading raises (see
+        friendly_error); a chat model that fails to load is no error: the session goes on in story mode."""
+        if self._loader is not None:
+            if self.model is None:
+                self.model, self.tokenizer = self._loader()
+            return self.model, self.tokenizer
+        if self.mode == "chat" and "chat" not in self._loaded:
+            try:
+                self._loaded["chat"] = default_chat_model()
+            except Exception as e:  # a learner's unfinished Chapter 14 (or no chat model): stories still work
+                self.chat_unavailable, self.mode = chat_unavailable(e), "story"
+        if self.mode == "story" and "story" not in self._loaded:
+            from storylib.checkpoint import default_storyteller
 
-                self._loader = default_storyteller
-            self.model, self.tokenizer = self._loader()
+            self._loaded["story"] = default_storyteller()
+        self.model, self.tokenizer = self._loaded[self.mode]
         return self.model, self.tokenizer
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between "chat" and "story" (the model loads on next use). ValueError for chat mode once it
+        failed to load (the message is chat_unavailable) or an unknown mode."""
+        check_mode(mode)
+        if mode == "chat" and self.chat_unavailable:
+            raise ValueError(self.chat_unavailable)
+        self.mode = mode
 
     def describe_model(self) -> str:
         if self.model is None:
             return "not loaded"
-        return f"{self.model.num_params() / 1e6:.1f} M parameters, context {self.model.config.block_size} tokens"
+        which = "" if self._loader else "the chat model, " if self.mode == "chat" else "the storyteller, "
+        return f"{which}{self.model.num_params() / 1e6:.1f} M parameters, context {self.model.config.block_size} tokens"
 
     # -- the story
     @property
@@ -184,13 +304,28 @@ class StorySession:
         self.segments = []
 
     def add_user(self, text: str) -> None:
-        """Append your own words; a space joins them to the story if neither side has one."""
+        """Append your own words: to the story (a space joins them if neither side has one); in chat mode a new
+        message, or more of yours if you wrote last (an unanswered message)."""
         if not text:
             return
-        story = self.text
-        if story and not story[-1].isspace() and not text[0].isspace():
+        before = self.text
+        if self.mode == "chat":
+            before = self.segments[-1].text if self.segments and self.segments[-1].role == "user" else ""
+        if before and not before[-1].isspace() and not text[0].isspace():
             text = " " + text
         self.segments.append(Segment("user", [text]))
+
+    def messages(self) -> list[dict]:
+        """The conversation as chat messages: your parts "user", the model's "assistant"; parts of one role in a
+        row (a reply continued, or cut and told on) are one message."""
+        out: list[dict] = []
+        for seg in self.segments:
+            role = "user" if seg.role == "user" else "assistant"
+            if out and out[-1]["role"] == role:
+                out[-1]["content"] += seg.text
+            else:
+                out.append({"role": role, "content": seg.text})
+        return out
 
     def cut(self, offset: int) -> None:
         """Keep the first `offset` characters of the story (0 <= offset <= len(text)); drop the rest."""
@@ -229,13 +364,22 @@ class StorySession:
     def snapshot(self) -> list[dict]:
         return [{"role": s.role, "pieces": list(s.pieces)} for s in self.segments]
 
-    def prompt_ids(self) -> list[int]:
-        """<|endoftext|> (a new story begins) + the story so far."""
+    def prompt_ids(self, max_tokens: int = 0) -> list[int]:
+        """Story mode: <|endoftext|> (a new story begins) + the story so far. Chat mode: the conversation through
+        the chat template, leaving max_tokens of the context for the reply (chat_prompt), + the reply so far if
+        the model wrote last (its words go on). ValueError for a conversation without a message of yours."""
         from storylib.fastbpe import encode_ordinary
         from storylib.tokenizer import eot_id
 
-        _, tok = self.load()
-        return [eot_id(tok), *encode_ordinary(tok, self.text)]
+        model, tok = self.load()
+        if self.mode == "story":
+            return [eot_id(tok), *encode_ordinary(tok, self.text)]
+        messages = self.messages()
+        partial = messages.pop()["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        if not messages:
+            raise ValueError("chat mode answers a message: type one and press Send")
+        reply = encode_ordinary(tok, partial)
+        return chat_prompt(model, tok, messages, max_tokens + len(reply)) + reply
 
     # -- telling
     def generate(self, sampling: Sampling, stop: threading.Event | None = None,
@@ -254,7 +398,7 @@ class StorySession:
         try:
             sampling.check()
             model, tok = self.load()
-            ids = self.prompt_ids()
+            ids = self.prompt_ids(sampling.max_tokens)
             self.segments.append(seg)
             stream = kvcache.generate_stream(
                 model, tok, ids, sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
@@ -277,18 +421,27 @@ class StorySession:
             reason, error = "error", friendly_error(e, self.retry)
         if not seg.pieces and seg in self.segments:
             self.segments.remove(seg)
-        return Generation(seg.text, len(tokens), time.perf_counter() - t0, reason, error)
+        return Generation(seg.text, len(tokens), time.perf_counter() - t0, reason, error, self.mode)
 
 
 # ----------------------------------------------------------------------------- the terminal chat
 
-HELP = """Type the start of a story (or more of it) and press Enter: the storyteller goes on from there.
+HELP = {"story": """Type the start of a story (or more of it) and press Enter: the storyteller goes on from there.
   Enter on an empty line or /continue   more of the story          /new      start a new story
   /refine [TEXT]   tell the model's last part again; with TEXT, your words go there first (replacing
                    your own words just before it, if you wrote last before the model)
   /show            the whole story      /set KEY VALUE   temperature, max_tokens, top_k, top_p, seed (off/none: off)
+  /mode chat       give instructions instead (a new conversation)
   /help            this text            /quit            leave (or Ctrl-D)
-Ctrl-C stops the story being told, not the program."""
+Ctrl-C stops the story being told, not the program.""",
+        "chat": """Ask for a story ("Write a story about a cat named Tom who finds a key") and press Enter, then for
+changes ("Give it a happy ending", "Call the cat Max"): the storyteller answers each message.
+  /refine [TEXT]   answer your last message again; with TEXT, it replaces your last message first
+  Enter on an empty line or /continue   more of the last reply     /new      a new conversation
+  /show            the conversation     /set KEY VALUE   temperature, max_tokens, top_k, top_p, seed (off/none: off)
+  /mode story      continue stories instead (a new story)
+  /help            this text            /quit            leave (or Ctrl-D)
+Ctrl-C stops the reply being told, not the program."""}
 
 
 def _parse_setting(key: str, value: str) -> tuple[str, float | int | None]:
@@ -331,13 +484,22 @@ class TerminalChat:
         self.err.flush()
         return g
 
+    def show(self) -> str:
+        """The story, or (chat mode) the conversation: one "you: ..." / "storyteller: ..." paragraph a message."""
+        if self.session.mode == "story":
+            return self.session.text
+        who = {"user": "you", "assistant": "storyteller"}
+        return "\n".join(f"{who[m['role']]}: {m['content']}" for m in self.session.messages())
+
     def command(self, line: str) -> bool:
         """Handle one line of input; False when it is time to leave."""
         s = self.session
+        chat = s.mode == "chat"
         if not line.startswith("/"):
             if line.strip():
                 s.add_user(line.strip())
-                self.out.write(s.segments[-1].text)
+                if not chat:  # a story reads on from your words; a reply stands alone
+                    self.out.write(s.segments[-1].text)
             else:
                 self.out.write("…")
             self.tell()
@@ -347,16 +509,26 @@ class TerminalChat:
             return False
         if cmd == "new":
             s.new()
-            self.err.write("(a new story: type its first words)\n")
+            self.err.write("(a new conversation: ask for a story)\n" if chat else
+                           "(a new story: type its first words)\n")
         elif cmd == "continue":
             self.out.write("…")
             self.tell()
         elif cmd == "refine":
             s.rewind(None, arg.strip())
-            self.out.write(s.text)
+            if not chat:
+                self.out.write(s.text)
             self.tell()
         elif cmd == "show":
-            self.out.write(s.text + "\n")
+            self.out.write(self.show() + "\n")
+        elif cmd == "mode":
+            try:
+                s.set_mode(arg.strip())
+                s.new()
+                s.load()  # the mode's model; a chat model that cannot load leaves story mode, saying why
+                self.err.write((s.chat_unavailable if s.mode != arg.strip() else f"({s.mode} mode)") + "\n")
+            except ValueError as e:
+                self.err.write(f"{e}\n")
         elif cmd == "set":
             key, _, value = arg.strip().partition(" ")
             try:
@@ -367,14 +539,14 @@ class TerminalChat:
             except ValueError as e:
                 self.err.write(f"{e}\n")
         elif cmd == "help":
-            self.err.write(HELP + "\n")
+            self.err.write(HELP[s.mode] + "\n")
         else:
             self.err.write(f"unknown command /{cmd}; /help lists them\n")
         self.out.flush()
         return True
 
     def repl(self, read: Callable[[str], str] = input) -> int:
-        self.err.write(HELP + "\n")
+        self.err.write(HELP[self.session.mode] + "\n")
         while True:
             try:
                 line = read("> ")
@@ -389,15 +561,21 @@ class TerminalChat:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`llm101n chat`: tell stories in the terminal with the storylib on PYTHONPATH (yours in a workspace)."""
-    p = argparse.ArgumentParser(prog="llm101n chat", description="Tell stories with the storyteller, streaming.")
-    p.add_argument("--prompt", help="tell one story from PROMPT and exit (no REPL)")
+    """`llm101n chat`: talk to the storyteller in the terminal with the storylib on PYTHONPATH (yours in a
+    workspace): instructions to the chat model (--mode chat, the default) or a story continued (--mode story)."""
+    p = argparse.ArgumentParser(prog="llm101n chat", description="Talk to the storyteller, streaming: ask for a "
+                                "story and for changes to it (chat), or have it continue yours (story).")
+    p.add_argument("--mode", choices=MODES, default="chat",
+                   help="chat: instructions, answered by the chat model (default); story: the storyteller goes on "
+                        "with your text")
+    p.add_argument("--prompt", help="one turn from PROMPT (a request, or a story's start) and exit (no REPL)")
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
-    p.add_argument("--max-tokens", type=int, default=200, help="new tokens per turn (default 200)")
+    p.add_argument("--max-tokens", type=int, default=300, help="new tokens per turn (default 300)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1: off (default 0.95)")
     p.add_argument("--seed", type=int, default=None, help="for a reproducible story (default: random)")
-    p.add_argument("--model", help="an exported model folder (llm101n train export); default models/storyteller")
+    p.add_argument("--model", help="an exported model folder (llm101n train export), for both modes; default "
+                                   "models/storyteller-chat (chat), models/storyteller (story)")
     args = p.parse_args(argv)
     sampling = Sampling(args.temperature, args.max_tokens, args.top_k, None if args.top_p == 1 else args.top_p,
                         args.seed)
@@ -410,20 +588,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from storylib.checkpoint import load_model
 
         loader = lambda: load_model(args.model)  # noqa: E731
-    session = StorySession(loader=loader)
+    session = StorySession(loader=loader, mode=args.mode)
     try:
         session.load()
     except Exception as e:
         print(f"llm101n chat: {friendly_error(e, then='run `llm101n chat` again')}", file=sys.stderr)
         return 1
+    if session.chat_unavailable:
+        print(session.chat_unavailable, file=sys.stderr)
     print(f"storyteller: {session.describe_model()} · storylib {describe_storylib()}", file=sys.stderr)
     chat = TerminalChat(session, sampling)
     if args.prompt is not None:
         session.add_user(args.prompt)
-        sys.stdout.write(session.text)
+        if session.mode == "story":
+            sys.stdout.write(session.text)
         return 1 if chat.tell().error else 0
     return chat.repl()
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,6 +4,8 @@
     llm101n train configs/cpu_learner.toml --resume      continue from <out_dir>/last, exactly
     llm101n train CONFIG --set lr=3e-4 --max-steps 200   change a setting for this run
     llm101n train export RUN/best OUT                    a compact fp16 model for chatting and serving
+    llm101n train configs/sft_lora16.toml                Chapter 14: SFT of a trained model (data = "chat",
+                                                         init_from, LoRA; the parts are storylib.sft's)
 
 The parts, in the order a run uses them:
 
@@ -91,7 +93,8 @@ class TrainConfig:
     fused: bool = _f(True, "model", "PyTorch's LayerNorm and attention kernels instead of the hand-written ones")
     vocab_size: int = _f(0, "model", "0: the tokenizer's n_vocab rounded up to a multiple of 64")
     # [data] which stories, which tokenizer
-    data: str = _f("tinystories", "data", "'tinystories' (storylib.data.load_stories) or 'synthetic' (tests)")
+    data: str = _f("tinystories", "data", "'tinystories' (storylib.data.load_stories), 'synthetic' (tests) or "
+                   "'chat' (conversations made from the stories: storylib.conversations, SFT)")
     tokenizer: str = _f("models/storyteller/tokenizer.json", "data", "a tokenizer.json, or 'bytes' (Chapter 5)")
     n_train_stories: int = _f(0, "data", "training stories to use; 0: all (synthetic: required)")
     n_val_stories: int = _f(1000, "data", "validation stories, scored at the end of the run")
@@ -107,6 +110,18 @@ class TrainConfig:
     beta1: float = _f(0.9, "optim", "AdamW beta1")
     beta2: float = _f(0.95, "optim", "AdamW beta2")
     grad_clip: float = _f(1.0, "optim", "clip the gradient norm to this; 0: no clipping")
+    # [sft] finetuning a trained model (Chapter 14, storylib.sft): data = "chat", init_from, LoRA
+    init_from: str = _f("", "sft", "'': new weights; a model folder (models/storyteller): its architecture, "
+                        "tokenizer and weights")
+    lora_rank: int = _f(0, "sft", "0: finetune every weight; r > 0: train LoRA adapters of rank r only")
+    lora_alpha: float = _f(16.0, "sft", "LoRA's scale is lora_alpha / lora_rank")
+    lora_targets: str = _f("c_attn,c_proj,c_fc", "sft", "the Linear layers that get adapters (names or name ends)")
+    chat_seeds: int = _f(1, "sft", "data = 'chat': conversations per training story; the 2nd, 3rd, ... from copies of "
+                         "it with other names and nouns (storylib.sft.varied: words memory cannot supply)")
+    max_chat_tokens: int = _f(0, "sft", "data = 'chat': train on the turns of at most this many tokens only (a quick "
+                              "CPU run); 0: every turn that fits block_size")
+    plain_val_stories: int = _f(1000, "sft", "data = 'chat': plain validation stories scored at the end "
+                                "(did the storyteller keep its stories?); 0: none")
     # [system]
     device: str = _f("auto", "system", "'auto' (CUDA if there is one), 'cpu', 'cuda' or 'cuda:N'")
     dtype: str = _f("auto", "system", "'auto' (bf16 on CUDA, fp32 on CPU), 'bf16' or 'fp32'")
@@ -142,7 +157,14 @@ class TrainConfig:
         need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.vocab_size >= 0, f"vocab_size must be >= 0 (0: from the tokenizer), got {self.vocab_size}")
-        need(self.data in ("tinystories", "synthetic"), f"data must be 'tinystories' or 'synthetic', got {self.data!r}")
+        need(self.data in ("tinystories", "synthetic", "chat"),
+             f"data must be 'tinystories', 'synthetic' or 'chat', got {self.data!r}")
+        need(min(self.lora_rank, self.plain_val_stories, self.max_chat_tokens) >= 0 and self.lora_alpha > 0
+             and self.chat_seeds >= 1, "lora_rank, plain_val_stories and max_chat_tokens must be >= 0, lora_alpha > 0, "
+             "chat_seeds >= 1")
+        need(self.lora_rank == 0 or self.init_from != "", "lora_rank > 0 needs init_from (a model to adapt)")
+        need(self.lora_rank == 0 or self.weight_decay == 0, "lora_rank > 0 needs weight_decay = 0 (AdamW would "
+             "shrink the frozen rows of the embedding, whose chat-token rows train: storylib.sft.init_model)")
         need(self.data != "synthetic" or self.n_train_stories > 0, "data = 'synthetic' needs n_train_stories > 0")
         need(self.n_train_stories >= 0, f"n_train_stories must be >= 0, got {self.n_train_stories}")
         need(self.n_val_stories >= 1 and 1 <= self.eval_stories, "n_val_stories and eval_stories must be >= 1")
@@ -470,6 +492,10 @@ def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
     """
     from storylib.datasets import WindowSampler
 
+    if cfg.init_from or cfg.data == "chat":
+        from storylib import sft  # Chapter 14
+    if cfg.init_from:  # finetuning: the base model's architecture and tokenizer
+        cfg = sft.adopt_base(cfg)
     out_dir = Path(cfg.out_dir)
     device, dtype = resolve_device(cfg)
     tok, tok_id = load_tokenizer(cfg.tokenizer)
@@ -488,14 +514,19 @@ def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
         raise CheckpointError(f"{out_dir / 'last'} already holds a checkpoint: pass --resume to continue it, or "
                               "choose another out_dir (--set out_dir=...)")
 
-    # 2. Data: the training stream, cut into random windows; the validation stories.
-    tokens = prepare_data(cfg, tok, tok_id, out_dir, verbose=not quiet)
-    sampler = WindowSampler(tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
-    val = Validation(load_stories_for(cfg, "valid"), tok)
+    # 2. Data: the training stream, cut into random windows; the validation stories. SFT: whole conversations.
+    if cfg.data == "chat":
+        sampler, val = sft.chat_data(cfg, tok, quiet)
+    else:
+        tokens = prepare_data(cfg, tok, tok_id, out_dir, verbose=not quiet)
+        sampler = WindowSampler(tokens, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+        val = Validation(load_stories_for(cfg, "valid"), tok)
 
     # 3. The model and its optimizer.
     torch.manual_seed(cfg.seed)
     model = GPT(gcfg).to(device)
+    if cfg.init_from:  # the base model's weights; LoRA: adapters in, the rest frozen (AdamW sees trainable only)
+        sft.init_model(cfg, model, tok, quiet)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=1e-8, fused=device.type == "cuda")
     run = Run(cfg, tok, tok_id, model, optimizer, sampler, val, device, _autocast(device, dtype), quiet)
@@ -515,7 +546,8 @@ def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
     elif cfg.fp8 != "off":
         say(f"fp8: {device} has no FP8 tensor cores; training in {str(dtype).removeprefix('torch.')}", quiet)
     say(f"model: {model.num_params() / 1e6:.2f}M parameters, {gcfg}", quiet)
-    say(f"data: {len(tokens):,} training tokens, {len(val.stories)} validation stories; "
+    n_train = f"{len(sampler.examples):,} assistant turns" if cfg.data == "chat" else f"{len(tokens):,} tokens"
+    say(f"data: {n_train} for training, {len(val.stories)} for validation; "
         f"{run.tokens_per_step:,} tokens per step; {device}, {str(dtype).removeprefix('torch.')}"
         f"{', compiled' if cfg.compile else ''}{f', fp8 matmuls ({cfg.fp8})' if fp8 else ''}"
         f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}", quiet)
@@ -596,13 +628,21 @@ def evaluate(run: Run, final: bool = False) -> dict[str, Any]:
     cfg, state = run.cfg, run.state
     n = cfg.n_val_stories if final else cfg.eval_stories
     result = run.val.evaluate(run.model, n, cfg.batch_size, run.autocast)
+    if final and cfg.data == "chat" and cfg.plain_val_stories:  # SFT: did the storyteller keep its stories?
+        from storylib.data import load_stories
+
+        plain = Validation(load_stories("valid", limit=cfg.plain_val_stories), run.tok)
+        n_plain = len(plain.stories)
+        result["plain_val_bpb"] = plain.evaluate(run.model, n_plain, cfg.batch_size, run.autocast)["val_bpb"]
     event = {"event": "eval", "step": state.step, **result, "tokens_seen": state.tokens_seen,
              "elapsed": round(state.elapsed, 3)}
     if final:
         event["final"] = True
     run.log(event)
     say(f"step {state.step:>6}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits per byte "
-        f"({result['val_stories']} stories)", run.quiet)
+        f"({result['val_stories']} {'assistant turns' if cfg.data == 'chat' else 'stories'})"
+        + (f"; plain stories {result['plain_val_bpb']:.4f} bits per byte" if "plain_val_bpb" in result else ""),
+        run.quiet)
     periodic = result["val_stories"] == min(cfg.eval_stories, len(run.val.stories))  # best/ compares like with like
     if periodic and (state.best_val_bpb is None or result["val_bpb"] < state.best_val_bpb):
         state.best_val_bpb = result["val_bpb"]
@@ -616,6 +656,10 @@ def checkpoint(run: Run, name: str, with_optimizer: bool) -> Path:
     run.state.log_bytes = run.log_path.stat().st_size
     trainer = {**asdict(run.state), "sampler": run.sampler.state_dict(), "rng": _rng_state(),
                "tokens_per_step": run.tokens_per_step, "saved_at": time.time()}
+    if run.cfg.lora_rank and not with_optimizer:  # best/: the merged plain model, and adapter/ alone
+        from storylib.sft import save_lora_checkpoint
+
+        return save_lora_checkpoint(run, name, trainer)
     return save_checkpoint(run.out_dir / name, run.model, run.cfg, run.tok, run.tok_id, trainer,
                            run.optimizer if with_optimizer else None)
 

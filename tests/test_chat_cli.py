@@ -49,7 +49,7 @@ def run_chat(args: list[str], cwd: Path = ROOT, **kw) -> subprocess.CompletedPro
 
 
 def test_one_shot_prints_the_greedy_story(storyteller):
-    r = run_chat(["--prompt", "Once upon a time", "--max-tokens", "20", "--temperature", "0"])
+    r = run_chat(["--mode", "story", "--prompt", "Once upon a time", "--max-tokens", "20", "--temperature", "0"])
     assert r.returncode == 0, r.stderr
     assert r.stdout == "Once upon a time" + greedy(storyteller, "Once upon a time", 20) + "\n", r.stdout
     assert re.search(r"\[20 tokens in [\d.]+ s · \d+ tokens/s · reached the length limit\]", r.stderr), r.stderr
@@ -64,7 +64,7 @@ def test_bad_flags_are_refused_before_loading():
 def test_repl_commands(storyteller):
     out, err = io.StringIO(), io.StringIO()
     model, tok = storyteller
-    chat = TerminalChat(StorySession(model, tok), Sampling(temperature=0.0, max_tokens=12), out, err)
+    chat = TerminalChat(StorySession(model, tok, mode="story"), Sampling(temperature=0.0, max_tokens=12), out, err)
     lines = iter(["Tom found a shell", "", "/set max_tokens 7", "/refine a crab", "/show", "/set top_k -3",
                   "/nonsense", "/new", "/show", "/quit", "never read"])
     assert chat.repl(lambda _prompt: next(lines)) == 0
@@ -84,8 +84,8 @@ def test_ctrl_c_stops_the_story_not_the_program(storyteller):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STORYLIB_ROOT")}
     env["OMP_NUM_THREADS"] = "1"
     # the story is held after its first 80 characters until Ctrl-C: a busy machine cannot finish it first
-    p = subprocess.Popen([sys.executable, "-c", HELD_CHAT, "--temperature", "1", "--top-p", "1", "--seed", "4",
-                          "--max-tokens", "600"],
+    p = subprocess.Popen([sys.executable, "-c", HELD_CHAT, "--mode", "story", "--temperature", "1", "--top-p", "1",
+                          "--seed", "4", "--max-tokens", "600"],
                          cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, bufsize=1)
     out: list[str] = []
@@ -129,7 +129,7 @@ def _workspace(tmp_path: Path, ids: list[str] | None) -> Path:
 
 def test_a_workspace_without_chapter_12_is_told_which_exercise(tmp_path):
     ws = _workspace(tmp_path, ["ch12.forward_cached"])
-    r = run_chat(["--prompt", "Once upon a time", "--max-tokens", "5"], cwd=ws)
+    r = run_chat(["--mode", "story", "--prompt", "Once upon a time", "--max-tokens", "5"], cwd=ws)
     assert r.returncode == 1 and r.stdout == "Once upon a time\n", r.stdout
     assert "exercise ch12.forward_cached (storylib/kvcache.py)" in r.stderr and "Finish Chapter 12" in r.stderr
     assert f"storylib {ws / 'storylib'}" in r.stderr, "it runs the workspace's storylib"
@@ -142,4 +142,64 @@ def test_a_fresh_workspace_is_told_where_to_start(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(r"exercise ch\d\d\.\w+ \(storylib/\w+\.py\), which is not written yet\. Finish Chapter \d+",
                      r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- chat mode (Chapter 14)
+
+REQUEST = "Write a story about a cat named Tom who finds a key."
+
+
+def chat_greedy(storyteller, messages: list[dict], n: int) -> str:
+    from storylib.chat_template import render_chat
+
+    model, tok = storyteller
+    ids, _ = render_chat(messages, tok, add_generation_prompt=True)
+    return "".join(kvcache.generate_stream(model, tok, ids, n, temperature=0.0))
+
+
+def test_one_shot_chat_prints_the_greedy_reply(storyteller):
+    """The default mode: --prompt is a request; stdout is the reply alone (here from the model of --model, the
+    storyteller, through the chat template: the plumbing, not the chat model's quality)."""
+    r = run_chat(["--model", "models/storyteller", "--prompt", REQUEST, "--max-tokens", "20", "--temperature", "0"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == chat_greedy(storyteller, [{"role": "user", "content": REQUEST}], 20) + "\n", r.stdout
+    assert re.search(r"\[\d+ tokens in [\d.]+ s · \d+ tokens/s · (reached the length limit|the reply ended)", r.stderr)
+
+
+def test_repl_chat_commands(storyteller):
+    out, err = io.StringIO(), io.StringIO()
+    model, tok = storyteller
+    chat = TerminalChat(StorySession(model, tok), Sampling(temperature=0.0, max_tokens=9), out, err)
+    lines = iter([REQUEST, "Give it a happy ending.", "/refine Call the cat Max.", "/show", "/mode story",
+                  "Once upon a time", "/quit"])
+    assert chat.repl(lambda _prompt: next(lines)) == 0
+    first = chat_greedy(storyteller, [{"role": "user", "content": REQUEST}], 9)
+    convo = [{"role": "user", "content": REQUEST}, {"role": "assistant", "content": first}]
+    second = chat_greedy(storyteller, [*convo, {"role": "user", "content": "Give it a happy ending."}], 9)
+    third = chat_greedy(storyteller, [*convo, {"role": "user", "content": "Call the cat Max."}], 9)
+    shown = f"you: {REQUEST}\nstoryteller: {first}\nyou: Call the cat Max.\nstoryteller: {third}\n"
+    story = "Once upon a time" + "".join(kvcache.generate_stream(
+        model, tok, [eot_id(tok), *encode_ordinary(tok, "Once upon a time")], 9, temperature=0.0))
+    assert out.getvalue() == f"{first}\n{second}\n{third}\n{shown}{story}\n", out.getvalue()
+    assert "(story mode)" in err.getvalue() and "storyteller: " not in err.getvalue()
+
+
+def test_a_workspace_without_chapter_14_continues_stories_and_says_why(tmp_path):
+    """ch14.lora_merge a stub: `llm101n chat` says in one sentence that chat mode needs it, and tells the story."""
+    from grading.exercises import stub_text
+    from tests.chat_model import fake_chat_model
+
+    ws = tmp_path / "ws"
+    for src in (ROOT / "storylib").rglob("*.py"):
+        dest = ws / src.relative_to(ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(stub_text(src.read_text(), src.relative_to(ROOT), ["ch14.lora_merge"]))
+    fake_chat_model(ws / "models")  # the chat model's folder is there: what fails is the learner's merge
+    (ws / ".assets").symlink_to(ROOT / ".assets")
+    r = run_chat(["--prompt", "Once upon a time", "--max-tokens", "5"], cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert ("Chat mode needs Chapter 14: exercise ch14.lora_merge (storylib/lora.py) is not written yet "
+            "(`llm101n check ch14`); continuing stories instead.\n") in r.stderr, r.stderr
+    assert r.stdout.startswith("Once upon a time") and len(r.stdout) > len("Once upon a time\n"), r.stdout
     assert "Traceback" not in r.stderr

@@ -3,7 +3,9 @@
 What streams must be exactly what storylib.kvcache tells for the same prompt and settings (a differential
 oracle computed here with generate_stream / generate_tokens); Stop must stop a running turn while the handler
 that started it has long returned; Continue, Refine and New story must leave the story the text says; a
-learner's unfinished exercise must come back as a notice naming it. The browser side is
+learner's unfinished exercise must come back as a notice naming it. Most tests run story mode; chat mode (the
+default) must answer each message through the chat template, windowed to the context, and a learner's unfinished
+Chapter 14 must turn it off with one sentence naming the exercise, stories still told. The browser side is
 tests/e2e/test_chat_lab.py (JupyterLab) and tests/e2e/test_storyteller_page.py (the static page).
 """
 
@@ -44,9 +46,10 @@ def reference(storyteller, text: str, n: int, **kw) -> tuple[str, int]:
 
 
 def make_chat(storyteller, **traits) -> tuple[StoryChat, list[dict]]:
-    """A StoryChat on the shipped model, starting empty, whose messages to the front end are recorded."""
+    """A StoryChat on the shipped model, starting empty, whose messages to the front end are recorded; story mode
+    unless traits say mode="chat"."""
     model, tok = storyteller
-    w = StoryChat(prompt=None, model=model, tokenizer=tok, **traits)
+    w = StoryChat(prompt=None, model=model, tokenizer=tok, **{"mode": "story", **traits})
     sent: list[dict] = []
     w.send = lambda content, buffers=None: sent.append(content)
     return w, sent
@@ -228,8 +231,8 @@ def test_friendly_error_of_other_failures():
 
 def test_the_first_story_is_recorded_and_reproducible(storyteller):
     model, tok = storyteller
-    a = StoryChat(model=model, tokenizer=tok, max_tokens=25)
-    b = StoryChat(model=model, tokenizer=tok, max_tokens=25)
+    a = StoryChat(model=model, tokenizer=tok, max_tokens=25, mode="story")
+    b = StoryChat(model=model, tokenizer=tok, max_tokens=25, mode="story")
     assert a.status == "done" and [s["role"] for s in a.story] == ["user", "model"]
     assert a.story == b.story, "the first story uses story_seed, so a rebuilt book shows the same one"
     want, _ = reference(storyteller, a.session.segments[0].text, 25, temperature=0.8, top_p=0.95, seed=0)
@@ -238,16 +241,16 @@ def test_the_first_story_is_recorded_and_reproducible(storyteller):
     assert a.footer.startswith("storylib: the course's reference ·") and "11.3 M parameters" in a.footer
 
 
-def test_only_story_mode_for_now(storyteller):
+def test_an_unknown_mode_is_refused(storyteller):
     model, tok = storyteller
-    with pytest.raises(traitlets.TraitError, match="Chapter 14"):
-        StoryChat(prompt=None, model=model, tokenizer=tok, mode="chat")
-    with pytest.raises(ValueError, match="Chapter 14"):
-        StorySession(mode="chat")
+    with pytest.raises(traitlets.TraitError, match="mode must be one of"):
+        StoryChat(prompt=None, model=model, tokenizer=tok, mode="poem")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        StorySession(mode="poem")
 
 
 def test_session_cut_keeps_pieces_and_roles():
-    s = StorySession(model=object(), tokenizer=object())
+    s = StorySession(model=object(), tokenizer=object(), mode="story")
     s.add_user("Once upon")
     s.segments.append(type(s.segments[0])("model", [" a", " time", ","]))
     s.add_user("said Tom.")
@@ -273,3 +276,107 @@ def test_the_footer_names_a_workspace_storylib_as_yours(tmp_path, monkeypatch):
     assert describe_storylib() == "the course's reference"
     (tmp_path / "ws" / ".llm101n-workspace").write_text("{}")
     assert describe_storylib() == "yours, ~/ws/storylib"
+
+
+# ----------------------------------------------------------------------------- chat mode (Chapter 14)
+
+REQUESTS = ["Write a story about a cat named Tom who finds a key.", "Give it a happy ending.", "Call the cat Max."]
+
+
+def chat_reference(storyteller, messages: list[dict], n: int, **kw) -> str:
+    """The model's reply to `messages` through the chat template (no windowing), from storylib.kvcache."""
+    from storylib.chat_template import render_chat
+
+    model, tok = storyteller
+    ids, _ = render_chat(messages, tok, add_generation_prompt=True)
+    return "".join(kvcache.generate_stream(model, tok, ids, n, **kw))
+
+
+def test_chat_mode_answers_each_message_through_the_template(storyteller):
+    """The default mode: each Send is a user message, and the reply is the engine's reply to the whole conversation
+    through the chat template (earlier replies included), streamed piece by piece; Regenerate with words in the box
+    replaces your last message and answers it again."""
+    model, tok = storyteller
+    w = StoryChat(prompt=None, model=model, tokenizer=tok, temperature=0.0, max_tokens=21)
+    sent: list[dict] = []
+    w.send = lambda content, buffers=None: sent.append(content)
+    assert w.mode == "chat" and w.chat_unavailable == ""
+    messages: list[dict] = []
+    for text in REQUESTS[:2]:
+        w.handle({"type": "send", "text": text})
+        assert w.wait(60)
+        messages.append({"role": "user", "content": text})
+        want = chat_reference(storyteller, messages, 21, temperature=0.0)
+        assert model_parts(w)[-1] == want and pieces(sent, w.gen) == want, "the reply is the template's greedy one"
+        messages.append({"role": "assistant", "content": want})
+        assert w.session.messages() == messages and w.status == "done"
+    assert [s["role"] for s in w.story] == ["user", "model", "user", "model"]
+    assert "tokens/s" in w.stats["summary"]
+    w.handle({"type": "refine", "cut": None, "text": REQUESTS[2]})
+    assert w.wait(60)
+    messages[2:] = [{"role": "user", "content": REQUESTS[2]}]
+    want = chat_reference(storyteller, messages, 21, temperature=0.0)
+    assert w.session.messages() == [*messages, {"role": "assistant", "content": want}]
+
+
+def test_chat_mode_keeps_the_last_turns_that_fit(storyteller):
+    """A conversation longer than the context: the prompt is storylib.conversations.fit_conversation's window
+    (the oldest whole turns dropped), leaving max_tokens free for the reply."""
+    from storylib.chat_template import render_chat
+    from storylib.conversations import fit_conversation
+
+    model, tok = storyteller
+    w, _ = make_chat(storyteller, mode="chat", temperature=0.0, max_tokens=40)
+    story = "Tom the cat found a shiny key under a big green tree. He was very happy and ran home. " * 14  # 308 tokens
+    for text in REQUESTS[:2]:  # two long stories told before: too long for 512 tokens with the next request
+        w.session.add_user(text)
+        w.session.segments.append(type(w.session.segments[0])("model", [story]))
+    w.handle({"type": "send", "text": REQUESTS[2]})
+    assert w.wait(60) and w.status == "done", w.notice
+    messages = w.session.messages()[:-1]
+    window = fit_conversation(messages, tok, model.config.block_size, reserve=40)
+    assert len(window) < len(messages), "the oldest turn should have been dropped"
+    ids, _ = render_chat(window, tok, add_generation_prompt=True)
+    assert model_parts(w)[-1] == "".join(kvcache.generate_stream(model, tok, ids, 40, temperature=0.0))
+
+
+def test_switching_modes_starts_over(storyteller):
+    model, tok = storyteller
+    w, _ = make_chat(storyteller, mode="chat", temperature=0.0, max_tokens=8)
+    w.handle({"type": "send", "text": REQUESTS[0]})
+    w.wait(60)
+    w.mode = "story"
+    assert w.story == [] and w.session.mode == "story" and w.status == "idle"
+    w.handle({"type": "send", "text": PROMPT})
+    w.wait(60)
+    want, _ = reference(storyteller, PROMPT, 8, temperature=0.0)
+    assert model_parts(w) == [want], "story mode continues the text"
+
+
+def test_without_chapter_14_chat_mode_says_why_in_one_sentence(tmp_path, monkeypatch):
+    """A learner's lora.py with ch14.lora_merge still a stub: the chat model cannot load, so the widget says which
+    exercise in one sentence and continues stories (on the storyteller) instead; chat mode stays off."""
+    from grading.exercises import stub_text
+    from tests.chat_model import fake_chat_model
+
+    fake_chat_model(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)  # models/storyteller-chat is found here (storylib.sft.resolve_model_dir)
+    src = storylib.__path__[0] + "/lora.py"
+    stubbed = tmp_path / "storylib" / "lora.py"
+    stubbed.parent.mkdir()
+    stubbed.write_text(stub_text(open(src).read(), "storylib/lora.py", ["ch14.lora_merge"]))
+    spec = importlib.util.spec_from_file_location("storylib.lora", stubbed)
+    learner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learner)
+    monkeypatch.setitem(sys.modules, "storylib.lora", learner)
+    monkeypatch.setattr(storylib, "lora", learner, raising=False)
+
+    w = StoryChat(prompt=None, temperature=0.0, max_tokens=6)
+    assert w.mode == "story" and w.status == "idle", (w.mode, w.notice)
+    assert w.chat_unavailable == ("Chat mode needs Chapter 14: exercise ch14.lora_merge (storylib/lora.py) is not "
+                                  "written yet (`llm101n check ch14`); continuing stories instead."), w.chat_unavailable
+    assert "the storyteller" in w.footer
+    w.handle({"type": "send", "text": PROMPT})
+    assert w.wait(60) and w.status == "done" and len(model_parts(w)) == 1, w.notice
+    w.mode = "chat"
+    assert w.mode == "story" and w.notice == w.chat_unavailable, "chat mode stays off, saying why"

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from storylib import serve as S
+from storylib.chat_template import render_chat
 from storylib.checkpoint import default_storyteller
 from storylib.fastbpe import encode_ordinary
 from storylib.gpt2 import GPT, GPTConfig
@@ -425,8 +426,8 @@ def test_an_unfinished_workspace_gets_a_clear_error(tiny, tmp_path, monkeypatch)
 
 
 def test_story_chat_format_continues_the_conversation_as_one_text(tiny, tmp_path):
-    """chat_format "story" (the default: the shipped model never saw a chat template): a chat reply is the greedy
-    continuation of the conversation's words as one text, system messages left out; "template" differs."""
+    """chat_format "story" (for a model that never saw a chat template): a chat reply is the greedy continuation of
+    the conversation's words as one text, system messages left out; "template" differs."""
     model, tok = tiny
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"},
                 {"role": "assistant", "content": "there was a cat."}, {"role": "user", "content": " The cat"}]
@@ -434,7 +435,7 @@ def test_story_chat_format_continues_the_conversation_as_one_text(tiny, tmp_path
                                              *tok.encode_ordinary("Once upon a time there was a cat. The cat")]
     with pytest.raises(ValueError, match="no user or assistant text"):
         S.render_story([{"role": "system", "content": "x"}, {"role": "user", "content": " "}], tok)
-    with live(S.create_app(model, tok, db_path=tmp_path / "s.sqlite3")) as url:
+    with live(S.create_app(model, tok, db_path=tmp_path / "s.sqlite3", chat_format="story")) as url:
         body = {"messages": messages, "max_tokens": 8, "temperature": 0}
         chat = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
         plain = httpx.post(url + "/v1/completions", json={"prompt": "Once upon a time there was a cat. The cat",
@@ -444,3 +445,95 @@ def test_story_chat_format_continues_the_conversation_as_one_text(tiny, tmp_path
         assert only_system.status_code == 400
     with pytest.raises(ValueError, match="chat_format"):
         S.create_app(model, tok, db_path=tmp_path / "t.sqlite3", chat_format="jinja")
+
+
+def test_template_is_the_default_chat_format(tiny, tmp_path):
+    """The server's chat replies go through Chapter 11's chat template by default (the chat model's format): a
+    greedy reply equals storylib.kvcache's continuation of render_chat's generation prompt."""
+    model, tok = tiny
+    messages = [{"role": "user", "content": "Write a story about a cat named Tom who finds a key."}]
+    ids, _ = render_chat(messages, tok, add_generation_prompt=True)
+    want = "".join(generate_stream(model, tok, ids, 12, temperature=0.0))
+    with live(S.create_app(model, tok, db_path=tmp_path / "t.sqlite3")) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 12, "temperature": 0},
+                       timeout=60).json()
+    assert r["choices"][0]["message"]["content"] == want and r["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_truncation_auto_keeps_the_last_turns_that_fit(tiny, tmp_path):
+    """A conversation longer than the context: refused as is (400 context_length_exceeded); with truncation "auto"
+    (what the web app sends) the prompt is storylib.conversations.fit_conversation's window, leaving max_tokens
+    free; without max_tokens the reply may use the rest of the context."""
+    from storylib.conversations import fit_conversation
+
+    model, tok = tiny
+    story = "Tom the cat found a shiny key under a big green tree. He was very happy and ran home. " * 5
+    messages = [{"role": "user", "content": "Write a story about a cat named Tom."},
+                {"role": "assistant", "content": story}, {"role": "user", "content": "Give it a happy ending."},
+                {"role": "assistant", "content": story + "The end."}, {"role": "user", "content": "Call the cat Max."}]
+    window = fit_conversation(messages, tok, 256, reserve=40)
+    assert len(window) < len(messages)
+    ids, _ = render_chat(window, tok, add_generation_prompt=True)
+    short = user("Write a story about a cat named Tom.")
+    short_ids, _ = render_chat(short, tok, add_generation_prompt=True)
+    app = S.create_app(model, tok, db_path=tmp_path / "w.sqlite3")
+    app.state.engine.banned[list(app.state.engine.end_ids)] = True  # every reply runs to its length
+    with live(app) as url:
+        body = {"messages": messages, "max_tokens": 40, "temperature": 0}
+        refused = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+        r = httpx.post(url + "/v1/chat/completions", json={**body, "truncation": "auto"}, timeout=60).json()
+        assert r["usage"]["prompt_tokens"] == len(ids), "the prompt is the window"
+        asked = httpx.post(url + "/v1/chat/completions", json={**body, "messages": window}, timeout=60).json()
+        assert r["choices"][0]["message"] == asked["choices"][0]["message"], "the reply is the window's"
+        rest = 256 - len(short_ids)
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": short, "truncation": "auto", "temperature": 0},
+                       timeout=60).json()
+        asked = httpx.post(url + "/v1/chat/completions", json={"messages": short, "max_tokens": rest,
+                                                                "temperature": 0}, timeout=60).json()
+        assert r["choices"][0] == asked["choices"][0] and r["usage"]["completion_tokens"] == rest, (
+            "no max_tokens: the rest of the context")
+        bad = httpx.post(url + "/v1/chat/completions", json={"messages": messages, "truncation": "middle"})
+        assert bad.status_code == 400 and "truncation" in bad.json()["error"]["message"]
+        alone = httpx.post(url + "/v1/chat/completions", json={"messages": user("a cat " * 300), "truncation": "auto"})
+        assert alone.status_code == 400 and "context" in alone.json()["error"]["message"]
+
+
+def test_serve_runs_the_chat_model_with_the_template(tiny, tmp_path, monkeypatch):
+    """`llm101n serve` (and `make start`) load Chapter 14's chat model by default, with chat_format "template"."""
+    import argparse
+
+    import uvicorn
+
+    import storylib.sft
+
+    served = {}
+    monkeypatch.setattr(storylib.sft, "load_chat_model", lambda: tiny)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app))
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    args = vars(p.parse_args(["--db", str(tmp_path / "c.sqlite3")]))
+    assert args["chat_format"] == "template" and args["model_dir"] is None
+    assert S.serve(**args) == 0
+    assert served["app"].state.chat_format == "template" and served["app"].state.engine.model is tiny[0]
+
+
+def test_serve_without_chapter_14_serves_stories_and_says_why(tiny, tmp_path, monkeypatch, capsys):
+    """In a workspace whose Chapter 14 is unfinished the chat model cannot load: `llm101n serve` says which
+    exercise in one sentence and serves the storyteller with chat_format "story"."""
+    import uvicorn
+
+    import storylib.checkpoint
+    import storylib.sft
+
+    def unwritten():
+        raise NotImplementedError("ch14.lora_merge: W += sign * scale * B @ A — see book §14.4")
+
+    served = {}
+    monkeypatch.setattr(storylib.sft, "load_chat_model", unwritten)
+    monkeypatch.setattr(storylib.checkpoint, "default_storyteller", lambda: tiny)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app))
+    assert S.serve(db_path=str(tmp_path / "c.sqlite3")) == 0
+    assert served["app"].state.chat_format == "story" and served["app"].state.engine.model is tiny[0]
+    err = capsys.readouterr().err
+    assert "Chat mode needs Chapter 14: exercise ch14.lora_merge" in err and "continuing stories instead" in err, err

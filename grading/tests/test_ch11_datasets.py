@@ -498,7 +498,7 @@ def oracle_instruction(story: str, rng: random.Random) -> dict:
         use_char = rng.random() < 0.5
     else:
         use_char = c is not None
-    w = f'"{words[0]}", "{words[1]}" and "{words[2]}"' if words else ""
+    w = f"{words[0]}, {words[1]} and {words[2]}" if words else ""
     table = {(True, True): D.TEMPLATES_BOTH, (True, False): D.TEMPLATES_WORDS, (False, True): D.TEMPLATES_CHARACTER}
     text = rng.choice(table[use_words, use_char]).format(c=c, w=w) if (use_words or use_char) else D.TEMPLATE_PLAIN
     if feats["happy_ending"] and rng.random() < 0.5:

@@ -364,12 +364,13 @@ for the weights (Chapter 13, quantization) speeds decoding up almost in proporti
 The chat below runs on `generate_stream`: type the start of a story, and it streams the rest. **Continue** writes
 more, **Refine** regenerates from an edited prompt or from a point you click in the story, **Stop** stops it
 mid-sentence. In this static page it shows a conversation recorded when the book was built; run it live with
-`make start` (the same widget opens from `storyteller.ipynb` in JupyterLab).
+`make start` (the same widget opens from `storyteller.ipynb` in JupyterLab, where it starts in chat mode: Chapter 14
+teaches the storyteller to take requests).
 """)
 code("""
 from storylib.widgets import StoryChat
 
-StoryChat()
+StoryChat(mode="story")
 """)
 md("""
 ## Your code tells the story

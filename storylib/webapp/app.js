@@ -1,6 +1,8 @@
 // The storyteller's web app (Chapter 16): plain JavaScript, no build step, no network beyond this server.
 // Conversations live on the server (SQLite, /api/conversations); replies stream from /v1/chat/completions as
-// server-sent events. Stop aborts the request: the server sees the client leave and frees its batch row.
+// server-sent events, from the chat model through the chat template (Chapter 14): ask for a story, then for
+// changes. A long conversation is sent whole with truncation "auto": the server keeps the last turns that fit the
+// context. Stop aborts the request: the server sees the client leave and frees its batch row.
 "use strict";
 
 const MODEL = "storyteller";
@@ -135,7 +137,8 @@ function renderMessages() {
   if (!msgs.length) {
     const hint = document.createElement("p");
     hint.className = "empty";
-    hint.textContent = "Start a story: write its first words and press Send.";
+    hint.textContent = "Start a story: ask for one (“Write a story about a cat named Tom who finds a key.”), then " +
+      "for changes (“Give it a happy ending.”, “Call the cat Max.”).";
     box.append(hint);
   }
   $("title").textContent = state.conv ? state.conv.title : "Storyteller";
@@ -250,7 +253,7 @@ async function reply() {
     resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model: MODEL, messages: conv.messages, stream: true,
+        model: MODEL, messages: conv.messages, stream: true, truncation: "auto",
         temperature: parseFloat($("temperature").value),
       }),
     });

@@ -23,6 +23,7 @@ _WIDGETS = {
     "TokenViewer": "storylib.widgets.tokens",
     "LossMaskView": "storylib.widgets.datasets",
     "StoryChat": "storylib.widgets.chat",
+    "ReplyCompare": "storylib.widgets.compare",
 }
 
 __all__ = sorted(_WIDGETS)

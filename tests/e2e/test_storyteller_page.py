@@ -1,8 +1,9 @@
-"""The storyteller chat in a static page (no kernel): the recorded story shows, every control is disabled, a line
+"""The storyteller chat in a static page (no kernel): the recorded turns show, every control is disabled, a line
 says how to run it live, and the page raises no JavaScript error (the `page` fixture checks at teardown).
 
 Two pages: one written here the way the book embeds widgets (like tests/e2e/test_ch06_widget.py), whose story
-is known exactly, and the built book's book/storyteller.html (needs `make book`).
+is known exactly, and the built book's book/storyteller.html (needs `make book`), which shows the chat model's
+answers to a request and a change (storylib.storyteller.FIRST_TURNS["chat"]).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from .conftest import static_widget_site, wait_for_book_page
 
 
 def check_static_chat(page, story: list[dict] | None = None) -> None:
-    """The chat on `page` shows a recorded story (exactly `story` when given) and cannot be used."""
-    from storylib.storyteller import DEFAULT_PROMPT
+    """The chat on `page` shows a recorded story (exactly `story` when given; else the book's conversation) and
+    cannot be used."""
+    from storylib.storyteller import FIRST_TURNS
 
     chat = page.locator('[data-testid="story-chat"]')
     expect(chat).to_have_count(1)
@@ -25,12 +27,15 @@ def check_static_chat(page, story: list[dict] | None = None) -> None:
     expect(note).to_be_visible()
     expect(note).to_contain_text("Live in JupyterLab: run make start")
     for testid in ("chat-send", "chat-continue", "chat-stop", "chat-refine", "chat-new", "chat-prompt",
-                   "chat-temperature", "chat-max_tokens", "chat-top_k", "chat-top_p", "chat-seed"):
+                   "chat-temperature", "chat-max_tokens", "chat-top_k", "chat-top_p", "chat-seed", "chat-mode"):
         expect(chat.locator(f'[data-testid="{testid}"]')).to_be_disabled()
     user = chat.locator('[data-testid="chat-user"]').all_text_contents()
     told = chat.locator('[data-testid="chat-model"]').all_text_contents()
-    if story is None:
-        assert user == [DEFAULT_PROMPT] and len(told) == 1 and len(told[0]) > 50, (user, told)
+    if story is None:  # the book: the chat model asked for a story, then for a change (chat mode, the default)
+        expect(chat).to_have_attribute("data-mode", "chat")
+        assert user == list(FIRST_TURNS["chat"]), (
+            f"the book should show the chat model's conversation (is models/storyteller-chat there?): {user}")
+        assert len(told) == 2 and all(len(t) > 50 for t in told), told
     else:
         assert user == ["".join(s["pieces"]) for s in story if s["role"] == "user"]
         assert told == ["".join(s["pieces"]) for s in story if s["role"] == "model"]

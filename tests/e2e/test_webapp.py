@@ -1,9 +1,12 @@
 """The storyteller's web app (Chapter 16) in Debian's Chromium: send, watch the reply stream, reload and find the
 conversation, stop a reply midway, edit-and-resend, regenerate, copy, temperature, and a clear error for a refused
-request. The server is the real one (FastAPI + uvicorn, the shipped storyteller, SQLite under tmp_path) on
-127.0.0.1; the `page` fixture fails the test if the page makes a request elsewhere or logs a JavaScript error.
+request; and the issue's conversation with the chat model (Chapter 14): a story asked for, given a happy ending,
+its cat renamed, each reply checked by storylib.conversations' rules. The server is the real one (FastAPI +
+uvicorn, the shipped chat model with the chat template, SQLite under tmp_path) on 127.0.0.1; the `page` fixture
+fails the test if the page makes a request elsewhere or logs a JavaScript error.
 
-The screenshot is written to tmp_path; with LLM101N_UPDATE_SCREENSHOTS=1 also to docs/screenshots/webapp.png.
+Screenshots are written to tmp_path; with LLM101N_UPDATE_SCREENSHOTS=1 the conversation's also to
+docs/screenshots/webapp.png.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import pytest
 from playwright.sync_api import expect
 
 from storylib import serve as S
-from storylib.checkpoint import default_storyteller
 from storylib.service import serve_in_thread
+from tests.chat_model import SCENARIO, check_turn, require_chat_model
 from tests.reply_gate import ReplyGate
 
 from .conftest import page_log, screenshot_path
@@ -25,7 +28,7 @@ from .conftest import page_log, screenshot_path
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
-    model, tok = default_storyteller()
+    model, tok = require_chat_model()  # what `llm101n serve` runs
     app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("webapp") / "conversations.sqlite3")
     engine = app.state.engine
     engine.banned[list(engine.end_ids)] = True  # replies run to their length: long enough to stop midway
@@ -47,7 +50,7 @@ def send(page, text: str) -> None:
     page.get_by_test_id("send").click()
 
 
-def wait_done(page, timeout: int = 60_000) -> None:
+def wait_done(page, timeout: int = 300_000) -> None:  # a reply of up to 256 tokens on a busy machine
     expect(page.get_by_test_id("send")).to_be_visible(timeout=timeout)
 
 
@@ -99,7 +102,7 @@ def test_chat_streams_persists_and_stops(page, app_server, reply_gate, tmp_path)
     expect(page.get_by_test_id("assistant-message")).to_have_count(2)
     expect(page.get_by_test_id("assistant-message").last.locator(".text")).to_have_text(stopped)
 
-    page.screenshot(path=str(screenshot_path("webapp.png", tmp_path)))
+    page.screenshot(path=str(tmp_path / "webapp_stop.png"))  # the README's picture is the conversation (below)
 
 
 def test_edit_regenerate_copy_and_errors(page, app_server):
@@ -139,3 +142,42 @@ def test_edit_regenerate_copy_and_errors(page, app_server):
     refused = [e for e in log.console_errors if "status of 400" in e]
     assert len(refused) == 1, log.console_errors
     log.console_errors.remove(refused[0])
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """The server as `llm101n serve` runs it: the chat model, chat_format "template", replies end at <|end|>."""
+    model, tok = require_chat_model()
+    app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("webapp_chat") / "conversations.sqlite3")
+    assert app.state.chat_format == "template"
+    with serve_in_thread(app) as url:
+        yield url
+
+
+@pytest.mark.timeout(900)  # three stories of up to ~300 tokens on a busy CPU
+def test_create_refine_rename(page, chat_server, tmp_path):
+    """The issue's conversation, greedy (temperature 0: the same replies on every machine): each reply does what
+    its message asks (storylib.conversations.check_reply), the whole conversation goes to the server each time
+    with truncation "auto", and it is saved."""
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions")
+            else None)
+    page.goto(chat_server + "/")
+    page.get_by_test_id("temperature").fill("0")
+    previous = None
+    for turn, (request, spec) in enumerate(SCENARIO):
+        send(page, request)
+        replies = page.get_by_test_id("assistant-message")
+        expect(replies).to_have_count(turn + 1, timeout=120_000)
+        wait_done(page, timeout=600_000)
+        reply = replies.last.locator(".text").inner_text()
+        check_turn(turn, spec, reply, previous)
+        previous = reply
+    assert [len(b["messages"]) for b in bodies] == [1, 3, 5], "each request carries the whole conversation"
+    assert all(b["truncation"] == "auto" and b["temperature"] == 0 for b in bodies), bodies
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    page.get_by_test_id("messages").evaluate("m => { m.scrollTop = 0; }")
+    page.screenshot(path=str(screenshot_path("webapp.png", tmp_path)))
+    page.reload()
+    expect(page.get_by_test_id("assistant-message")).to_have_count(3)
+    expect(page.get_by_test_id("assistant-message").last.locator(".text")).to_have_text(previous)

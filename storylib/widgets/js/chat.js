@@ -4,24 +4,41 @@
 const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
 let helloCount = 0;
 const STATUS_TEXT = { idle: "", generating: "telling…", done: "", stopped: "stopped", error: "" };
+// what changes with the mode: chat (instructions to the chat model) or story (the storyteller goes on)
+const MODE_TEXT = {
+  chat: { placeholder: "Write a story about a cat named Tom who finds a key.  (Enter sends, Shift+Enter: new line)",
+          empty: "Ask for a story (“Write a story about a cat named Tom who finds a key.”), then for changes " +
+                 "(“Give it a happy ending.”, “Call the cat Max.”).",
+          refine: "Regenerate", fresh: "New chat", recorded: "a conversation recorded when the book was built",
+          failed: "could not answer: see the note above" },
+  story: { placeholder: "Once upon a time, …  (Enter sends, Shift+Enter: new line)",
+           empty: "Your story will appear here. Type its first words.",
+           refine: "Refine", fresh: "New story", recorded: "a story recorded when the book was built",
+           failed: "could not tell the story: see the note above" },
+};
 
 function render({ model, el: host }) {
   const root = el("div", { class: "sc", "data-testid": "story-chat", "data-kernel": "false" }, host);
+  const modeRow = el("div", { class: "sc-row sc-mode-row" }, root);
+  const modeSelect = el("select", { class: "sc-mode", "data-testid": "chat-mode", "aria-label": "mode" }, modeRow);
+  const chatOption = el("option", { value: "chat" }, modeSelect, "Chat: ask for a story, then for changes");
+  el("option", { value: "story" }, modeSelect, "Continue a story");
+  const unavailable = el("span", { class: "sc-unavailable", "data-testid": "chat-unavailable" }, modeRow);
   const view = el("div", { class: "sc-story", "data-testid": "chat-story", "aria-live": "polite" }, root);
 
   const promptRow = el("div", { class: "sc-row" }, root);
-  const box = el("textarea", { class: "sc-box", rows: "2", "data-testid": "chat-prompt", "aria-label": "your words",
-                               placeholder: "Once upon a time, …  (Enter sends, Shift+Enter: new line)" }, promptRow);
+  const box = el("textarea", { class: "sc-box", rows: "2", "data-testid": "chat-prompt", "aria-label": "your words" },
+                 promptRow);
   const send = el("button", { type: "button", class: "sc-send", "data-testid": "chat-send",
-                              title: "add your words to the story; the storyteller goes on" }, promptRow, "Send");
+                              title: "send your words; the storyteller answers (or goes on)" }, promptRow, "Send");
   const buttons = el("div", { class: "sc-row" }, root);
   const button = (id, label, title) =>
     el("button", { type: "button", "data-testid": `chat-${id}`, title }, buttons, label);
-  const cont = button("continue", "Continue", "more of the story, from its end");
-  const stop = button("stop", "Stop", "stop the story being told");
+  const cont = button("continue", "Continue", "more of the story or reply, from its end");
+  const stop = button("stop", "Stop", "stop the turn being told");
   const refine = button("refine", "Refine", "tell the model's last part again (with your edited words from the box, " +
-                        "if any); click a word of the story first to go on from there instead");
-  const fresh = button("new", "New story", "clear the story");
+                        "if any, in place of yours); click a word first to go on from there instead");
+  const fresh = button("new", "New story", "clear everything");
 
   const controls = el("div", { class: "sc-controls" }, root);
   const inputs = [];
@@ -62,7 +79,8 @@ function render({ model, el: host }) {
   const staticNote = el("div", { class: "sc-static", "data-testid": "chat-static-note" }, root);
   staticNote.append("Live in JupyterLab: run ");
   el("code", {}, staticNote, "make start");
-  staticNote.append(" and open this notebook. Here: a story recorded when the book was built.");
+  staticNote.append(" and open this notebook. Here: ");
+  const recorded = el("span", {}, staticNote);
   const footer = el("div", { class: "sc-footer", "data-testid": "chat-footer" }, root);
 
   let kernel = false;  // true once the kernel answered this page's hello
@@ -78,11 +96,16 @@ function render({ model, el: host }) {
   function drawStory() {
     view.replaceChildren();
     live = null;
-    const story = model.get("story");
-    let offset = 0;
+    const story = model.get("story"), chat = model.get("mode") === "chat";
+    let offset = 0, bubble = null;
     story.forEach((seg, i) => {
+      // chat: one bubble per message (parts of one role in a row, e.g. a reply continued, are one message)
+      if (chat && (!bubble || bubble.dataset.role !== seg.role)) {
+        bubble = el("div", { class: `sc-bubble sc-bubble-${seg.role}`, "data-role": seg.role,
+                             "data-testid": `chat-message-${seg.role}` }, view);
+      }
       const s = el("span", { class: `sc-seg sc-${seg.role}`, "data-role": seg.role, "data-testid": `chat-${seg.role}` },
-                   view);
+                   chat ? bubble : view);
       for (const p of seg.pieces) {
         // your words are clickable word by word; the model's piece by piece (as they streamed in)
         const parts = seg.role === "user" ? p.match(/\s*\S+\s*|\s+/g) || [] : [p];
@@ -92,18 +115,30 @@ function render({ model, el: host }) {
         live = { seg: s, offset };
       }
     });
-    if (!story.length) el("span", { class: "sc-empty" }, view, "Your story will appear here. Type its first words.");
+    if (!story.length) el("span", { class: "sc-empty" }, view, MODE_TEXT[chat ? "chat" : "story"].empty);
     const notice = model.get("notice");
     if (notice) el("div", { class: "sc-notice", "data-testid": "chat-notice" }, view, notice);
     view.dataset.length = String(offset);
   }
 
   function drawState() {
-    const st = model.get("status"), busy = st === "generating";
+    const st = model.get("status"), busy = st === "generating", mode = model.get("mode");
+    const text = MODE_TEXT[mode] || MODE_TEXT.story, why = model.get("chat_unavailable");
     root.dataset.kernel = String(kernel);
     root.dataset.status = st;
+    root.dataset.mode = mode;
     root.classList.toggle("sc-live", kernel);
+    root.classList.toggle("sc-chat", mode === "chat");
     staticNote.style.display = kernel ? "none" : "";
+    recorded.textContent = text.recorded + ".";
+    modeSelect.value = mode;
+    modeSelect.disabled = !kernel || busy;
+    chatOption.disabled = Boolean(why);
+    unavailable.textContent = why;
+    unavailable.style.display = why ? "" : "none";
+    box.placeholder = text.placeholder;
+    refine.textContent = text.refine;
+    fresh.textContent = text.fresh;
     for (const b of [send, cont, refine]) b.disabled = !kernel || busy;
     fresh.disabled = !kernel;
     stop.disabled = !kernel || !busy;
@@ -112,7 +147,7 @@ function render({ model, el: host }) {
     const stats = model.get("stats");
     let line = STATUS_TEXT[st] || "";
     if ((st === "done" || st === "stopped") && stats && stats.summary) line = stats.summary;
-    if (st === "error") line = "could not tell the story: see the note above";
+    if (st === "error") line = text.failed;
     if (kernel && cut !== null && !busy) {
       line = "✂ Refine goes on from the marked word (your words in the box first); click it again to cancel";
     }
@@ -131,6 +166,11 @@ function render({ model, el: host }) {
     if (e.key === "Enter" && !e.shiftKey && !send.disabled) { e.preventDefault(); send.click(); }
   });
   cont.addEventListener("click", () => post("continue"));
+  modeSelect.addEventListener("change", () => {
+    cut = null;
+    model.set("mode", modeSelect.value);
+    model.save_changes();
+  });
   stop.addEventListener("click", () => post("stop"));
   fresh.addEventListener("click", () => { cut = null; post("new"); });
   refine.addEventListener("click", () => {
@@ -160,7 +200,8 @@ function render({ model, el: host }) {
   });
   model.on("change:story", () => { cut = null; drawStory(); drawState(); });
   model.on("change:notice", drawStory);
-  for (const t of ["status", "stats", "footer"]) model.on(`change:${t}`, drawState);
+  model.on("change:mode", () => { cut = null; drawStory(); drawState(); });
+  for (const t of ["status", "stats", "footer", "chat_unavailable"]) model.on(`change:${t}`, drawState);
   drawStory();
   drawState();
   post("hello", { nonce: `${SESSION}:${++helloCount}` });  // a static page has no kernel: no answer comes
