@@ -77,7 +77,7 @@ def main() -> int:
     from storylib.conversations import build_conversations, conversation_stats, split_conversations
     from storylib.data import load_stories
     from storylib.lora import count_parameters, read_adapter
-    from storylib.train import load_config, train
+    from storylib.train import load_config, resolve_course_path, train
 
     out = Path(os.environ.get("OUT") or "_build/sft_bench")
     work = Path(os.environ.get("WORK") or "/tmp/sft_runs")
@@ -112,7 +112,7 @@ def main() -> int:
         (out / "sft_h100.json").write_text(json.dumps(results, indent=1))
         print(f"[{time.time() - t0:.0f}s] {name}: {json.dumps(ev['metrics'])}", flush=True)
 
-    base, tok = load_model(sft.resolve_model_dir(base_dir), device=device)
+    base, tok = load_model(resolve_course_path(base_dir), device=device)
     t = time.time()
     ev = sft.evaluate_base(base, tok, heldout, plain_stories=valid, **eval_kw)
     record("base", ev, {"trainable_params": 0, "total_params": count_parameters(base)[1],

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from storylib.chat_template import render_chat
 from storylib.fastbpe import encode_ordinary
 from storylib.tokenizer import EOT_TOKEN, RegexTokenizer
+from storylib.train import resolve_course_path
 
 if TYPE_CHECKING:
     from storylib.gpt2 import GPT
@@ -263,19 +264,6 @@ def chat_data(cfg: TrainConfig, tok: RegexTokenizer, quiet: bool = False) -> tup
 # ----------------------------------------------------------------------------- init_from and LoRA
 
 
-def resolve_model_dir(name: str) -> Path:
-    """A model folder: as given, else a course file (models/storyteller from a workspace)."""
-    path = Path(name).expanduser()
-    if path.exists() or path.is_absolute():
-        return path
-    from storylib.data import course_file
-
-    try:
-        return course_file(name)
-    except FileNotFoundError:
-        return path
-
-
 def adopt_base(cfg: TrainConfig) -> TrainConfig:
     """cfg with the architecture (n_layer, n_head, n_embd, block_size, bias, vocab_size) and the tokenizer of
     its init_from model folder, as nanoGPT's init_from does; dropout and everything else stay the config's.
@@ -283,7 +271,7 @@ def adopt_base(cfg: TrainConfig) -> TrainConfig:
     from storylib.checkpoint import CheckpointError, read_checkpoint
     from storylib.train import ConfigError
 
-    path = resolve_model_dir(cfg.init_from)
+    path = resolve_course_path(cfg.init_from)
     try:
         model = read_checkpoint(path).config["model"]
     except CheckpointError as e:
@@ -324,7 +312,7 @@ def init_model(cfg: TrainConfig, model: GPT, tok: RegexTokenizer, quiet: bool = 
     from storylib.train import say
 
     device = next(model.parameters()).device
-    load_weights(model, read_checkpoint(resolve_model_dir(cfg.init_from)))
+    load_weights(model, read_checkpoint(resolve_course_path(cfg.init_from)))
     if cfg.lora_rank:
         names = inject_lora(model, targets=lora_targets(cfg), r=cfg.lora_rank, alpha=cfg.lora_alpha)  # and freezes
         train_rows_only(model.transformer.wte, chat_token_rows(tok))
@@ -362,7 +350,7 @@ def save_lora_checkpoint(run: Run, name: str, trainer: dict[str, Any]) -> Path:
 
     path = save_checkpoint(run.out_dir / name, plain_copy(run.model), run.cfg, run.tok, run.tok_id, trainer)
     adapter = save_adapter(run.model, path / "adapter", adapter_config(run.cfg),
-                           base_dir=resolve_model_dir(run.cfg.init_from))
+                           base_dir=resolve_course_path(run.cfg.init_from))
     save_token_rows(run.model, chat_token_rows(run.tok), adapter)
     return path
 
@@ -592,7 +580,7 @@ def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | 
     from storylib.checkpoint import CheckpointError, load_model
     from storylib.lora import load_adapter, read_adapter, remove_lora
 
-    path = resolve_model_dir(str(path))
+    path = resolve_course_path(str(path))
     if (path / "adapter_config.json").exists():
         doc, _ = read_adapter(path)
         base_name = doc.get("config", {}).get("base_model") or doc["base"].get("path")
@@ -601,7 +589,7 @@ def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | 
         base = Path(base_name)
         if not base.is_absolute() and not base.exists():
             beside = path.parent.parent / base_name  # models/storyteller-chat names models/storyteller
-            base = beside if beside.exists() else resolve_model_dir(base_name)
+            base = beside if beside.exists() else resolve_course_path(base_name)
         model, tok = load_model(base)
         load_adapter(model, path, base_dir=base)
         load_token_rows(model, path)
@@ -646,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = {}
     try:
         if args.base:
-            model, tok = load_model(resolve_model_dir(args.base), device=args.device)
+            model, tok = load_model(resolve_course_path(args.base), device=args.device)
             runs["base"] = evaluate_base(model, tok, heldout)
         for name in args.models:
             model, tok = load_chat_model(name, device=args.device)

@@ -265,8 +265,9 @@ def byte_tokenizer() -> RegexTokenizer:
     return RegexTokenizer(merges={}, special_tokens={EOT_TOKEN: 256})
 
 
-def resolve_tokenizer_path(name: str) -> Path:
-    """A tokenizer file: as given (relative to the working folder), else a course file (models/...)."""
+def resolve_course_path(name: str) -> Path:
+    """A file or folder (a tokenizer, a model): as given (relative to the working folder), else the course's
+    (models/... from a learner's workspace)."""
     path = Path(name).expanduser()
     if path.exists() or path.is_absolute():
         return path
@@ -287,7 +288,7 @@ def load_tokenizer(name: str) -> tuple[RegexTokenizer, dict[str, Any]]:
     if name == "bytes":
         tok = byte_tokenizer()
     else:
-        path = resolve_tokenizer_path(name)
+        path = resolve_course_path(name)
         if not path.exists():
             raise ConfigError(f"tokenizer {path} not found (tokenizer = {name!r} in the config)")
         try:

@@ -360,7 +360,7 @@ def test_without_chapter_14_chat_mode_says_why_in_one_sentence(tmp_path, monkeyp
     from tests.chat_model import fake_chat_model
 
     fake_chat_model(tmp_path / "models")
-    monkeypatch.chdir(tmp_path)  # models/storyteller-chat is found here (storylib.sft.resolve_model_dir)
+    monkeypatch.chdir(tmp_path)  # models/storyteller-chat is found here (storylib.train.resolve_course_path)
     src = storylib.__path__[0] + "/lora.py"
     stubbed = tmp_path / "storylib" / "lora.py"
     stubbed.parent.mkdir()
