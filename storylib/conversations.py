@@ -115,9 +115,9 @@ TITLE_REQUESTS = ("Give this story a title.", "What would be a good title for th
                   "Can you think of a title for the story?", "Please write a short title for it.")
 SHORTEN_REQUESTS = ("Make the story shorter: tell it in {n} sentences.", "Can you shorten it to {n} sentences?",
                     "That is too long. Please use only {n} sentences.", "Tell the same story in just {n} sentences.")
-CHANGE_WORD_REQUESTS = ('Change the word "{old}" to "{new}" everywhere.', 'Can you use "{new}" instead of "{old}"?',
-                        'Please replace every "{old}" with "{new}".',
-                        'Tell it again with the word "{new}" in place of "{old}".')
+# words are not quoted: '"truck"' is tokenized as ' "', 'tr', 'uck', '"', unlike the ' truck' the story needs
+CHANGE_WORD_REQUESTS = ("Change the word {old} to {new} everywhere.", "Can you use the word {new} instead of {old}?",
+                        "Please replace every {old} with a {new}.", "Tell it again with a {new} in place of the {old}.")
 MORAL_REQUESTS = ("Add a moral to the story.", "What is the lesson of this story? Add it at the end.",
                   "Can you end the story with a moral?", "Please add a line with the moral of the story.")
 

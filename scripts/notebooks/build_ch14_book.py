@@ -623,9 +623,11 @@ In quotes, `"key"` is the tokens `' "'`, `'key'`, `'"'`, and `"shiny"` falls apa
 the same words are the single tokens `' key'` and `' shiny'`, with their leading space. To use a requested word, the
 model would have to learn that `'sh'` `'iny'` after a quote *means* the token `' shiny'` — for thousands of words,
 from a few thousand examples. A rename has no such problem: in "Call the cat Max." the token `' Max'` is exactly the
-token the story needs, and copying a token from the context is what attention does best. So the requests now write
-the words plainly (`storylib.datasets`, Chapter 11: "the words key, shiny and hug"), and the table above is the
-record of a run made before that fix. Tokenization is never just plumbing.
+token the story needs, and copying a token from the context is what attention does best. The table agrees: renames
+(names unquoted) succeed most of the time, while `change_word_ok`, whose requests quoted both words ('Change the
+word "box" to "truck"'), is zero for every model. So the requests now write words plainly (`storylib.datasets`,
+Chapter 11: "the words key, shiny and hug"; `storylib.conversations`: "Change the word box to truck"), and the
+table above is the record of a run made before that fix. Tokenization is never just plumbing.
 """)
 code("""
 lora_names = [n for n in ("lora4", "lora16", "full") if n in runs]
