@@ -40,22 +40,22 @@ def require_chat_model():
     return load_chat_model(CHAT_MODEL)
 
 
-# The rules the shipped adapter is known to break on this conversation, greedy (its model card has the rates over
-# 500 held-out conversations): it leaves the key out, and it does not rename the cat. The test asserts exactly these
-# failures, so a chat model that does better fails it too, and this table must then shrink with it.
-KNOWN_MISSES = ({"all_words"}, {"all_words"}, {"renamed", "old_gone", "rename_done"})
+# The rules the shipped adapter may break on this conversation, greedy (its model card has the rates over 500
+# held-out conversations). Its story has the cat and the key, and a happy ending when asked; its rename brings Max
+# in but may leave a "Tom" behind (whether it does depends on the last bits of CPU arithmetic: the web app and the
+# lab's widget have been seen to differ). Every other rule must hold.
+ALLOWED_MISSES = (set(), set(), {"old_gone", "rename_done"})
 
 
 def check_turn(turn: int, spec: dict, reply: str, previous: str | None) -> None:
-    """Assert that `reply` does what its request asked (storylib.conversations.check_reply), except exactly the
-    rules the shipped chat model is known to break (KNOWN_MISSES[turn])."""
+    """Assert that `reply` does what its request asked (storylib.conversations.check_reply), but for the rules
+    the shipped chat model may break (ALLOWED_MISSES[turn])."""
     from storylib.conversations import check_reply
 
     result = check_reply(spec, reply, previous)
     failed = {k for k, v in result.items() if v is False and k != "ok"}
-    assert failed == KNOWN_MISSES[turn], (
-        f"turn {turn}: the reply breaks {sorted(failed)} of what {spec} asks; the shipped chat model is known to "
-        f"break {sorted(KNOWN_MISSES[turn])}:\n{reply}")
+    assert failed <= ALLOWED_MISSES[turn], (
+        f"turn {turn}: the reply breaks {sorted(failed - ALLOWED_MISSES[turn])} of what {spec} asks:\n{reply}")
 
 
 def fake_chat_model(models: Path) -> Path:

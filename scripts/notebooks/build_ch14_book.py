@@ -609,25 +609,53 @@ for n in ("lora4", "lora16", "full"):
     print(f"  {n:<7} " + " | ".join(f"{k}: {'yes' if ok else 'not yet'}" for k, ok in met.items()))
 """)
 md("""
-Every run keeps (or nearly keeps) its stories, and the renames, titles and continuations work most of the time. But
-look at the first row: **no model uses the words it is asked for**, not even after SFT — the chat models do no
-better than the base model, which never saw the request. A rule that fails this completely usually points at the
-data, not the model. Here is how the requests of that run wrote the words, and what the model actually read:
+Look at the first row: **the chat models rarely use all the words they are asked for**, and they use only a few
+more of them than the base model, which never saw the request. Renames, titles and continuations work most of the
+time. A rule that fails this badly usually points at the data, and here the data had a real bug once. The first
+version of the requests wrote the words in quotes. Here is what the model reads in each case:
 """)
 code("""
 for text in ['the words "key", "shiny" and "hug".', "the words key, shiny and hug.", "Tom found a shiny key."]:
     print(f"{text!r:<40} ->", [tok.decode([i]) for i in tok.encode_ordinary(text)])
 """)
 md("""
-In quotes, `"key"` is the tokens `' "'`, `'key'`, `'"'`, and `"shiny"` falls apart into `'sh'`, `'iny'`; in a story
-the same words are the single tokens `' key'` and `' shiny'`, with their leading space. To use a requested word, the
-model would have to learn that `'sh'` `'iny'` after a quote *means* the token `' shiny'` — for thousands of words,
-from a few thousand examples. A rename has no such problem: in "Call the cat Max." the token `' Max'` is exactly the
-token the story needs, and copying a token from the context is what attention does best. The table agrees: renames
-(names unquoted) succeed most of the time, while `change_word_ok`, whose requests quoted both words ('Change the
-word "box" to "truck"'), is zero for every model. So the requests now write words plainly (`storylib.datasets`,
-Chapter 11: "the words key, shiny and hug"; `storylib.conversations`: "Change the word box to truck"), and the
-table above is the record of a run made before that fix. Tokenization is never just plumbing.
+In quotes, `"key"` is the tokens `' "'`, `'key'`, `'"'`, and `"shiny"` falls apart into `'sh'`, `'iny'`. In a story
+the same words are the single tokens `' key'` and `' shiny'`, with their leading space. To use a quoted word, the
+model would have to learn that `'sh'` `'iny'` after a quote *means* the token `' shiny'`, for thousands of words,
+from a few thousand examples. A rename never had this problem: in "Call the cat Max." the token `' Max'` is exactly
+the token the story needs, and copying a token from the context is what attention does best. The models trained on
+quoted words used all of them almost never, so the requests now write words plainly (`storylib.datasets`, Chapter
+11: "the words key, shiny and hug"; `storylib.conversations`: "Change the word box to truck"). Tokenization is never
+just plumbing.
+
+The table above was trained on the plain requests, and the words still do not come. So there is a second cause.
+Renames work and words do not, though both ask for a token copied from the request. The difference is what the
+model can get away with. The base model read each of its training stories many times; when a training request is
+made from one of those stories, the model can recognise the story and *recall* it, words included, without reading
+the request closely. A name is different: it changes from conversation to conversation (the varied copies rename
+every character), so recall cannot supply it, and the model learns to copy it. The held-out stories are new, and
+there recall fails.
+
+If that is right, asking for words that recall cannot supply should help. The varied copies swap some nouns for
+others ("ball" becomes "kite"), so a second run asked those copies for their swapped-in words first, with one more
+varied copy per story and 2,000 steps instead of 1,200:
+""")
+code("""
+second = json.loads(course_file("bench/results/sft_h100_prefer_words.json").read_text())
+keys = ["create_all_words", "create_word_recall", "rename_done", "change_word_ok", "plain_val_bpb"]
+print(f"{'run':<27}" + "".join(f"{k:>20}" for k in keys))
+for label, b in [("shipped table", bench), ("swapped words first", second)]:
+    for n in ("lora4", "full"):
+        m = b["runs"][n]["metrics"]
+        print(f"{label + ' ' + n:<27}" + "".join(f"{m[k]:>20.3f}" for k in keys))
+""")
+md("""
+A little, and not nearly enough: a few more words (and, for the full finetune, more changed words), at the cost of
+some renames and of more of the stories it knew. This is where the chat storyteller stands: with a few thousand
+stories, a model this small learns the *form* of a conversation and the edits it can make by copying, but not yet
+to write a new story around words it is given. Two levers would move it: more stories (the full TinyStories has
+about two million) and a training signal that rewards the rule itself rather than one gold story. The second is
+where the next chapter begins.
 """)
 code("""
 lora_names = [n for n in ("lora4", "lora16", "full") if n in runs]
@@ -735,5 +763,8 @@ md("""
 - LoRA learns $\\Delta W = \\frac{\\alpha}{r} BA$ with $B = 0$ at the start: $r(d_\\text{in} + d_\\text{out})$
   parameters per matrix instead of $d_\\text{in} d_\\text{out}$, mergeable into $W$ for free inference.
 - SFT is the pretraining loop with another data source, a mask and a starting point: the Chapter 7 trainer runs it.
+- When a rule fails, look at the data first: how the request is tokenized, and whether the model could pass
+  training by recalling instead of reading. A small model with a few thousand stories learns the edits it can make
+  by copying long before it learns to write a story around words it is given.
 """)
 print("wrote", write_notebook(nb, Path("book") / "ch14_sft.ipynb"))
