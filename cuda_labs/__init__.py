@@ -11,5 +11,7 @@ One file per kernel family, versions numbered, each with a NumPy/PyTorch referen
     lab07_adamw      fused AdamW update
 
 Import `cuda` from `cuda_labs._compat`, never from numba directly: it picks the CUDA simulator when this
-machine has no GPU and patches the two things that keep numba-cuda from working here.
+machine has no GPU and patches the two things that keep numba-cuda from working here. `cuda_labs._trace` runs a
+kernel on the simulator with a log of which thread read or wrote which address: the tests grade access
+patterns with it.
 """

@@ -81,7 +81,10 @@ def _shared_array(self, shape, dtype, alignment=None):
     return self._allocations[caller]
 
 
-if SIMULATOR:
+def patch_simulator() -> None:
+    """Fill the simulator's gaps (3 and 4 above). Done at import in the simulator; cuda_labs._trace calls it on a
+    GPU machine too, where it still runs kernels on the simulator to log their accesses."""
+    global _sim, _sim_shared_array
     from numba.cuda.simulator import kernelapi as _sim
 
     if _sim.FakeCUDAShared.array.__name__ != "_shared_array":  # once, even where this file is loaded twice
@@ -93,7 +96,11 @@ if SIMULATOR:
         _sim.FakeCUDAModule.shfl_xor_sync = lambda self, mask, v, lane_mask: _shuffle(v, lambda lane: lane ^ lane_mask)
         _sim.FakeCUDAModule.shfl_sync = lambda self, mask, v, src_lane: _shuffle(v, lambda lane: src_lane)
 
-__all__ = ["cuda", "SIMULATOR", "WARP", "device_name"]
+
+if SIMULATOR:
+    patch_simulator()
+
+__all__ = ["cuda", "SIMULATOR", "WARP", "device_name", "patch_simulator"]
 
 if __name__ == "__main__":  # what the grader asks (with NUMBA_ENABLE_CUDASIM=0): the GPU numba can use, if any
     print(device_name() if SIMULATOR or cuda.is_available() else "")

@@ -53,7 +53,7 @@ def axpb_kernel(x, a, b, out):
     x, out: 1-D float32 device arrays of the same length n; a, b: floats. Launched with at least n threads;
     threads with i >= n must not touch memory.
     """
-    ### BEGIN SOLUTION lab01.map (§8.6, 1 pt): i = cuda.grid(1); guard i < x.shape[0]; out[i] = a * x[i] + b
+    ### BEGIN SOLUTION lab01.map (§8.6, 1 pt): one thread per element; the grid is rounded up to whole blocks
     i = cuda.grid(1)
     if i < x.shape[0]:
         out[i] = a * x[i] + b
@@ -63,7 +63,7 @@ def axpb_kernel(x, a, b, out):
 @cuda.jit
 def add_kernel(x, y, out):
     """Zip: out[i] = x[i] + y[i], one thread per element, guarded.  (exercise lab01.zip)"""
-    ### BEGIN SOLUTION lab01.zip (§8.6, 1 pt): like map, with two inputs read at the same index
+    ### BEGIN SOLUTION lab01.zip (§8.6, 1 pt): the map, with two inputs
     i = cuda.grid(1)
     if i < out.shape[0]:
         out[i] = x[i] + y[i]
@@ -78,7 +78,7 @@ def add_bias_kernel(X, bias, out):
     then read consecutive addresses of a row (row-major storage), which the memory system coalesces.
     Both coordinates need a guard.
     """
-    ### BEGIN SOLUTION lab01.grid2d (§8.6, 2 pts): c, r = cuda.grid(2) (x is the fast, column index); guard both
+    ### BEGIN SOLUTION lab01.grid2d (§8.6, 2 pts): which coordinate differs along a warp? which way does a row run?
     c, r = cuda.grid(2)
     if r < X.shape[0] and c < X.shape[1]:
         out[r, c] = X[r, c] + bias[c]
@@ -92,7 +92,7 @@ def gelu_kernel(x, out):
     The grid may have fewer threads than elements (any number of blocks must work): thread i handles
     i, i + stride, i + 2·stride, ... with stride = the total number of threads (cuda.gridsize(1)).
     """
-    ### BEGIN SOLUTION lab01.gridstride (§8.6, 2 pts): for i in range(cuda.grid(1), n, cuda.gridsize(1)): ...
+    ### BEGIN SOLUTION lab01.gridstride (§8.6, 2 pts): the grid-stride loop: any grid, any n
     c = math.sqrt(2.0 / math.pi)
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         v = x[i]

@@ -45,7 +45,7 @@ def block_sum_shared_kernel(x, partial):
     """
     shared = cuda.shared.array(0, dtype=float32)  # dynamic: one slot per thread
     t = cuda.threadIdx.x
-    ### BEGIN SOLUTION lab02.shared_sum (§8.7, 2 pts): grid-stride sum to shared[t]; halve: shared[t] += shared[t+half]
+    ### BEGIN SOLUTION lab02.shared_sum (§8.7, 2 pts): partial sums, then the tree in shared memory; mind the barriers
     acc = float32(0.0)
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         acc += x[i]
@@ -82,7 +82,7 @@ def warp_sum(v):
     Butterfly: for offset = 16, 8, 4, 2, 1 add the value of lane (lane XOR offset), read with
     cuda.shfl_xor_sync(FULL_MASK, v, offset). After five rounds every lane holds the total.
     """
-    ### BEGIN SOLUTION lab02.warp_sum (§8.7, 2 pts): offset 16, 8, .., 1: v += cuda.shfl_xor_sync(FULL_MASK, v, offset)
+    ### BEGIN SOLUTION lab02.warp_sum (§8.7, 2 pts): the butterfly: lanes trade registers, no shared memory
     offset = WARP // 2
     while offset > 0:
         v += cuda.shfl_xor_sync(FULL_MASK, v, offset)
@@ -168,7 +168,7 @@ def block_scan_kernel(x, out, block_totals):
     buf = cuda.shared.array(0, dtype=float32)  # 2 * blockDim.x floats
     t, B = cuda.threadIdx.x, cuda.blockDim.x
     i = cuda.blockIdx.x * B + t
-    ### BEGIN SOLUTION lab02.scan (§8.7, 3 pts): buf[t] = x[i]; per offset: dst[t] = src[t] + src[t-offset], swap
+    ### BEGIN SOLUTION lab02.scan (§8.7, 3 pts): Hillis-Steele with two buffers; a barrier each round
     buf[t] = x[i] if i < x.shape[0] else float32(0.0)
     cuda.syncthreads()
     src, dst = 0, B

@@ -11,7 +11,8 @@ v2 coalesced   the same, with consecutive threads along a row of C: B and C acce
 v3 tiled       a block stages TILE×TILE tiles of A and B in shared memory: each global element is read by
                one thread and used TILE times from shared memory
 v4 regblock    a block computes a BM×BN tile, each thread a TM×TN sub-tile held in registers: per k, a
-               thread loads TM + TN numbers from shared memory and does TM·TN multiply-adds
+               thread loads TM + TN numbers from shared memory and does TM·TN multiply-adds; at most 128
+               registers a thread, so that two blocks share an SM and one hides the other's loads
 v5 vectorised  v4 with A stored transposed in shared memory, each thread moving runs of 4 consecutive
                floats (a 16-byte vector) from global memory, and each thread's columns strided across the
                tile so that a warp's shared-memory reads hit 32 different banks
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from numba import float32, uint32
 
-from cuda_labs._compat import cuda
+from cuda_labs._compat import SIMULATOR, cuda
 
 
 def matmul_reference(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -48,7 +49,7 @@ def matmul_naive_kernel(A, B, C):
     The x coordinate (consecutive threads of a warp) is the ROW i here: the warp's 32 threads read 32
     different rows of A (addresses K floats apart) — correct, and slow. Guard i < M and j < N.
     """
-    ### BEGIN SOLUTION lab05.naive (§8.10, 1 pt): i, j = cuda.grid(2); guard; acc = float32(0); loop over k
+    ### BEGIN SOLUTION lab05.naive (§8.10, 1 pt): one thread, one output: a dot product
     i, j = cuda.grid(2)
     if i < C.shape[0] and j < C.shape[1]:
         acc = float32(0.0)
@@ -64,7 +65,7 @@ def matmul_coalesced_kernel(A, B, C):
 
     Now a warp reads one A[i, k] (a broadcast) and 32 consecutive B[k, j]s, and writes 32 consecutive C[i, j]s.
     """
-    ### BEGIN SOLUTION lab05.coalesced (§8.10, 1 pt): j, i = cuda.grid(2) — the fast coordinate walks the columns
+    ### BEGIN SOLUTION lab05.coalesced (§8.10, 1 pt): which coordinate do the 32 threads of a warp differ in?
     j, i = cuda.grid(2)
     if i < C.shape[0] and j < C.shape[1]:
         acc = float32(0.0)
@@ -95,7 +96,7 @@ def tiled_kernel(TILE: int):
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         row, col = cuda.blockIdx.y * TILE + ty, cuda.blockIdx.x * TILE + tx
         M, K, N = A.shape[0], A.shape[1], B.shape[1]
-        ### BEGIN SOLUTION lab05.tiled (§8.10, 3 pts): per k-tile: load As, Bs (0 outside), barrier, TILE FMAs, barrier
+        ### BEGIN SOLUTION lab05.tiled (§8.10, 3 pts): stage, wait, use, wait: why two barriers?
         acc = float32(0.0)
         for k0 in range(0, K, TILE):
             As[ty, tx] = A[row, k0 + tx] if row < M and k0 + tx < K else float32(0.0)
@@ -113,21 +114,30 @@ def tiled_kernel(TILE: int):
 
 # ----------------------------------------------------------------------------- v4: 2-D register blocking
 
+REGISTER_CAP = {} if SIMULATOR else {"max_registers": 128}  # two blocks of 256 threads an SM (the simulator has none)
+
 
 @cache
 def regblock_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
-    """Block tile BM×BN, k-tile BK, thread tile TM×TN; (BM/TM)·(BN/TN) threads in a 1-D block."""
-    NT = (BM // TM) * (BN // TN)  # threads per block
+    """Block tile BM×BN, k-tile BK, thread tile TM×TN; (BM/TM)·(BN/TN) threads in a 1-D block.
 
-    @cuda.jit
+    At most 128 registers a thread: an SM has 65,536, so two blocks of 256 threads fit and one block's
+    compute hides the other's global loads and barriers. Without the cap the compiler took 196-198 (measured in
+    bench/results/cuda_labs_h100.json): one block per SM, idle at every barrier, and slower than v3.
+    """
+    NT = (BM // TM) * (BN // TN)  # threads per block
+    assert (BM * BK) % NT == 0 and (BK * BN) % NT == 0, "every thread loads the same number of elements"
+
+    @cuda.jit(**REGISTER_CAP)
     def matmul_regblock_kernel(A, B, C):
         """Each thread computes a TM×TN sub-tile of the block's BM×BN tile of C.  (exercise lab05.regblock)
 
         Thread t owns rows ty·TM .. ty·TM+TM-1 and columns tx·TN .. tx·TN+TN-1 of the tile
         (tx = t % (BN/TN), ty = t // (BN/TN)). Per k-tile: the NT threads cooperatively copy the BM×BK tile
-        of A into As[BM, BK] and the BK×BN tile of B into Bs[BK, BN] (element e = t, t + NT, ...; 0 outside
-        the matrices), barrier; then for each k < BK load a[TM] = As[.., k] and b[TN] = Bs[k, ..] into
-        registers and do the TM·TN multiply-adds acc[i, j] += a[i]·b[j]; barrier. Write acc (guarded).
+        of A into As[BM, BK] and the BK×BN tile of B into Bs[BK, BN] (thread t copies elements e = t + l·NT,
+        l = 0, 1, ... — a constant number of them, row-major in the tile; 0 outside the matrices), barrier;
+        then for each k < BK load a[TM] = As[.., k] and b[TN] = Bs[k, ..] into registers and do the TM·TN
+        multiply-adds acc[i, j] += a[i]·b[j]; barrier. Write acc (guarded).
         """
         As = cuda.shared.array((BM, BK), dtype=float32)
         Bs = cuda.shared.array((BK, BN), dtype=float32)
@@ -138,16 +148,16 @@ def regblock_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
         tx, ty = t % (BN // TN), t // (BN // TN)
         row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
         M, K, N = A.shape[0], A.shape[1], B.shape[1]
-        ### BEGIN SOLUTION lab05.regblock (§8.10, 3 pts): per k-tile: loads, barrier, a[:], b[:] from shared, TM·TN FMAs
+        ### BEGIN SOLUTION lab05.regblock (§8.10, 3 pts): an outer product per k, fed from registers
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = float32(0.0)
         for k0 in range(0, K, BK):
-            for e in range(t, BM * BK, NT):
-                r, k = e // BK, e % BK
+            for l in range(BM * BK // NT):  # a constant count: unrolled, no loop state held in registers
+                r, k = (t + l * NT) // BK, (t + l * NT) % BK
                 As[r, k] = A[row0 + r, k0 + k] if row0 + r < M and k0 + k < K else float32(0.0)
-            for e in range(t, BK * BN, NT):
-                k, c = e // BN, e % BN
+            for l in range(BK * BN // NT):
+                k, c = (t + l * NT) // BN, (t + l * NT) % BN
                 Bs[k, c] = B[k0 + k, col0 + c] if k0 + k < K and col0 + c < N else float32(0.0)
             cuda.syncthreads()
             for k in range(BK):
@@ -204,7 +214,7 @@ def vectorized_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
         M, K, N = A.shape[0], A.shape[1], B.shape[1]
         ra, ka = t // (BK // VEC), (t % (BK // VEC)) * VEC
         kb, cb = t // (BN // VEC), (t % (BN // VEC)) * VEC
-        ### BEGIN SOLUTION lab05.vectorized (§8.10, 2 pts): v4, runs of 4 loads, At[ka+q, ra], columns tx + j·(BN/TN)
+        ### BEGIN SOLUTION lab05.vectorized (§8.10, 2 pts): v4 with the docstring's loads and reads; think of banks
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = float32(0.0)
@@ -255,7 +265,7 @@ def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
     assert TM % VEC == 0 and TN % VEC == 0 and BK % VEC == 0 and BN % VEC == 0 and BK % 2 == 0
     u = uint32  # every index below is an unsigned 32-bit number: no negative-index code
 
-    @cuda.jit(fastmath=True)
+    @cuda.jit(fastmath=True, **REGISTER_CAP)  # BK=16 uncapped takes 152 registers and one block an SM; capped, 127
     def matmul_expert_kernel(A, B, C):
         At = cuda.shared.array(A_SIZE, dtype=float32, alignment=16)  # At[k·BM + r] = A[row0 + r, k0 + k]
         Bs = cuda.shared.array(B_SIZE, dtype=float32, alignment=16)  # Bs[k·BN + c] = B[k0 + k, col0 + c]
@@ -353,7 +363,8 @@ def matmul_vectorized(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
 
 
-def matmul_expert(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
+def matmul_expert(A, B, C, BM=128, BN=128, BK=16, TM=8, TN=8) -> None:
+    # BK=16: half the barriers and tile loads of BK=8 per multiply-add (bench/lab05_sweep.py: best of its shapes)
     M, N = C.shape
     kernel = expert_kernel(BM, BN, BK, TM, TN)
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
@@ -382,6 +393,10 @@ def bench(n: int = 4096) -> dict:
         res[f"{name}_TFLOPs"] = tflops(flops, ms)
         res[f"{name}_rel_err"] = float((C.double() - ref).norm() / ref.norm())
         res[f"{name}_pct_cublas"] = 100 * res[f"{name}_TFLOPs"] / res["cublas_sgemm_TFLOPs"]
+    for bk in (8,):  # v6 with shallower k-tiles (v4's and v5's): twice the barriers per multiply-add
+        res[f"v6_expert_bk{bk}_TFLOPs"] = tflops(flops, time_ms(lambda b=bk: matmul_expert(dA, dB, dC, BK=b)))
+        res[f"v6_expert_bk{bk}_rel_err"] = float((C.double() - ref).norm() / ref.norm())
+        res[f"v6_expert_bk{bk}_pct_cublas"] = 100 * res[f"v6_expert_bk{bk}_TFLOPs"] / res["cublas_sgemm_TFLOPs"]
     for name, make in (("v4_regblock", regblock_kernel), ("v5_vectorized", vectorized_kernel)):
         k = make(BIG["BM"], BIG["BN"], BIG["BK"], BIG["TM"], BIG["TN"])  # the cache key of the launches
         try:

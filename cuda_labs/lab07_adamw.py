@@ -28,9 +28,10 @@ def adamw_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
     (exercise lab07.adamw)
 
     bias1 = 1 - β1^t and bias2 = 1 - β2^t are computed once on the host. The weight decay is decoupled:
-    it uses the parameter before this step's update.
+    it uses the parameter before this step's update. Read each of p[i], g[i], m[i], v[i] once and write p[i],
+    m[i], v[i] once (28 bytes a parameter; the tests count the accesses).
     """
-    ### BEGIN SOLUTION lab07.adamw (§8.12, 2 pts): i = cuda.grid(1); read p, g, m, v once; write p, m, v once
+    ### BEGIN SOLUTION lab07.adamw (§8.12, 2 pts): Chapter 7's update, each array touched once
     i = cuda.grid(1)
     if i < p.shape[0]:
         gi = g[i]

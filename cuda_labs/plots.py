@@ -15,13 +15,14 @@ def load(path: Path = RESULTS) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def bars(labels, values, reference, ref_label, unit, title, target=None):
-    """Horizontal bars of each version, with the baseline measured in the same run as a dashed line."""
+def bars(labels, values, reference, ref_label, unit, title, goal=None):
+    """Horizontal bars of each version, with the baseline measured in the same run as a dashed line (and, when
+    `goal` is given, the lab's goal for the reader's kernel as a dotted one)."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     ax.barh(labels, values, color="tab:blue")
     ax.axvline(reference, color="k", ls="--", label=f"{ref_label}: {reference:,.0f} {unit}")
-    if target is not None:
-        ax.axvline(target, color="tab:red", ls=":", label=f"target: {target:,.0f} {unit}")
+    if goal is not None:
+        ax.axvline(goal, color="tab:red", ls=":", label=f"goal for your kernel: {goal:,.0f} {unit}")
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:,.1f} ({100 * v / reference:.0f}%)", va="center", fontsize=8)
     ax.invert_yaxis()

@@ -8,6 +8,7 @@ exactly as in an nbgrader submission):
 
     DIR/storylib/        the learner's package (stubs)      DIR/chNN_<name>.ipynb  exercise notebooks
     DIR/cuda_labs/       the learner's kernels (stubs)      DIR/tests/            the public tests, to read
+    DIR/storyteller.ipynb  the book's chat page, in its workspace words (see `workspace_page`)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+
+import nbformat
 
 from grading.exercises import PACKAGES, discover, stub_text
 from grading.harness import COURSE_ROOT, TESTS
@@ -62,6 +65,20 @@ def stub_package(src: Path, dest: Path, root: Path = COURSE_ROOT, update: bool =
     return written
 
 
+def workspace_page(src: Path) -> nbformat.NotebookNode:
+    """A book page as it reads in a workspace, where it runs live: cells tagged `book-only` (what a static page
+    says) are dropped, and cells tagged `workspace-only` (hidden from the book by `remove-cell`) are shown."""
+    nb = nbformat.read(src, as_version=4)
+    nb.cells = [c for c in nb.cells if "book-only" not in c.metadata.get("tags", [])]
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "workspace-only" in tags:
+            cell.metadata["tags"] = [t for t in tags if t not in ("workspace-only", "remove-cell")]
+            if not cell.metadata["tags"]:
+                del cell.metadata["tags"]
+    return nb
+
+
 def _commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -94,7 +111,7 @@ def release(dest: Path, root: Path = COURSE_ROOT, update: bool = False, force: b
             written.append(dest / nb.name)
     chat = root / "book" / "storyteller.ipynb"  # the chat widget, on the learner's own storylib
     if chat.is_file() and not (update and (dest / chat.name).exists()):
-        shutil.copy2(chat, dest / chat.name)
+        nbformat.write(workspace_page(chat), dest / chat.name)
         written.append(dest / chat.name)
     shutil.rmtree(dest / "tests", ignore_errors=True)
     shutil.copytree(TESTS, dest / "tests", ignore=_ignore)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -28,6 +29,9 @@ from pathlib import Path
 from grading.exercises import discover, matches
 
 ROOT = Path(__file__).resolve().parent.parent
+# the course's JupyterLab defaults (no "get notified about Jupyter news?" prompt, no fetch): `llm101n start` puts
+# them in the overrides.json of the JupyterLab it runs; a learner's own Lab settings still win over them
+LAB_OVERRIDES = ROOT / "llm101n" / "lab_settings" / "overrides.json"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -157,6 +161,27 @@ def _storyteller_hello() -> str:
     return r.stdout.strip()
 
 
+def lab_settings_dir() -> Path:
+    """The application settings folder of the JupyterLab that `llm101n start` runs (its overrides.json lives here)."""
+    from jupyterlab.commands import get_app_dir
+
+    return Path(get_app_dir()) / "settings"
+
+
+def install_lab_overrides(settings_dir: Path | None = None) -> Path:
+    """Merge the course's JupyterLab defaults (LAB_OVERRIDES) into `settings_dir`/overrides.json, keeping any
+    other plugin's or setting's overrides there. Returns the file; writes it only when something changes."""
+    path = (settings_dir or lab_settings_dir()) / "overrides.json"
+    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    merged = dict(current)
+    for plugin, settings in json.loads(LAB_OVERRIDES.read_text(encoding="utf-8")).items():
+        merged[plugin] = {**current.get(plugin, {}), **settings}
+    if merged != current:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from grading.release import release
 
@@ -172,6 +197,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     if (ROOT / ".assets" / "tiktoken").is_dir():  # tiktoken's offline cache (scripts/assets.sh)
         env.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / ".assets" / "tiktoken"))
+    install_lab_overrides()
     hello = _storyteller_hello()
     token = secrets.token_hex(16)
     procs = []

@@ -27,6 +27,9 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export TIKTOKEN_CACHE_DIR="${TIKTOKEN_CACHE_DIR:-$ROOT/.assets/tiktoken}"   # filled by scripts/assets.sh
+# every page's yardstick numbers (storylib.scoreboard.show) land here; checked against the board after the build
+export LLM101N_SCOREBOARD_DIR="$ROOT/_build/scoreboard"
+rm -rf "$LLM101N_SCOREBOARD_DIR"
 
 args=(build "$ROOT" --builder html --path-output "$ROOT")
 if [ -n "${BOOK_TOC:-}" ]; then args+=(--toc "$BOOK_TOC"); fi
@@ -49,6 +52,10 @@ if grep -rlq 'class="[^"]*output traceback' _build/html --include='*.html' 2>/de
   echo "== book build FAILED: a page shows a traceback:" >&2
   grep -rl 'class="[^"]*output traceback' _build/html --include='*.html' >&2
   exit 1
+fi
+# the scoreboard: every number a page measured must be the one bench/results/scoreboard.json shows (full builds)
+if [ -z "${BOOK_TOC:-}" ] && [ "${BOOK_INCREMENTAL:-0}" = "0" ] && [ -d "$LLM101N_SCOREBOARD_DIR" ]; then
+  "$VENV/bin/python" -m storylib.scoreboard check "$LLM101N_SCOREBOARD_DIR"
 fi
 echo "== book built in ${secs}s: $ROOT/_build/html/index.html"
 echo "   serve it: .venv/bin/python -m http.server 8000 --bind 127.0.0.1 --directory _build/html"

@@ -12,6 +12,7 @@ characters themselves. Read this file from top to bottom; it follows the chapter
     sinusoidal_positions           the fixed position code of Vaswani et al. (2017)      (exercise ch04.sinusoidal)
     TinyAttentionLM                a 2-layer character model built from the pieces above (given)
     stream / get_batch / train_lm  the data and the training loop for it                 (given)
+    bits_per_byte                  the course's yardstick for it: bits per UTF-8 byte    (given)
 
 Shapes are written B (batch), H (heads), T (time: positions in the sequence), C (channels, the model
 width d_model) and D (the width of one head, C / H). Tq and Tk are the numbers of queries and keys.
@@ -45,7 +46,7 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     - A row whose entries are *all* -inf (every key masked) has no distribution to give: return zeros for
       it, not NaN. (Its max is -inf and -inf - (-inf) is NaN, so that row needs care.)
     """
-    ### BEGIN SOLUTION ch04.softmax (§4.1, 2 pts): exp(x - row max, 0 if all -inf) / sum (1 if 0); halves in float32
+    ### BEGIN SOLUTION ch04.softmax (§4.1, 2 pts): shift invariance tames exp; a row of -inf needs a decision
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     m = work.amax(dim=dim, keepdim=True).detach()  # a constant shift: it changes no gradient
     m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)  # all -inf row: shift by 0, not by -inf
@@ -65,7 +66,7 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tenso
     Returns a bool tensor of shape (T, T) with mask[i, j] = True when query i may look at key j, that is
     when j <= i (the past and the present), and False for every j > i (the future). Put it on `device`.
     """
-    ### BEGIN SOLUTION ch04.causal_mask (§4.2, 1 pt): True where key j <= query i: torch.tril of ones
+    ### BEGIN SOLUTION ch04.causal_mask (§4.2, 1 pt): a query may read itself and the past, never the future
     mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))
     ### END SOLUTION
     return mask
@@ -95,7 +96,7 @@ def scaled_dot_product_attention(
     """
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal attention needs as many queries as keys, got Tq={q.shape[-2]}, Tk={k.shape[-2]}")
-    ### BEGIN SOLUTION ch04.attention (§4.3, 3 pts): q @ kᵀ * scale; -inf where not allowed; softmax over keys; @ v
+    ### BEGIN SOLUTION ch04.attention (§4.3, 3 pts): score every key, hide the forbidden ones, average the values
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk): how well query i matches key j
     if mask is not None:
@@ -122,7 +123,7 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     B, T, C = x.shape
     if C % n_head != 0:
         raise ValueError(f"the width C={C} must be a multiple of the number of heads {n_head}")
-    ### BEGIN SOLUTION ch04.split_heads (§4.4, 2 pts): x.view(B, T, H, C // H), then .transpose(1, 2)
+    ### BEGIN SOLUTION ch04.split_heads (§4.4, 2 pts): a view that moves no data, then bring heads before time
     heads = x.view(B, T, n_head, C // n_head).transpose(1, 2)
     ### END SOLUTION
     return heads
@@ -136,7 +137,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     so .view cannot merge (H, D) until you make it .contiguous() (or use .reshape, which copies when needed).
     """
     B, H, T, D = x.shape
-    ### BEGIN SOLUTION ch04.merge_heads (§4.4, 1 pt): .transpose(1, 2), .contiguous(), .view(B, T, H * D)
+    ### BEGIN SOLUTION ch04.merge_heads (§4.4, 1 pt): undo split_heads; mind the memory layout
     merged = x.transpose(1, 2).contiguous().view(B, T, H * D)
     ### END SOLUTION
     return merged
@@ -175,7 +176,7 @@ class MultiHeadAttention(nn.Module):
         merge_heads; self.proj.
         """
         B, T, C = x.shape
-        ### BEGIN SOLUTION ch04.multihead (§4.4, 3 pts): qkv(x).split(C, -1), split_heads, attend, merge_heads, proj
+        ### BEGIN SOLUTION ch04.multihead (§4.4, 3 pts): the pieces you wrote above, in the order of the docstring
         q, k, v = self.qkv(x).split(C, dim=-1)
         q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # each (B, H, T, D)
         y, weights = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)  # (B, H, T, D)
@@ -201,7 +202,7 @@ def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
     """
     if d % 2 != 0:
         raise ValueError(f"d must be even (sine-cosine pairs), got {d}")
-    ### BEGIN SOLUTION ch04.sinusoidal (§4.5, 2 pts): t * base ** (-2i/d) in float64; sin to even columns, cos to odd
+    ### BEGIN SOLUTION ch04.sinusoidal (§4.5, 2 pts): one angle per (position, channel pair), in float64
     t = torch.arange(T, dtype=torch.float64)[:, None]  # (T, 1)
     inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,): 1, ..., ~1/base
     angle = t * inv_freq  # (T, d/2)
@@ -361,3 +362,26 @@ def evaluate(
         x, y = get_batch(data, model.cfg.block_size, batch_size, g)
         total += model(x, y)[1].item()
     return total / batches
+
+
+class _LogitsOnly(nn.Module):
+    """TinyAttentionLM seen as gpt2.bits_per_byte expects a model: `config.block_size`, (logits, loss) = model(idx)."""
+
+    def __init__(self, model: TinyAttentionLM) -> None:
+        super().__init__()
+        self.model, self.config = model, model.cfg
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.model(idx)[0], None
+
+
+def bits_per_byte(model: TinyAttentionLM, stories: Sequence[str], vocab: Vocab) -> float:
+    """The cost of the stories under the model in bits per UTF-8 byte, Chapter 1's definition.
+
+    Each story is read on its own as ◆ story ◆, every character and the closing ◆ predicted, in windows of
+    block_size that overlap by half (storylib.gpt2.bits_per_byte does the reading); total bits / total bytes.
+    """
+    # imported here, not at the top: Chapter 4 must work while Chapter 5's file is still being written
+    from storylib.gpt2 import bits_per_byte as gpt2_bits_per_byte
+
+    return gpt2_bits_per_byte(_LogitsOnly(model), stories, encode_fn=vocab.encode, eot=BOUNDARY)

@@ -6,7 +6,7 @@ Parameter names follow Hugging Face's `GPT2LMHeadModel`, so its state dict loads
     bytes             the tokens of this chapter: the 256 UTF-8 byte values, plus <|endoftext|> = EOT_ID = 256
     GPTConfig         the hyperparameters
     layer_norm_*      LayerNorm by hand, forward and backward          (exercises ch05.layernorm, _backward)
-    CausalSelfAttention  tokens look at earlier tokens                 (exercise ch05.attention)
+    CausalSelfAttention  c_attn cut into heads, attention, heads glued back (exercise ch05.attention)
     MLP, Block        the feed-forward net; a pre-norm residual block  (exercises ch05.mlp, ch05.block)
     GPT               embeddings, blocks, tied head, GPT-2 init        (exercise ch05.init)
     GPT.hidden        final hidden states; forward = lm_head + loss    (exercise ch05.forward)
@@ -73,7 +73,7 @@ def layer_norm_forward(x, weight, bias, eps: float = 1e-5):
         rstd = 1 / sqrt(var + eps),   xhat = (x - mean) * rstd,   y = xhat * weight + bias.
     Returns (y, xhat, rstd): y and xhat shaped like x, rstd shaped (..., 1) — backward reuses them.
     """
-    ### BEGIN SOLUTION ch05.layernorm (§5.2, 2 pts): mean and biased var over dim -1, xhat = (x-mean)·rstd, scale, shift
+    ### BEGIN SOLUTION ch05.layernorm (§5.2, 2 pts): each token's vector alone: centre, rescale, weight, bias
     mean = x.mean(dim=-1, keepdim=True)
     xc = x - mean
     var = (xc * xc).mean(dim=-1, keepdim=True)  # biased: divide by C, not C - 1
@@ -92,7 +92,7 @@ def layer_norm_backward(dy, xhat, rstd, weight):
         and, with g = dy * weight and means over the last dim,
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
     """
-    ### BEGIN SOLUTION ch05.layernorm_backward (§5.2, 3 pts): sum dy, dy·xhat over leading dims; dx by the formula
+    ### BEGIN SOLUTION ch05.layernorm_backward (§5.2, 3 pts): the gradient loses its mean and its part along xhat
     C = dy.shape[-1]
     dbias = dy.reshape(-1, C).sum(dim=0)  # every row (token) adds its dy
     dweight = (dy * xhat).reshape(-1, C).sum(dim=0)
@@ -150,25 +150,31 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x):
         """Multi-head causal self-attention.  (exercise ch05.attention)
 
-        x: (B, T, C). q, k, v = c_attn(x) split in three along the last dim; each is cut into n_head heads
-        of size hs = C // n_head, laid out (B, n_head, T, hs). Per head: att = q @ kᵀ / sqrt(hs), with
-        att[t, s] = -inf where s > t (self.mask), softmax over s, attn_dropout, y = att @ v. Put the heads
-        back side by side as y, (B, T, C); the last line mixes them with c_proj. Write the math out: no
-        F.scaled_dot_product_attention.
+        x: (B, T, C). One matmul, c_attn(x) of shape (B, T, 3C), makes the queries, keys and values of every
+        head at once: q, k and v side by side (in that order), and inside each, head h owns the hs = C // n_head
+        channels h·hs .. (h+1)·hs - 1. Cut it into q, k and v, each laid out (B, n_head, T, hs) so that the
+        heads are one more batch dimension for self.attend; attend; then put the heads' outputs back side by
+        side as y, (B, T, C), head h again in channels h·hs .. (h+1)·hs - 1. The last line mixes them with c_proj.
         """
         if self.fused:  # the trainer's speed path (GPTConfig.fused), as nanoGPT's `if self.flash:`
             return self._forward_fused(x)
         B, T, C = x.shape
-        ### BEGIN SOLUTION ch05.attention (§5.3, 3 pts): heads; q·kᵀ/√hs; -inf where s > t; softmax; @ v; merge; c_proj
+        ### BEGIN SOLUTION ch05.attention (§5.3, 3 pts): c_attn's wide output -> heads -> attend -> side by side
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T): how much t attends to s
-        att = att.masked_fill(~self.mask[:T, :T], float("-inf"))
-        att = self.attn_dropout(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = self.attend(q, k, v)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         ### END SOLUTION
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v):
+        """Chapter 4's causal attention, every head at once: q, k, v (B, nh, T, hs) -> (B, nh, T, hs)."""
+        T = q.shape[-2]
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, T): how much t attends to s
+        att = att.masked_fill(~self.mask[:T, :T], float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        return att @ v
 
     def _forward_fused(self, x):
         """The same attention with PyTorch's fused kernel (flash attention on a GPU): for training, not learning."""
@@ -192,7 +198,7 @@ class MLP(nn.Module):
 
         gelu(u) = 0.5 · u · (1 + tanh(sqrt(2/π) · (u + 0.044715 · u³))) = F.gelu(u, approximate="tanh").
         """
-        ### BEGIN SOLUTION ch05.mlp (§5.4, 1 pt): widen 4× with c_fc, tanh-approximate GELU, back with c_proj
+        ### BEGIN SOLUTION ch05.mlp (§5.4, 1 pt): each position on its own: widen, GPT-2's GELU, narrow
         x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
         ### END SOLUTION
         return self.dropout(x)
@@ -212,7 +218,7 @@ class Block(nn.Module):
         x: (B, T, C), the residual stream. Attention, then the MLP, each reads a LayerNorm-ed copy of
         the stream and *adds* its output back to it: x + attn(ln_1(x)), then the same with ln_2 and mlp.
         """
-        ### BEGIN SOLUTION ch05.block (§5.4, 2 pts): x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+        ### BEGIN SOLUTION ch05.block (§5.4, 2 pts): pre-norm: read a normalised copy, add to the stream
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         ### END SOLUTION
@@ -246,7 +252,7 @@ class GPT(nn.Module):
         projections that write into the residual stream (names ending in "c_proj.weight"), which get
         std 0.02 / sqrt(2 · n_layer): the stream receives 2 · n_layer such additions. LayerNorms keep 1, 0.
         """
-        ### BEGIN SOLUTION ch05.init (§5.5, 2 pts): weights ~ N(0, 0.02²), biases 0, c_proj std 0.02/√(2·n_layer)
+        ### BEGIN SOLUTION ch05.init (§5.5, 2 pts): keep the residual stream's scale independent of depth
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -270,7 +276,7 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        ### BEGIN SOLUTION ch05.forward (§5.6, 3 pts): wte(idx) + wpe(arange(T)), drop, every block, ln_f
+        ### BEGIN SOLUTION ch05.forward (§5.6, 3 pts): a token enters the stream as what it is plus where it is
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
@@ -302,7 +308,7 @@ class GPT(nn.Module):
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        ### BEGIN SOLUTION ch05.generate (§5.9, 3 pts): crop, last logits / T, top-k, softmax, multinomial, append
+        ### BEGIN SOLUTION ch05.generate (§5.9, 3 pts): one token at a time, from the last position's distribution
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.config.block_size :])
             logits = logits[:, -1, :]

@@ -1,14 +1,14 @@
 """Chapter 7 — optimization, written to be read from top to bottom.
 
-How a network starts (initialisation) and how it moves (optimizers, learning-rate schedules, clipping,
-accumulation). The optimizers are `torch.optim.Optimizer` subclasses, so they drop into any PyTorch
-training loop, and they take the same steps as PyTorch's own: the tests check that, step for step.
+How a network starts (initialisation) and how it moves (optimizers, clipping, accumulation; the learning-rate
+schedule is Chapter 3's `storylib.mlp.warmup_cosine_lr`). The optimizers are `torch.optim.Optimizer`
+subclasses, so they drop into any PyTorch training loop, and they take the same steps as PyTorch's own: the
+tests check that, step for step.
 
     GAINS, init_fan_in_   std = gain / sqrt(fan_in): activations keep their scale    (exercise ch07.fan_in_init)
     SGD                   gradient descent, with momentum and L2 weight decay        (exercise ch07.sgd)
     AdamW, Adam           per-parameter step sizes; decoupled (AdamW) or L2 decay    (exercise ch07.adamw)
     param_groups          weight decay for matrices, none for biases and gains       (exercise ch07.param_groups)
-    lr_at                 linear warmup, then cosine decay                           (exercise ch07.schedule)
     clip_grad_norm_       rescale all gradients together to a maximum norm           (exercise ch07.clip)
     accumulate_grads      k small backward passes = one big one                      (exercise ch07.accumulate)
 """
@@ -201,35 +201,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     no_decay = [p for p in params if p.dim() < 2]
     ### END SOLUTION
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ----------------------------------------------------------------------------- the learning-rate schedule
-
-
-def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """The learning rate of step `step` (0-based): linear warmup, then a cosine from max_lr down to min_lr.
-
-    (exercise ch07.schedule)
-        step < warmup:          max_lr · (step + 1) / warmup       (never 0; max_lr at step warmup - 1)
-        warmup <= step < total: min_lr + (max_lr - min_lr) · (1 + cos(π · progress)) / 2,
-                                progress = (step - warmup) / (total - warmup), from 0 up to (but not reaching) 1
-        step >= total:          min_lr
-    A training run of `total` steps uses steps 0 .. total - 1. Raises ValueError unless 0 <= warmup <= total,
-    step >= 0 and 0 <= min_lr <= max_lr.
-    """
-    if not (0 <= warmup <= total) or step < 0 or not (0 <= min_lr <= max_lr):
-        raise ValueError(
-            f"need 0 <= warmup <= total, step >= 0, 0 <= min_lr <= max_lr; got {step=}, {max_lr=}, "
-            f"{min_lr=}, {warmup=}, {total=}"
-        )
-    ### BEGIN SOLUTION ch07.schedule (§7.5, 2 pts): max_lr·(step+1)/warmup; cosine from max_lr to min_lr; min_lr
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= total:
-        return min_lr
-    progress = (step - warmup) / (total - warmup)
-    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    ### END SOLUTION
 
 
 # ----------------------------------------------------------------------------- gradient clipping

@@ -58,7 +58,8 @@ from storylib.checkpoint import (
     write_file_atomic,
 )
 from storylib.gpt2 import GPT, GPTConfig, bits_per_byte
-from storylib.optim import lr_at, param_groups
+from storylib.mlp import warmup_cosine_lr
+from storylib.optim import param_groups
 from storylib.precision import float8_linears, fp8_supported, fused_loss
 from storylib.tokenizer import EOT_TOKEN, RegexTokenizer, eot_id
 
@@ -691,7 +692,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
     t_start, elapsed_before = time.perf_counter(), state.elapsed
     t_last, tokens_last = t_start, state.tokens_seen
     while state.step < cfg.max_steps:
-        lr = lr_at(state.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+        lr = warmup_cosine_lr(state.step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
         loss_sum, norm = train_step(run, loss_fn, lr)
         state.step += 1
         state.tokens_seen += run.tokens_per_step

@@ -337,6 +337,25 @@ def test_tiny_model_shapes_and_loss():
         assert abs(loss.item() - math.log(11)) < 0.5
 
 
+def test_bits_per_byte_matches_a_direct_computation():
+    """Each story read on its own as ◆ story ◆; short windows (block 16) must give what one long window gives."""
+    from storylib.bigram import BOUNDARY, Vocab
+
+    stories = ["Tom saw a cat. The cat ran away.", "Lily had a red ball, and she threw it high.", "Hi!"]
+    vocab = Vocab.from_stories(stories)
+    torch.manual_seed(0)
+    model = A.TinyAttentionLM(A.TinyConfig(vocab_size=len(vocab), block_size=64, n_layer=1)).eval()
+    nats = 0.0
+    with torch.no_grad():
+        for s in stories:
+            ids = torch.tensor([[BOUNDARY, *vocab.encode(s), BOUNDARY]])
+            nats += F.cross_entropy(model(ids[:, :-1])[0][0].double(), ids[0, 1:], reduction="sum").item()
+    want = nats / math.log(2) / sum(len(s.encode("utf-8")) for s in stories)
+    assert A.bits_per_byte(model, stories, vocab) == pytest.approx(want, rel=1e-9)
+    model.cfg.block_size = 16  # the same model read in overlapping windows: a different, finite number
+    assert 0 < A.bits_per_byte(model, stories, vocab) < 2 * want
+
+
 def test_widget_javascript_forward_matches_torch(tmp_path):
     """The widget recomputes the model in JavaScript: its attention maps and next-character probabilities."""
     if shutil.which("node") is None:

@@ -231,6 +231,36 @@ def test_attention_is_causal():
     assert not torch.allclose(y[:, 5:], y2[:, 5:], atol=1e-3), "positions 5.. should depend on their own inputs"
 
 
+@pytest.mark.exercise("ch05.attention")
+@pytest.mark.parametrize("n_embd, n_head, T", [(15, 5, 7), (21, 3, 11)])
+def test_attention_heads_match_hf_gpt2_attention(n_embd, n_head, T):
+    """Odd widths and head sizes (hs = 3, 7) against Hugging Face's GPT2Attention with the same weights."""
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    config = GPT2Config(n_embd=n_embd, n_head=n_head, n_positions=16, attn_pdrop=0.0, resid_pdrop=0.0)
+    config._attn_implementation = "eager"  # a standalone attention module: no dispatch to pick its kernel
+    hf = GPT2Attention(config, layer_idx=0).eval()
+    attn = CausalSelfAttention(GPTConfig(n_embd=n_embd, n_head=n_head, block_size=16)).eval()
+    with torch.no_grad():
+        for name in ("c_attn", "c_proj"):  # random, not HF's init: every head and channel must count
+            w = 0.4 * torch.randn(getattr(hf, name).weight.shape, generator=gen(n_embd + len(name)))
+            b = 0.2 * torch.randn(getattr(hf, name).bias.shape, generator=gen(n_head + len(name)))
+            getattr(hf, name).weight.copy_(w)
+            getattr(hf, name).bias.copy_(b)
+            getattr(attn, name).weight.copy_(w.T)  # HF's Conv1D stores (in, out)
+            getattr(attn, name).bias.copy_(b)
+        x = 1.5 + randn(2, T, n_embd, seed=24, dtype=torch.float32)  # not centred: every channel non-uniform
+        causal = torch.full((T, T), float("-inf")).triu(1)  # HF's model builds this mask; its module alone needs it
+        y, want = attn(x), hf(x, attention_mask=causal[None, None])[0]
+    assert y.shape == x.shape, f"attention output should have shape (B, T, C) = {tuple(x.shape)}, got {tuple(y.shape)}"
+    err = (y - want).abs().max()
+    assert err < 1e-5, (
+        f"attention (C={n_embd}, n_head={n_head}) differs from Hugging Face's GPT2Attention by {err:.3g}: are q, k, v "
+        "cut into heads of C // n_head channels, laid out (B, n_head, T, hs), and merged back in the same order?"
+    )
+
+
 # ----------------------------------------------------------------------------- ch05.mlp
 
 

@@ -1,4 +1,4 @@
-"""Chapter 7 — optimization: fan-in init, SGD, Adam/AdamW, parameter groups, the schedule, clipping, accumulation.
+"""Chapter 7 — optimization: fan-in init, SGD, Adam/AdamW, parameter groups, clipping, accumulation.
 
 Oracles: PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW) run side by side with ours on the same model,
 torch.nn.utils.clip_grad_norm_, autograd on one big batch, and float64 formulas written out here.
@@ -299,51 +299,6 @@ def test_param_groups_skip_frozen_parameters_and_feed_an_optimizer():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
 
 
-# ----------------------------------------------------------------------------- ch07.schedule
-
-
-def _schedule64(step, max_lr, min_lr, warmup, total):
-    """The schedule re-derived here: linear ramp to max_lr over `warmup` steps, half a cosine period after."""
-    if step < warmup:
-        return max_lr * float(step + 1) / float(warmup)
-    if step >= total:
-        return min_lr
-    frac = (step - warmup) / (total - warmup)
-    return min_lr + (max_lr - min_lr) * (math.cos(math.pi * frac) + 1.0) / 2.0
-
-
-@pytest.mark.exercise("ch07.schedule")
-@pytest.mark.parametrize(
-    "max_lr, min_lr, warmup, total", [(6e-4, 6e-5, 37, 413), (1.0, 0.0, 1, 50), (3e-3, 1e-3, 0, 97)]
-)
-def test_schedule_matches_the_formula(max_lr, min_lr, warmup, total):
-    for step in range(total + 20):
-        got = optim.lr_at(step, max_lr, min_lr, warmup, total)
-        want = _schedule64(step, max_lr, min_lr, warmup, total)
-        assert isinstance(got, float), f"lr_at should return a float, got {type(got).__name__}"
-        assert abs(got - want) <= 1e-12 * max_lr, (
-            f"lr_at({step}, {max_lr}, {min_lr}, warmup={warmup}, total={total}) should be {want:.6g}, got {got:.6g}"
-        )
-
-
-@pytest.mark.exercise("ch07.schedule")
-def test_schedule_shape():
-    max_lr, min_lr, warmup, total = 1e-3, 1e-4, 23, 211
-    lrs = [optim.lr_at(s, max_lr, min_lr, warmup, total) for s in range(total + 5)]
-    assert lrs[0] > 0, "the first step's learning rate should not be 0 (it would waste the step)"
-    assert abs(lrs[0] - max_lr / warmup) < 1e-15, "warmup starts at max_lr / warmup, at step 0"
-    assert all(b > a for a, b in zip(lrs[:warmup], lrs[1:warmup], strict=False)), "warmup should increase"
-    assert abs(lrs[warmup - 1] - max_lr) < 1e-15 and abs(lrs[warmup] - max_lr) < 1e-15, (
-        "the peak max_lr is reached at step warmup - 1 and the cosine starts there"
-    )
-    decay = lrs[warmup:total]
-    assert all(b < a for a, b in zip(decay, decay[1:], strict=False)), "after warmup the rate should decrease"
-    assert min_lr < lrs[total - 1] < min_lr + 1e-3 * (max_lr - min_lr), "the last step should be just above min_lr"
-    mid = warmup + (total - warmup) // 2
-    assert abs(lrs[mid] - (max_lr + min_lr) / 2) < 0.01 * max_lr, "halfway through the decay, about the midpoint"
-    assert lrs[total:] == [min_lr] * 5, "after `total` steps the rate stays at min_lr"
-
-
 # ----------------------------------------------------------------------------- ch07.clip
 
 
@@ -475,12 +430,6 @@ def test_fan_in_counts_inputs():
     assert optim.fan_in(torch.empty(5, 3, 2, 4)) == 24
     with pytest.raises(ValueError):
         optim.fan_in(torch.empty(5))
-
-
-def test_schedule_rejects_bad_arguments():
-    for args in [(-1, 1.0, 0.1, 5, 10), (0, 1.0, 0.1, 11, 10), (0, 0.1, 1.0, 2, 10)]:
-        with pytest.raises(ValueError):
-            optim.lr_at(*args)
 
 
 def test_optimizers_reject_bad_hyperparameters():

@@ -1,13 +1,16 @@
-"""Lab 1 (map, zip, guards, 2-D, blocks) on the numba CUDA simulator: odd sizes, outputs poisoned with NaN."""
+"""Lab 1 (map, zip, guards, 2-D, blocks) on the numba CUDA simulator: odd sizes, outputs poisoned with NaN; the
+2-D kernel's access pattern read from a log of which thread touched which address (cuda_labs/_trace.py)."""
 
 import numpy as np
 import pytest
 
+from cuda_labs import _trace
 from cuda_labs import lab01_map as lab
 from cuda_labs._compat import SIMULATOR
 from grading.testmodels import course_copy
 
 REF = course_copy("cuda_labs.lab01_map")  # the float64 references: the course's, not the learner's
+TRACE = course_copy("cuda_labs._trace")  # reading the access logs: the course's code, not the learner's
 
 
 def poisoned(shape):
@@ -48,6 +51,19 @@ def test_grid2d_adds_bias_to_every_row(rows, cols, block):
     out = poisoned((rows, cols))
     lab.add_bias(X, bias, out, block=block)
     assert_close(out, REF.add_bias_reference(X, bias), f"X + bias at {rows}x{cols}")
+
+
+@pytest.mark.exercise("lab01.grid2d")
+def test_grid2d_neighbouring_threads_read_neighbouring_addresses():
+    """x, the coordinate that differs between the threads of a warp, must walk the columns of the row-major X."""
+    rows, cols = 8, 8
+    X = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
+    bias, out = np.ones(cols, np.float32), poisoned((rows, cols))
+    log = _trace.trace(lab.add_bias_kernel, (1, 2), (8, 4), X, bias, out)
+    assert_close(out, X + 1, "X + bias")
+    for name, what in (("A", "X[r, c]"), ("C", "out[r, c]")):
+        steps = TRACE.neighbour_steps(log[name])
+        assert steps == {1}, f"{what}: threads next to each other in x are {steps} floats apart, not 1"
 
 
 @pytest.mark.exercise("lab01.gridstride")

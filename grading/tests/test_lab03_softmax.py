@@ -1,12 +1,15 @@
-"""Lab 3 (softmax, naive and online) on the simulator, against float64 NumPy; rows with -inf entries too."""
+"""Lab 3 (softmax, naive and online) on the simulator, against float64 NumPy; rows with -inf entries too; the
+online kernel's access pattern from a log of which thread touched which address (cuda_labs/_trace.py)."""
 
 import numpy as np
 import pytest
 
+from cuda_labs import _trace
 from cuda_labs import lab03_softmax as lab
 from grading.testmodels import course_copy
 
 REF = course_copy("cuda_labs.lab03_softmax")  # the float64 references: the course's, not the learner's
+TRACE = course_copy("cuda_labs._trace")  # reading the access logs: the course's code, not the learner's
 
 
 
@@ -57,3 +60,18 @@ def test_reference_only_register_softmax(rows, cols, threads, masked):
     out = np.full_like(x, np.nan)
     lab.softmax_registers(x, out, threads=threads)
     check(out, x)
+
+
+@pytest.mark.exercise("lab03.online")
+def test_online_softmax_reads_its_row_coalesced():
+    """A block per row, its threads on neighbouring columns, each element read at most twice (pass 1, pass 2)."""
+    rows, cols = 2, 128  # 4 x 32 columns: every thread makes the same loads
+    x = logits(rows, cols, 3)
+    out = np.full_like(x, np.nan)
+    log = _trace.trace(lab.softmax_online_kernel, rows, 32, x, out)
+    check(out, x)
+    reads, writes = log["A"], log["B"]
+    assert (reads[:, 7] // cols == reads[:, 0]).all(), "block r must read row r, and only row r"
+    assert TRACE.neighbour_steps(reads) == {1}, f"x: neighbouring threads are {TRACE.neighbour_steps(reads)} apart"
+    assert TRACE.neighbour_steps(writes) == {1}, "out: neighbouring threads must write neighbouring columns"
+    assert TRACE.most_reads_per_block(reads) <= 2, "each element of x read more than twice"

@@ -1,4 +1,5 @@
-"""Lab 6 (attention: the naive scores kernel and the fused flash kernel) on the simulator, float64 oracle."""
+"""Lab 6 (attention: the naive scores kernel and the fused flash kernel) on the simulator, float64 oracle; the
+scores kernel's access pattern from a log of which thread touched which address (cuda_labs/_trace.py)."""
 
 import math
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cuda_labs import _trace
 from cuda_labs import lab06_attention as lab
 from grading.testmodels import course_copy
 
 REF = course_copy("cuda_labs.lab06_attention")  # the float64 references: the course's, not the learner's
+TRACE = course_copy("cuda_labs._trace")  # reading the access logs: the course's code, not the learner's
 
 
 
@@ -29,6 +32,18 @@ def test_scores_are_scaled_and_causal():
     assert not np.isnan(S).any(), "every score must be written (-inf above the diagonal)"
     np.testing.assert_allclose(S[:, lower], ref[:, lower], rtol=1e-5, atol=1e-5)
     assert np.isneginf(S[:, ~lower]).all(), "scores above the diagonal (j > i) must be -inf"
+
+
+@pytest.mark.exercise("lab06.scores")
+def test_scores_neighbouring_threads_write_neighbouring_scores():
+    """x walks the keys j: a warp writes neighbouring S[h, i, j] and shares one query row Q[h, i]."""
+    Q, K, _ = qkv(1, 8, 4, 1)
+    S = np.full((1, 8, 8), np.nan, np.float32)
+    log = _trace.trace(lab.scores_kernel, (1, 2, 1), (8, 4), Q, K, S, np.float32(0.5))
+    assert not np.isnan(S).any(), "every score must be written (-inf above the diagonal)"
+    steps = TRACE.neighbour_steps(log["C"])
+    assert steps == {1}, f"S: neighbouring threads are {steps} floats apart, not 1"
+    assert TRACE.neighbour_steps(log["A"]) == {0}, "Q: the threads of one query row should read the same element"
 
 
 @pytest.mark.exercise("lab06.flash")

@@ -14,9 +14,9 @@ nb.markdown(
     """
     In this notebook you write `storylib/optim.py`, the tools that turn a model and its gradients into training:
     fan-in initialisation, SGD with momentum, Adam and AdamW as `torch.optim.Optimizer` subclasses, the two
-    weight-decay groups, the warmup + cosine learning-rate schedule, gradient-norm clipping and gradient
-    accumulation. Each graded cell runs the package tests of one exercise against *your* `storylib`; the book
-    (Chapter 7) explains the ideas and the math.
+    weight-decay groups, gradient-norm clipping and gradient accumulation (the learning-rate schedule is the one
+    you wrote in Chapter 3). Each graded cell runs the package tests of one exercise against *your* `storylib`;
+    the book (Chapter 7) explains the ideas and the math.
 
     Your optimizers are checked against PyTorch's own, step for step, so follow PyTorch's conventions exactly
     (they are spelled out in each docstring).
@@ -105,13 +105,6 @@ nb.exercise(
     """,
 )
 nb.exercise(
-    "ch07.schedule",
-    try_it="""
-    for step in [0, 1, 9, 10, 55, 99, 100, 120]:
-        print(step, lr_at(step, max_lr=1e-3, min_lr=1e-4, warmup=10, total=100))
-    """,
-)
-nb.exercise(
     "ch07.clip",
     try_it="""
     import torch
@@ -145,8 +138,9 @@ nb.markdown(
     ## What next
 
     Put the pieces together: train the GPT of Chapter 5 with *your* `AdamW(param_groups(model, 0.1), ...)`,
-    `lr_at` for the learning rate of every step and `clip_grad_norm_(model.parameters(), 1.0)` before each step,
-    then sweep the peak learning rate as in book §7.8.
+    Chapter 3's `warmup_cosine_lr` (from `storylib.mlp`) for the learning rate of every step and
+    `clip_grad_norm_(model.parameters(), 1.0)` before each step, then sweep the peak learning rate as in book
+    §7.8.
     """
 )
 

@@ -77,7 +77,7 @@ nb.question(
     "ch12_q_cache_bytes",
     points=1,
     prompt="""
-    The storyteller has 10 layers, width 288 and a 256-token context. How many bytes does a float32 KV cache for
+    A storyteller has 10 layers, width 288 and a 256-token context. How many bytes does a float32 KV cache for
     one full sequence take? Set `cache_bytes`.
     """,
     solution="cache_bytes = 2 * 10 * 256 * 288 * 4",

@@ -1,0 +1,59 @@
+"""Lab 5's expert matmul (v6) over tile shapes and register caps, against cuBLAS SGEMM (TF32 off), same run.
+
+    python bench/lab05_sweep.py          (on a GPU; prints one line per configuration, best last)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from cuda_labs import lab05_matmul as lab  # noqa: E402
+from cuda_labs._compat import cuda  # noqa: E402
+from cuda_labs._timing import tflops, time_ms  # noqa: E402
+
+
+def main(n: int = 4096) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    A, B = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    C = torch.empty(n, n, device="cuda")
+    dA, dB, dC = (cuda.as_cuda_array(t, sync=False) for t in (A, B, C))
+    flops = 2.0 * n**3
+    ref = torch.mm(A.double(), B.double())
+    cublas = tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))
+    rows = []
+    shapes = [(128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (128, 128, 32, 8, 8), (128, 64, 16, 8, 8),
+              (64, 128, 16, 8, 8), (128, 128, 16, 16, 8), (128, 256, 16, 8, 16), (64, 64, 16, 4, 4)]
+    for (BM, BN, BK, TM, TN), cap in itertools.product(shapes, (128, 168, 255)):
+        lab.REGISTER_CAP = {"max_registers": cap}
+        lab.expert_kernel.cache_clear()
+        try:
+            shape = dict(BM=BM, BN=BN, BK=BK, TM=TM, TN=TN)
+            ms = time_ms(lambda s=shape: lab.matmul_expert(dA, dB, dC, **s))
+        except Exception as e:  # a shape the kernel's asserts or the GPU refuse
+            print(f"{(BM, BN, BK, TM, TN)} cap {cap}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            continue
+        err = float((C.double() - ref).norm() / ref.norm())
+        k = lab.expert_kernel(BM, BN, BK, TM, TN)
+        regs = k.get_regs_per_thread()
+        regs = int(next(iter(regs.values()))) if isinstance(regs, dict) else int(regs)
+        t = tflops(flops, ms)
+        row = {"BM": BM, "BN": BN, "BK": BK, "TM": TM, "TN": TN, "cap": cap, "regs": regs, "TFLOPs": t,
+               "pct_cublas": 100 * t / cublas, "rel_err": err}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(rows, key=lambda r: r["TFLOPs"])
+    print("cublas", cublas, "best", json.dumps(best))
+    Path(os.environ.get("OUT", "/tmp"), "lab05_sweep.json").write_text(json.dumps(
+        {"card": torch.cuda.get_device_name(), "n": n, "cublas_sgemm_TFLOPs": cublas, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
