@@ -26,8 +26,17 @@ except ImportError:  # pragma: no cover - the course always has numpy
     np = None
 try:
     import torch
-except ImportError:  # pragma: no cover
-    torch = None
+except ImportError as e:  # pragma: no cover
+    torch, TORCH_IMPORT_ERROR = None, e
+else:
+    TORCH_IMPORT_ERROR = None
+
+
+def require_torch():
+    """torch, or a RuntimeError that says why this process could not import it (not a later AttributeError)."""
+    if torch is None:
+        raise RuntimeError(f"this process could not import torch: {TORCH_IMPORT_ERROR!r}")
+    return torch
 
 MAX_HEADER = 256 << 20  # a JSON header above this is a protocol error, not a memory hog
 MAX_BLOBS = 4 << 30

@@ -224,7 +224,7 @@ class Worker(wire.Peer):
             return value
 
         dec = self._dec = wire.Decoder(blobs, self.from_ref, on_value)
-        torch = wire.torch
+        torch = wire.require_torch()  # every call syncs tensors and sets grad mode: say so if torch is missing
         try:
             self.apply_sync(msg.get("sync", []), dec)
             threads = int(msg.get("threads", 0))
