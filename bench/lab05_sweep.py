@@ -16,17 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from cuda_labs import lab05_matmul as lab  # noqa: E402
-from cuda_labs._compat import cuda  # noqa: E402
 from cuda_labs._timing import tflops, time_ms  # noqa: E402
 
 
 def main(n: int = 4096) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    A, B = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
-    C = torch.empty(n, n, device="cuda")
-    dA, dB, dC = (cuda.as_cuda_array(t, sync=False) for t in (A, B, C))
+    (A, B, C), (dA, dB, dC), ref = lab.gpu_operands(n)
     flops = 2.0 * n**3
-    ref = torch.mm(A.double(), B.double())
     cublas = tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))
     rows = []
     shapes = [(128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (128, 128, 32, 8, 8), (128, 64, 16, 8, 8),

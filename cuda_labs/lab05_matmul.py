@@ -374,19 +374,26 @@ LADDER = {"v1_naive": matmul_naive, "v2_coalesced": matmul_coalesced, "v3_tiled"
           "v4_regblock": matmul_regblock, "v5_vectorized": matmul_vectorized, "v6_expert": matmul_expert}
 
 
+def gpu_operands(n: int) -> tuple:
+    """((A, B, C), (dA, dB, dC), ref): random n×n float32 A and B and an empty C on the GPU (torch, TF32 off for
+    the cuBLAS baseline), their numba views, and the float64 product A @ B — what the benchmarks time and check."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    A, B = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    C = torch.empty(n, n, device="cuda")
+    return (A, B, C), tuple(cuda.as_cuda_array(t, sync=False) for t in (A, B, C)), torch.mm(A.double(), B.double())
+
+
 def bench(n: int = 4096) -> dict:
     """TFLOP/s of every rung at n×n×n float32 against cuBLAS SGEMM (torch.mm, TF32 off), same run."""
     import torch
 
     from cuda_labs._timing import tflops, time_ms
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    A, B = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
-    C = torch.empty(n, n, device="cuda")
-    dA, dB, dC = (cuda.as_cuda_array(t, sync=False) for t in (A, B, C))
+    (A, B, C), (dA, dB, dC), ref = gpu_operands(n)
     flops = 2.0 * n**3
     res = {"n": n, "cublas_sgemm_TFLOPs": tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))}
-    ref = torch.mm(A.double(), B.double())
     for name, fn in LADDER.items():
         slow = name in ("v1_naive", "v2_coalesced")
         ms = time_ms(lambda f=fn: f(dA, dB, dC), warmup=1 if slow else 3, reps=3 if slow else 10)
