@@ -53,7 +53,7 @@ CH08 = [
     """),
     ("code", SETUP + "\nprint(R['card'], '|', R['sms'], 'SMs | torch', R['torch'], '| numba-cuda', R['numba_cuda'])"),
     ("md", """
-    ## 8.1 Where a tensor lives
+    ## Where a tensor lives
 
     Every PyTorch tensor has a **device**: `cpu`, or `cuda` (`cuda:0`, `cuda:1`, … when there are several
     GPUs). An operation runs on the device of its operands, and its result is born there. `.to(device)`
@@ -78,7 +78,7 @@ CH08 = [
         print("RuntimeError:", e)
     """),
     ("md", """
-    ## 8.2 What a kernel launch is
+    ## What a kernel launch is
 
     On a GPU, each operation — one `@`, one `softmax`, one elementwise `+` — becomes one or more **kernels**:
     functions that run on the GPU, thousands of copies at once. Python never runs on the GPU. The CPU
@@ -120,7 +120,7 @@ CH08 = [
     launch followed by a wait for its end more still, and replaying launches from a CUDA graph about one.
     In one microsecond an H100 could have done some 50 million floating-point operations.
 
-    ## 8.3 The execution model: grid, block, warp
+    ## The execution model: grid, block, warp
 
     A launch creates a **grid** of **blocks**, each of the same number of **threads** (up to 1,024). The
     hardware is a set of **streaming multiprocessors** (SMs; 132 on an H100). Each block is placed whole on
@@ -192,7 +192,7 @@ CH08 = [
     particular cost: at every barrier, and while that block waits for its next tiles from memory, the SM has
     nothing else to run. Lab 5 measures exactly that.
 
-    ## 8.4 The memory hierarchy
+    ## The memory hierarchy
 
     Each thread has **registers** (the fastest storage, private, a few hundred bytes). Each SM has **shared
     memory** and an L1 cache (256 KB together on an H100), fast and shared by the threads of a block. All
@@ -274,7 +274,7 @@ CH08 = [
     touch neighbouring addresses, move each byte from device memory once, and when threads need the same
     data, stage it in shared memory or registers*.
 
-    ## 8.5 Timing device code, and the roofline
+    ## Timing device code, and the roofline
 
     ### Timing
 
