@@ -1,4 +1,5 @@
-"""Lab 5's expert matmul (v6) over tile shapes and register caps, against cuBLAS SGEMM (TF32 off), same run.
+"""Lab 5's expert matmul (v6) over tile shapes, warp layouts, block grouping and register caps, against cuBLAS
+SGEMM (TF32 off), in the same run.
 
     python bench/lab05_sweep.py          (on a GPU; prints one line per configuration, best last)
 """
@@ -24,24 +25,26 @@ def main(n: int = 4096) -> None:
     flops = 2.0 * n**3
     cublas = tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))
     rows = []
-    shapes = [(128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (128, 128, 32, 8, 8), (128, 64, 16, 8, 8),
-              (64, 128, 16, 8, 8), (128, 128, 16, 16, 8), (128, 256, 16, 8, 16), (64, 64, 16, 4, 4)]
-    for (BM, BN, BK, TM, TN), cap in itertools.product(shapes, (128, 168, 255)):
+    shapes = [(128, 128, 16, 8, 8)]
+    layouts = [(8, 8, 2), (8, 8, 4), (8, 8, 8), (8, 16, 4)]  # (WX, GROUP, UNROLL)
+    for shape, (WX, GROUP, UNROLL), exact, cap in itertools.product(shapes, layouts, (True, False), (128,)):
         lab.REGISTER_CAP = {"max_registers": cap}
         lab.expert_kernel.cache_clear()
+        BM, BN, BK, TM, TN = shape
+        cfg = dict(BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, WX=WX, GROUP=GROUP, UNROLL=UNROLL)
         try:
-            shape = dict(BM=BM, BN=BN, BK=BK, TM=TM, TN=TN)
-            ms = time_ms(lambda s=shape: lab.matmul_expert(dA, dB, dC, **s))
+            kernel = lab.expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact)
+            grid = (lab.cdiv(n, BN), lab.cdiv(n, BM))
+            ms = time_ms(lambda k=kernel, g=grid: k[g, k.threads](dA, dB, dC))
         except Exception as e:  # a shape the kernel's asserts or the GPU refuse
-            print(f"{(BM, BN, BK, TM, TN)} cap {cap}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            print(f"{cfg} cap {cap}: {type(e).__name__}: {str(e)[:100]}", flush=True)
             continue
         err = float((C.double() - ref).norm() / ref.norm())
-        k = lab.expert_kernel(BM, BN, BK, TM, TN)
-        regs = k.get_regs_per_thread()
+        regs = kernel.get_regs_per_thread()
         regs = int(next(iter(regs.values()))) if isinstance(regs, dict) else int(regs)
         t = tflops(flops, ms)
-        row = {"BM": BM, "BN": BN, "BK": BK, "TM": TM, "TN": TN, "cap": cap, "regs": regs, "TFLOPs": t,
-               "pct_cublas": 100 * t / cublas, "rel_err": err}
+        row = {**cfg, "EXACT": exact, "cap": cap, "regs": regs, "TFLOPs": t, "pct_cublas": 100 * t / cublas,
+               "rel_err": err}
         rows.append(row)
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["TFLOPs"])

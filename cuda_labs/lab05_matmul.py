@@ -18,7 +18,8 @@ v5 vectorised  v4 with A stored transposed in shared memory, each thread moving 
                tile so that a warp's shared-memory reads hit 32 different banks
 v6 expert     (reference only) v5 as the compiler wants it: uint32 indices (no negative-index code),
                runs of 4 rows/columns read as one 16-byte shared load, two k per loop turn, and the next
-               tile's global loads in flight while the FMAs run: the hot loop is 85% FMAs (v5: 44%)
+               tile's global loads in flight while the FMAs run: the hot loop is 85% FMAs (v5: 44%); two
+               shared buffers (one barrier per k-tile), 8×4-thread warp tiles, blocks in groups of 8 rows
 
     python -m cuda_labs.lab05_matmul   # benchmark on a GPU against cuBLAS (torch.mm, TF32 off)
 """
@@ -247,80 +248,113 @@ def vectorized_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
 
 
 @cache
-def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
-    """v5 made fast: unsigned 32-bit indices, 16-byte shared loads, next tile's loads in flight during the FMAs.
+def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int, WX: int = 8, GROUP: int = 8, UNROLL: int = 2,
+                  EXACT: bool = False):
+    """v5 made fast: uint32 indices, 16-byte shared loads, two shared buffers, 2-D warp tiles, grouped blocks.
 
     What the compiler does with v5 (read with inspect_sass): each numba index is a signed 64-bit number that
     may be negative (Python's a[-1]), so every access costs a sign test, a select and 64-bit arithmetic —
     about 40 integer instructions per k next to 64 FMAs. With uint32 indices that code disappears.
     A thread's TM rows are TM/4 runs of 4 consecutive rows (the runs BM/(TM/4) apart), likewise its
-    columns, so a run is one 16-byte LDS.128 from an aligned shared array. (Reference only: no exercise.)
+    columns, so a run is one 16-byte LDS.128 from an aligned shared array.
+    Two shared buffers: the threads compute on one k-tile while they store the next (already loaded into
+    registers) into the other, so one barrier per k-tile instead of two.
+    A warp is WX threads along a row of the tile by 32/WX down (not 16 × 2): per k it reads 4·TM·32/WX values
+    of A and 4·TN·WX of B from shared memory — with 8 × 4, 32 + 64 instead of 16 + 128 words.
+    Blocks run in groups of GROUP block-rows (blockIdx remapped): the blocks resident at one time share rows
+    of A and columns of B in L2. UNROLL k a loop turn. EXACT: M, N, K are multiples of BM, BN, BK, so no load
+    or store needs a bounds test (the launcher picks it). (Reference only: no exercise.)
     """
     NT = (BM // TM) * (BN // TN)  # threads per block
     TX = BN // TN  # threads along a row of the tile
+    WX = min(WX, TX)
+    WY, WARPS_X = 32 // WX, TX // WX  # a warp's threads down the tile; warps along a row
     A_RUNS, B_RUNS = BM * BK // (NT * VEC), BK * BN // (NT * VEC)  # runs of 4 a thread loads per k-tile
     M_BAND, N_BAND = BM * VEC // TM, BN * VEC // TN  # distance between a thread's runs of rows (columns)
     A_SIZE, B_SIZE, ACC, A_REGS, B_REGS = BK * BM, BK * BN, TM * TN, A_RUNS * VEC, B_RUNS * VEC
+    A_BUFS, B_BUFS = 2 * A_SIZE, 2 * B_SIZE  # shared array sizes must be constants of the kernel, not expressions
     assert A_RUNS >= 1 and B_RUNS >= 1 and A_RUNS * NT * VEC == BM * BK and B_RUNS * NT * VEC == BK * BN
-    assert TM % VEC == 0 and TN % VEC == 0 and BK % VEC == 0 and BN % VEC == 0 and BK % 2 == 0
+    assert TM % VEC == 0 and TN % VEC == 0 and BK % VEC == 0 and BN % VEC == 0 and BK % UNROLL == 0
+    assert NT % 32 == 0 and TX % WX == 0 and 32 % WX == 0, "whole warps, each WX × 32/WX threads"
     u = uint32  # every index below is an unsigned 32-bit number: no negative-index code
+
+    @cuda.jit(device=True, inline=True)
+    def load_tile(A, B, pa, pb, t, row0, col0, k0, M, K, N):
+        """This thread's runs of the k-tile at k0 from global memory into registers (0 outside the matrices)."""
+        for l in range(A_RUNS):
+            e = t + u(l * NT)
+            r, k = row0 + e // u(BK // VEC), k0 + (e % u(BK // VEC)) * u(VEC)
+            for q in range(VEC):
+                pa[l * VEC + q] = A[r, k + u(q)] if EXACT or (r < M and k + u(q) < K) else float32(0.0)
+        for l in range(B_RUNS):
+            e = t + u(l * NT)
+            k, c = k0 + e // u(BN // VEC), col0 + (e % u(BN // VEC)) * u(VEC)
+            for q in range(VEC):
+                pb[l * VEC + q] = B[k, c + u(q)] if EXACT or (k < K and c + u(q) < N) else float32(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def store_tile(At, Bs, pa, pb, t, a0, b0):
+        """The registers into shared buffer (a0, b0): A transposed, B as it is."""
+        for l in range(A_RUNS):
+            e = t + u(l * NT)
+            r, k = e // u(BK // VEC), (e % u(BK // VEC)) * u(VEC)
+            for q in range(VEC):
+                At[a0 + (k + u(q)) * u(BM) + r] = pa[l * VEC + q]
+        for l in range(B_RUNS):
+            e = t + u(l * NT)
+            k, c = e // u(BN // VEC), (e % u(BN // VEC)) * u(VEC)
+            for q in range(VEC):
+                Bs[b0 + k * u(BN) + c + u(q)] = pb[l * VEC + q]
 
     @cuda.jit(fastmath=True, **REGISTER_CAP)  # BK=16 uncapped takes 152 registers and one block an SM; capped, 127
     def matmul_expert_kernel(A, B, C):
-        At = cuda.shared.array(A_SIZE, dtype=float32, alignment=16)  # At[k·BM + r] = A[row0 + r, k0 + k]
-        Bs = cuda.shared.array(B_SIZE, dtype=float32, alignment=16)  # Bs[k·BN + c] = B[k0 + k, col0 + c]
+        At = cuda.shared.array(A_BUFS, dtype=float32, alignment=16)  # At[s·A_SIZE + k·BM + r]: A, transposed
+        Bs = cuda.shared.array(B_BUFS, dtype=float32, alignment=16)  # Bs[s·B_SIZE + k·BN + c]
         acc = cuda.local.array(ACC, dtype=float32)  # acc[i·TN + j]: registers (every index a constant)
         a = cuda.local.array(TM, dtype=float32)
         b = cuda.local.array(TN, dtype=float32)
         pa = cuda.local.array(A_REGS, dtype=float32)  # the next k-tile, loaded while this one is used
         pb = cuda.local.array(B_REGS, dtype=float32)
         t = u(cuda.threadIdx.x)
-        tx, ty = t % u(TX), t // u(TX)
-        row0, col0 = u(cuda.blockIdx.y) * u(BM), u(cuda.blockIdx.x) * u(BN)
+        w, lane = t // u(32), t % u(32)
+        tx, ty = (w % u(WARPS_X)) * u(WX) + lane % u(WX), (w // u(WARPS_X)) * u(WY) + lane // u(WX)
+        by, bx = u(cuda.blockIdx.y), u(cuda.blockIdx.x)
+        if GROUP:  # walk the grid in groups of GROUP block-rows, column by column inside a group
+            gx, gy = u(cuda.gridDim.x), u(cuda.gridDim.y)
+            pid, per_group = by * gx + bx, u(GROUP) * gx
+            first = (pid // per_group) * u(GROUP)
+            rows = min(gy - first, u(GROUP))
+            by, bx = first + (pid % per_group) % rows, (pid % per_group) // rows
+        row0, col0 = by * u(BM), bx * u(BN)
         M, K, N = u(A.shape[0]), u(A.shape[1]), u(B.shape[1])
         for i in range(ACC):
             acc[i] = float32(0.0)
-        for k0 in range(u(0), K + u(BK), u(BK)):  # one extra turn: the last one only stores the last tile
-            if k0 > u(0):  # store the tile loaded last turn, then compute on it
-                cuda.syncthreads()  # everyone is done reading the previous tile
-                for l in range(A_RUNS):
-                    e = t + u(l * NT)
-                    r, k = e // u(BK // VEC), (e % u(BK // VEC)) * u(VEC)
-                    for q in range(VEC):
-                        At[(k + u(q)) * u(BM) + r] = pa[l * VEC + q]
-                for l in range(B_RUNS):
-                    e = t + u(l * NT)
-                    k, c = e // u(BN // VEC), (e % u(BN // VEC)) * u(VEC)
-                    for q in range(VEC):
-                        Bs[k * u(BN) + c + u(q)] = pb[l * VEC + q]
-                cuda.syncthreads()
-            if k0 < K:  # issue the global loads of tile k0; they complete while the FMAs below run
-                for l in range(A_RUNS):
-                    e = t + u(l * NT)
-                    r, k = row0 + e // u(BK // VEC), k0 + (e % u(BK // VEC)) * u(VEC)
-                    for q in range(VEC):
-                        pa[l * VEC + q] = A[r, k + u(q)] if r < M and k + u(q) < K else float32(0.0)
-                for l in range(B_RUNS):
-                    e = t + u(l * NT)
-                    k, c = k0 + e // u(BN // VEC), col0 + (e % u(BN // VEC)) * u(VEC)
-                    for q in range(VEC):
-                        pb[l * VEC + q] = B[k, c + u(q)] if k < K and c + u(q) < N else float32(0.0)
-            if k0 > u(0):
-                for k2 in range(BK // 2):
-                    for k1 in range(2):  # two k a turn: the compiler unrolls this loop, halving the loop's cost
-                        k = u(2 * k2 + k1)
-                        for i in range(TM):  # runs of 4: each run one 16-byte shared load (LDS.128)
-                            a[i] = At[k * u(BM) + u((i // VEC) * M_BAND + i % VEC) + ty * u(VEC)]
+        load_tile(A, B, pa, pb, t, row0, col0, u(0), M, K, N)
+        store_tile(At, Bs, pa, pb, t, u(0), u(0))
+        cuda.syncthreads()
+        for k0 in range(u(0), K, u(BK)):
+            s = (k0 // u(BK)) % u(2)  # the buffer holding tile k0
+            a0, b0 = s * u(A_SIZE), s * u(B_SIZE)
+            if k0 + u(BK) < K:  # issue the next tile's global loads; they complete while the FMAs below run
+                load_tile(A, B, pa, pb, t, row0, col0, k0 + u(BK), M, K, N)
+            for k2 in range(BK // UNROLL):
+                for k1 in range(UNROLL):  # UNROLL k a turn: the compiler unrolls this loop, dividing the loop's cost
+                    k = u(UNROLL * k2 + k1)
+                    for i in range(TM):  # runs of 4: each run one 16-byte shared load (LDS.128)
+                        a[i] = At[a0 + k * u(BM) + u((i // VEC) * M_BAND + i % VEC) + ty * u(VEC)]
+                    for j in range(TN):
+                        b[j] = Bs[b0 + k * u(BN) + u((j // VEC) * N_BAND + j % VEC) + tx * u(VEC)]
+                    for i in range(TM):
                         for j in range(TN):
-                            b[j] = Bs[k * u(BN) + u((j // VEC) * N_BAND + j % VEC) + tx * u(VEC)]
-                        for i in range(TM):
-                            for j in range(TN):
-                                acc[i * TN + j] += a[i] * b[j]
+                            acc[i * TN + j] += a[i] * b[j]
+            if k0 + u(BK) < K:  # the other buffer: nobody reads it since the last barrier
+                store_tile(At, Bs, pa, pb, t, (u(1) - s) * u(A_SIZE), (u(1) - s) * u(B_SIZE))
+            cuda.syncthreads()
         for i in range(TM):
             r = row0 + ty * u(VEC) + u((i // VEC) * M_BAND + i % VEC)
             for j in range(TN):
                 c = col0 + tx * u(VEC) + u((j // VEC) * N_BAND + j % VEC)
-                if r < M and c < N:
+                if EXACT or (r < M and c < N):
                     C[r, c] = acc[i * TN + j]
 
     matmul_expert_kernel.threads = NT
@@ -363,10 +397,11 @@ def matmul_vectorized(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
 
 
-def matmul_expert(A, B, C, BM=128, BN=128, BK=16, TM=8, TN=8) -> None:
+def matmul_expert(A, B, C, BM=128, BN=128, BK=16, TM=8, TN=8, WX=8, GROUP=8, UNROLL=2) -> None:
     # BK=16: half the barriers and tile loads of BK=8 per multiply-add (bench/lab05_sweep.py: best of its shapes)
     M, N = C.shape
-    kernel = expert_kernel(BM, BN, BK, TM, TN)
+    exact = M % BM == 0 and N % BN == 0 and A.shape[1] % BK == 0
+    kernel = expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact)
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
 
 

@@ -61,6 +61,10 @@ class GPTConfig:
     # The trainer's speed path: PyTorch's own F.layer_norm and F.scaled_dot_product_attention (flash attention
     # on a GPU) instead of the hand-written LayerNorm and attention below. Same math, same parameters.
     fused: bool = False
+    # Causal (True): position t attends only to positions <= t, as a language model must. False: every position
+    # attends to every other (an encoder; Chapter 17's diffusion transformer, whose image patches see each other
+    # and every word of the caption). A config saved before this field existed loads as causal.
+    causal: bool = True
 
 
 # ----------------------------------------------------------------------------- LayerNorm, by hand
@@ -140,6 +144,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
         self.n_head, self.n_embd, self.fused = config.n_head, config.n_embd, config.fused
+        self.causal = config.causal
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v side by side
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -169,10 +174,14 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v):
-        """Chapter 4's causal attention, every head at once: q, k, v (B, nh, T, hs) -> (B, nh, T, hs)."""
+        """Chapter 4's causal attention, every head at once: q, k, v (B, nh, T, hs) -> (B, nh, T, hs).
+
+        With config.causal = False no mask: every position attends to every position.
+        """
         T = q.shape[-2]
         att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, T): how much t attends to s
-        att = att.masked_fill(~self.mask[:T, :T], float("-inf"))
+        if self.causal:
+            att = att.masked_fill(~self.mask[:T, :T], float("-inf"))
         att = self.attn_dropout(F.softmax(att, dim=-1))
         return att @ v
 
@@ -182,7 +191,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.attn_dropout.p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,11 @@ def _check_base(model: nn.Module, doc: dict[str, Any], path: Path, base_dir: str
     """CheckpointError if the model (or the base folder given) is not the one the adapter was trained on."""
     file = path / "adapter_config.json"
     saved, mine = doc["base"], _base_identity(model, None)
+    if "model" in saved and "model" in mine:
+        # a setting added to the config after the adapter was made (GPTConfig.causal) is not in its file: the
+        # adapter was trained with that setting's default
+        defaults = {f.name: f.default for f in fields(model.config) if f.default is not MISSING}
+        saved = {**saved, "model": {**{k: defaults[k] for k in mine["model"] if k in defaults}, **saved["model"]}}
     if "model" in saved and "model" in mine and saved["model"] != mine["model"]:
         diff = {k: (saved["model"].get(k), v) for k, v in mine["model"].items() if saved["model"].get(k) != v}
         raise CheckpointError(f"{file}: made for another base model; (adapter's, this model's) settings differ: {diff}")

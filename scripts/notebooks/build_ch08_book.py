@@ -752,7 +752,12 @@ LABS = {
         numbers for one k sit side by side, and a thread's TN columns are strided across the tile so that the
         32 lanes of a warp read 32 different **banks** (see the pitfalls). The reference-only **v6** is v5 as
         the compiler wants it: unsigned 32-bit indices (numba's signed ones cost a sign test per access), two k
-        per loop turn, and the next tiles' loads in flight while the multiply-adds run.
+        per loop turn, and the next tiles' loads in flight while the multiply-adds run. It keeps *two* pairs of
+        shared tiles, computing from one while it fills the other, so one barrier per k-tile suffices instead
+        of two; it shapes each warp as 8 × 4 threads instead of 16 × 2, so that per k a warp reads 32 numbers
+        of A and 64 of B from shared memory rather than 16 and 128 (fewer bytes through the same banks); and it
+        visits the blocks in groups of 8 block-rows, so that the blocks running at the same time share rows of
+        A and columns of B in the L2 cache.
 
         **Your goal**: each rung faster than the one before it.
         """,
