@@ -123,7 +123,8 @@ def _noun_phrase(t: Thing, article: str = "a") -> str:
         words = [w for w in (t.size, t.kind) if w]
         lead = "an" if words[0][0] in "aeiou" else "a"
         clothes = "dress" if t.kind == "girl" else "shirt"
-        return " ".join([lead, *words]) + (f" in a {t.colour} {clothes}" if t.colour else "")
+        article = "an" if t.colour and t.colour[0] in "aeiou" else "a"
+        return " ".join([lead, *words]) + (f" in {article} {t.colour} {clothes}" if t.colour else "")
     words = [w for w in (t.size, t.colour) if w]
     noun = t.kind if t.count == 1 else PLURAL.get(t.kind, t.kind + "s")
     lead = NUMBERS[t.count] if t.count > 1 else ("an" if (words or [noun])[0][0] in "aeiou" else "a")

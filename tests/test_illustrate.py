@@ -1,0 +1,81 @@
+"""storylib.illustrate: story sentences -> the scene generator's captions -> pictures."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from storylib import dit as D
+from storylib import illustrate as I
+from storylib import scenes
+from storylib import vqvae as V
+from storylib.scenes import Scene, Thing
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_every_generator_caption_reads_back_as_itself(split):
+    """The rules understand the generator's own language: caption_for(caption(spec)) == caption(spec)."""
+    for i in range(1500):
+        spec = scenes.sample_spec(random.Random(f"illustrate/{split}/{i}"), split)
+        assert I.caption_for(scenes.caption(spec)) == scenes.caption(spec)
+
+
+@pytest.mark.parametrize("sentence, scene", [
+    ("Lily kicked her big red ball under the old tree.",
+     Scene((Thing("ball", "red", "big"), Thing("tree", None, None)), relation="under")),
+    ("At night, a little green cat sat on the blue car.",
+     Scene((Thing("cat", "green", "small"), Thing("car", "blue", None)), relation="on", time="night")),
+    ("One day, Tim saw two brown puppies in the rain.",
+     Scene((Thing("dog", "brown", None, 2),), weather="rain")),
+    ("The yellow bird sang next to the pink house in the evening.",
+     Scene((Thing("bird", "yellow", None), Thing("house", "pink", None)), relation="next to", time="evening")),
+    ("The sun was bright in the sky.", Scene((Thing("sun", None, None),), place="top")),
+    ("Max had a purple boat. It snowed.", Scene((Thing("boat", "purple", None),), weather="snow")),
+])
+def test_story_sentences_become_the_scene_they_describe(sentence, scene):
+    assert I.read_scene(sentence) == scene
+    assert I.caption_for(sentence) == scenes.caption(scene)
+
+
+def test_a_missing_colour_is_chosen_once_per_sentence():
+    """The generator never draws an uncoloured ball: the rules pick a colour, the same one every time."""
+    spec = I.read_scene("The ball rolled far away.")
+    assert spec.things[0].kind == "ball" and spec.things[0].colour in scenes.COLOURS
+    assert all(I.read_scene("The ball rolled far away.") == spec for _ in range(5))
+
+
+@pytest.mark.parametrize("sentence, why", [("She was very happy.", "names none of"),
+                                           ("", "names none of"),
+                                           ("The sun went down and it was night.", "does not shine at night")])
+def test_nothing_to_draw_says_why(sentence, why):
+    with pytest.raises(I.NothingToDraw, match=why):
+        I.caption_for(sentence)
+
+
+def test_pick_sentence_prefers_the_most_drawable():
+    story = "Once upon a time there was a girl. She was kind! One day a bird sat on a tree. They were friends."
+    assert I.pick_sentence(story) == "One day a bird sat on a tree."
+    with pytest.raises(I.NothingToDraw):
+        I.pick_sentence("They were happy. The end.")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny untrained VQ-VAE + DiT, saved and loaded the way models/illustrator is."""
+    torch.manual_seed(0)
+    vq = V.VQVAE(V.VQConfig(image_size=16, channels=(8, 8), n_res=0, latent_dim=3, codebook_size=11)).eval()
+    dit = D.DiT(D.DiTConfig(latent_channels=3, latent_size=4, patch=2, n_layer=1, n_head=2, n_embd=16,
+                            text_layers=1)).eval()
+    folder = tmp_path_factory.mktemp("illustrator")
+    V.save_vqvae(vq, folder / "vqvae")
+    D.save_dit(dit, folder / "dit")
+    return folder
+
+
+def test_the_illustrator_draws_a_picture_for_a_caption(tiny):
+    ill = I.Illustrator.load(tiny)
+    caption = I.caption_for("A red ball under a tree.")
+    a, b = ill.draw(caption, steps=3, seed=1), ill.draw(caption, steps=3, seed=1)
+    assert a.dtype == np.uint8 and a.shape == (16, 16, 3)
+    assert np.array_equal(a, b), "the same caption and seed must draw the same picture"
