@@ -8,11 +8,11 @@ codebook vectors ("vector quantisation"), and a decoder paints the picture back 
 
     VQConfig                 the hyperparameters
     to_tensor, to_pictures   uint8 (N, H, W, 3) pictures <-> float (N, 3, H, W) in [-1, 1]
-    nearest_codes            the index of the nearest codebook vector, for every vector      (future exercise)
-    straight_through         forward zq, backward as if zq were z                             (future exercise)
-    commitment_loss          beta · |z - sg(zq)|²: the encoder commits to its codes           (future exercise)
-    codebook_perplexity      exp(entropy of code usage): how many codes are really in use     (future exercise)
-    psnr                     peak signal-to-noise ratio in dB                                  (future exercise)
+    nearest_codes            the index of the nearest codebook vector, for every vector
+    straight_through         forward zq, backward as if zq were z
+    commitment_loss          beta · |z - sg(zq)|²: the encoder commits to its codes
+    codebook_perplexity      exp(entropy of code usage): how many codes are really in use
+    psnr                     peak signal-to-noise ratio in dB
     VectorQuantizer          the codebook, learnt by EMA k-means, with dead-code restarts
     Encoder, Decoder, VQVAE  convolutions and residual blocks around the quantiser
     train_vqvae              MSE reconstruction + commitment, AdamW, warm-up + cosine schedule
@@ -21,7 +21,7 @@ codebook vectors ("vector quantisation"), and a decoder paints the picture back 
     model, log = train_vqvae(make_dataset(20_000, size=64)["pictures"], VQConfig(), steps=3000, device="cuda")
     lat = model.latents(to_tensor(pictures))      # (N, D, 16, 16), unit variance: what the diffusion model draws
     pictures = to_pictures(model.decode_latents(lat))
-    save_vqvae(model, "models/illustrator")
+    save_vqvae(model, "models/illustrator/vqvae")
 
 The codebook is not learnt by gradient descent but by an exponential moving average of the encoder outputs
 assigned to each code (the paper's appendix A.1; Sonnet's VectorQuantizerEMA): a running k-means. A code that
