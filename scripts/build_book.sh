@@ -19,8 +19,8 @@ JB="$VENV/bin/jupyter-book"
 # offline assets: staged when missing or stale; npm (the only step that may use the network) runs only
 # when .assets/node_modules is missing or scripts/assets-package-lock.json changed
 echo "== offline assets"
-scripts/assets.sh --check >/dev/null 2>&1 || scripts/assets.sh  # restaged only when missing or stale: the tests
-                                                                 # of make test's other lane may be reading them
+scripts/assets.sh --check >/dev/null 2>&1 || scripts/assets.sh  # restaged only when missing or stale: tests
+                                                                 # running beside the build may be reading them
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"              # the "python3" kernel runs this venv's python
