@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from storylib import scenes
 from storylib.mlp import warmup_cosine_lr
 from storylib.optim import AdamW, clip_grad_norm_, param_groups
+from storylib.vqvae import to_tensor  # the same pictures -> tensors as the VQ-VAE
 
 # ----------------------------------------------------------------------------- the labels
 
@@ -118,14 +119,6 @@ class ClassifierConfig:
     depth: int = 2  # 3x3 convolutions per stage
     n_features: int = 256  # the feature vector: the heads' input and the Fréchet distance's space
     grid: int = 4  # the last stage is pooled to grid x grid and flattened: where things are is a label
-
-
-def _to_tensor(pictures: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 pictures (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(pictures) if not isinstance(pictures, torch.Tensor) else pictures)
-    if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(f"pictures must be uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _stage(c_in: int, c_out: int, depth: int) -> nn.Sequential:
@@ -226,7 +219,7 @@ def train_classifier(
         for group in opt.param_groups:
             group["lr"] = lr_now
         idx = torch.randint(0, len(x_all), (batch_size,), generator=gen, device=device)
-        x = augment(_to_tensor(x_all[idx]), gen)
+        x = augment(to_tensor(x_all[idx]), gen)
         with amp:
             loss = heads_loss(model(x), {k: v[idx] for k, v in y_all.items()})
         opt.zero_grad(set_to_none=True)
@@ -249,7 +242,7 @@ def _batched(model: AttributeClassifier, pictures: np.ndarray, batch_size: int, 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     device = next(model.parameters()).device
-    return [fn(model, _to_tensor(pictures[i:i + batch_size]).to(device)) for i in range(0, len(pictures), batch_size)]
+    return [fn(model, to_tensor(pictures[i:i + batch_size]).to(device)) for i in range(0, len(pictures), batch_size)]
 
 
 def predict(model: AttributeClassifier, pictures: np.ndarray, batch_size: int = 256) -> list[dict]:

@@ -178,7 +178,7 @@ def test_picture_features_are_the_penultimate_layer_and_separate_real_from_noise
     feats = C.picture_features(model, test["pictures"][:50], batch_size=16)
     assert feats.shape == (50, 64) and feats.dtype == np.float64
     with torch.no_grad():
-        direct = model.features(C._to_tensor(test["pictures"][:50])).double().numpy()
+        direct = model.features(C.to_tensor(test["pictures"][:50])).double().numpy()
     np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-6)
     other = C.picture_features(model, test["pictures"][50:100])
     noise = C.picture_features(model, np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8))
