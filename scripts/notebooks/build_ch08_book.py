@@ -772,7 +772,7 @@ LABS = {
         4,096² fp32, every rung against cuBLAS SGEMM (`torch.mm` with TF32 off) in the same run — key `lab05` of
         `bench/results/cuda_labs_h100.json`. Naive and coalesced are a rounding error; shared-memory tiles
         multiply the rate several times; register blocking nearly doubles it again, vectorised loads add a
-        little more, and the expert rung doubles it once more. Each rung beats the one before, and even the
+        little more, and the expert rung more than doubles it again. Each rung beats the one before, and even the
         best stays short of cuBLAS, whose kernels are written in the GPU's assembly by people who do nothing else.
         """,
         """
