@@ -36,7 +36,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -61,10 +61,6 @@ class DiTConfig:
     text_layers: int = 2  # non-causal transformer blocks of the text encoder
     cond_dropout: float = 0.1  # probability that a training caption becomes the null caption (for CFG)
     fused: bool = True  # PyTorch's attention and LayerNorm kernels (same math as Chapter 5's, faster)
-    # the model works on (latents - latent_shift) / latent_scale, about unit variance like the noise;
-    # train_dit measures them on the training latents, sample() undoes them
-    latent_shift: float = 0.0
-    latent_scale: float = 1.0
 
     @property
     def pad_id(self) -> int:
@@ -82,8 +78,6 @@ class DiTConfig:
             raise ValueError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head} and of 4")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        if self.latent_scale <= 0:
-            raise ValueError(f"latent_scale must be > 0, got {self.latent_scale}")
         return self
 
 
@@ -404,7 +398,7 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> tor
 @torch.no_grad()
 def sample(model: DiT, tokens: torch.Tensor, steps: int = 20, guidance: float = 3.0,
            generator: torch.Generator | None = None, return_trajectory: bool = False):
-    """Latent grids for the captions tokens (B, text_len): (B, D, S, S), in the latents' own scale.
+    """Latent grids for the captions tokens (B, text_len): (B, D, S, S).
 
     Start from noise ~ N(0, 1) (drawn with `generator`, on its device) at t = 1 and take `steps` Euler steps on
     t = 1, 1 - 1/steps, ..., 0 with the guided velocity cfg_velocity(v(tokens), v(null caption), guidance); the two
@@ -434,10 +428,7 @@ def sample(model: DiT, tokens: torch.Tensor, steps: int = 20, guidance: float = 
         x = euler_step(x, v, t, t_next)
         path.append(x)
     model.train(was_training)
-    x = x * cfg.latent_scale + cfg.latent_shift  # back to the latents' own scale
-    if return_trajectory:
-        return x, torch.stack(path) * cfg.latent_scale + cfg.latent_shift
-    return x
+    return (x, torch.stack(path)) if return_trajectory else x
 
 
 # ----------------------------------------------------------------------------- training
@@ -463,13 +454,13 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
 def train_dit(latents: torch.Tensor, tokens: torch.Tensor, cfg: DiTConfig, steps: int = 2000, batch_size: int = 128,
               lr: float = 3e-4, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
               ema: float | None = 0.999, warmup: int = 100, weight_decay: float = 0.0, grad_clip: float = 1.0,
-              log_every: int = 50, t_dist: str = "logit_normal", normalize: bool = True) -> tuple[DiT, list[dict]]:
+              log_every: int = 50, t_dist: str = "logit_normal") -> tuple[DiT, list[dict]]:
     """Train a DiT on latents (N, D, S, S) with captions tokens (N, text_len); returns (model, log).
 
     AdamW (storylib.optim, betas 0.9, 0.95) with weight decay on matrices only, warmup_cosine_lr (linear warm-up
     of min(warmup, steps // 10) steps, cosine to lr/10), batches drawn with replacement, gradient clipping at
-    grad_clip, bf16 autocast on CUDA only. normalize=True sets cfg.latent_shift / latent_scale to the latents' mean
-    and std, so the model sees unit-variance data like the noise. ema: the returned model is an exponential moving
+    grad_clip, bf16 autocast on CUDA only. The latents should have about unit variance, like the noise (the VQ-VAE's
+    latent_scale sees to that). ema: the returned model is an exponential moving
     average of the weights, decay min(ema, (1 + step) / (10 + step)) (short runs average fewer steps); None: the
     raw weights. log: every log_every steps (and the last) {"step", "loss" (mean since the last entry), "lr",
     "grad_norm"}. The model comes back in eval mode, on `device`.
@@ -481,13 +472,11 @@ def train_dit(latents: torch.Tensor, tokens: torch.Tensor, cfg: DiTConfig, steps
 
     _check_data(latents, tokens, cfg)
     device = torch.device(device)
-    if normalize:
-        cfg = replace(cfg, latent_shift=float(latents.float().mean()), latent_scale=float(latents.float().std()))
     with torch.random.fork_rng(devices=[]):  # the same seed, the same initial weights, without touching the caller's
         torch.manual_seed(seed)
         model = DiT(cfg).to(device)
     ema_model = copy.deepcopy(model).requires_grad_(False) if ema else None
-    x_all = ((latents.float() - cfg.latent_shift) / cfg.latent_scale).to(device)
+    x_all = latents.float().to(device)
     tok_all = tokens.long().to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     opt = AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
