@@ -12,12 +12,15 @@ trained on. When the sentence holds nothing the model can draw, `NothingToDraw` 
     caption_for("Lily kicked her big red ball under the old tree.")         # "a big red ball under a tree"
     pick_sentence(story)                                                    # the most drawable sentence
     Illustrator.load("models/illustrator").draw(caption, steps=25, guidance=3.0, seed=0)   # uint8 (64, 64, 3)
+    Illustrator.load().illustrate(story)     # Picture(sentence, caption, pixels); .png() gives the PNG bytes
 """
 
 from __future__ import annotations
 
+import io
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +145,25 @@ def pick_sentence(story: str) -> str:
     return best
 
 
+@dataclass(frozen=True)
+class Picture:
+    """What "Illustrate" shows: the sentence drawn, the caption the model was given and the picture, uint8 (S, S, 3)."""
+
+    sentence: str
+    caption: str
+    pixels: np.ndarray
+
+    def png(self, scale: int = 4) -> bytes:
+        """The picture as PNG bytes, enlarged `scale` times with square pixels (64 × 64 is small on a screen)."""
+        from PIL import Image
+
+        img = Image.fromarray(self.pixels)
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+
 class Illustrator:
     """The trained image half: a VQ-VAE, a DiT and the storyteller's tokenizer, loaded from one folder."""
 
@@ -170,3 +192,10 @@ class Illustrator:
         z = D.sample(self.dit, tokens, steps=steps, guidance=guidance,
                      generator=torch.Generator(device).manual_seed(seed))
         return V.to_pictures(self.vq.decode_latents(z, snap=True).float().cpu())[0]
+
+    def illustrate(self, story: str, sentence: str | None = None, steps: int = 25, guidance: float = 3.0,
+                   seed: int = 0) -> Picture:
+        """Draw `sentence` (or, when None, the story's most drawable one); raises NothingToDraw with the reason."""
+        sentence = (sentence or "").strip() or pick_sentence(story)
+        caption = caption_for(sentence)
+        return Picture(sentence, caption, self.draw(caption, steps=steps, guidance=guidance, seed=seed))

@@ -1,16 +1,15 @@
 """storylib.illustrate: story sentences -> the scene generator's captions -> pictures."""
 
+import io
 import random
 
 import numpy as np
 import pytest
-import torch
 
-from storylib import dit as D
 from storylib import illustrate as I
 from storylib import scenes
-from storylib import vqvae as V
 from storylib.scenes import Scene, Thing
+from tests.illustrator_model import tiny_illustrator
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
@@ -63,14 +62,7 @@ def test_pick_sentence_prefers_the_most_drawable():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny untrained VQ-VAE + DiT, saved and loaded the way models/illustrator is."""
-    torch.manual_seed(0)
-    vq = V.VQVAE(V.VQConfig(image_size=16, channels=(8, 8), n_res=0, latent_dim=3, codebook_size=11)).eval()
-    dit = D.DiT(D.DiTConfig(latent_channels=3, latent_size=4, patch=2, n_layer=1, n_head=2, n_embd=16,
-                            text_layers=1)).eval()
-    folder = tmp_path_factory.mktemp("illustrator")
-    V.save_vqvae(vq, folder / "vqvae")
-    D.save_dit(dit, folder / "dit")
-    return folder
+    return tiny_illustrator(tmp_path_factory.mktemp("illustrator"))
 
 
 def test_the_illustrator_draws_a_picture_for_a_caption(tiny):
@@ -79,3 +71,19 @@ def test_the_illustrator_draws_a_picture_for_a_caption(tiny):
     a, b = ill.draw(caption, steps=3, seed=1), ill.draw(caption, steps=3, seed=1)
     assert a.dtype == np.uint8 and a.shape == (16, 16, 3)
     assert np.array_equal(a, b), "the same caption and seed must draw the same picture"
+
+
+def test_illustrate_picks_the_sentence_and_gives_a_png(tiny):
+    from PIL import Image
+
+    ill = I.Illustrator.load(tiny)
+    story = "Tom was sad. Then he saw two red birds on a house at night. He smiled."
+    pic = ill.illustrate(story, steps=2)
+    assert pic.sentence == "Then he saw two red birds on a house at night."
+    assert pic.caption == I.caption_for(pic.sentence) and pic.pixels.shape == (16, 16, 3)
+    img = Image.open(io.BytesIO(pic.png(scale=3)))
+    assert img.size == (48, 48) and np.array_equal(np.asarray(img.convert("RGB"))[::3, ::3], pic.pixels)
+    chosen = ill.illustrate(story, sentence="A dog next to a car.", steps=2)
+    assert chosen.caption == I.caption_for("A dog next to a car.")
+    with pytest.raises(I.NothingToDraw, match="nothing to draw"):
+        ill.illustrate("They were happy. The end.")
