@@ -18,6 +18,7 @@ trained on. When the sentence holds nothing the model can draw, `NothingToDraw` 
 from __future__ import annotations
 
 import io
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -49,6 +50,14 @@ PLACES = {("on", "the", "left"): "left", ("on", "the", "right"): "right", ("at",
 NIGHT, EVENING = {"night", "dark", "moon", "stars", "bedtime"}, {"evening", "sunset", "dusk"}
 RAIN, SNOW = {"rain", "rained", "raining", "rainy"}, {"snow", "snowed", "snowing", "snowy", "snowman"}
 MODIFIER_REACH = 3  # a colour or size word counts for the noun at most this many words after it
+
+
+def illustrator_folder(folder: str | Path | None = None) -> Path:
+    """Where the illustrator lives: `folder` when given, else $LLM101N_ILLUSTRATOR, else the course's
+    models/illustrator (resolved like every other model folder). The folder may not exist: loading says so."""
+    from storylib.train import resolve_course_path
+
+    return resolve_course_path(str(folder or os.environ.get("LLM101N_ILLUSTRATOR") or "models/illustrator"))
 
 
 class NothingToDraw(ValueError):

@@ -14,8 +14,11 @@ pieces, in the order the book builds them:
     stream_chunks       engine events -> OpenAI streaming chunks, as SSE                 (exercise ch16.stream)
     render_story, fit   a request's prompt, and how many new tokens fit after it
     Reply               one generation on the HTTP side: streamed (sse_reply) or whole (whole_reply)
-    routes, create_app  the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics,
-                        /api/conversations and the web app at /
+    Illustrations       Chapter 17's illustrator on the server: loaded at the first picture, drawn in a worker
+                        thread, one at a time
+    routes, create_app  the FastAPI app: /v1/chat/completions, /v1/completions, /v1/images/generations,
+                        /v1/models, /health, /metrics, /api/conversations (with the pictures of their stories) and
+                        the web app at /
 
 What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
 server in a thread or a process) is in storylib/service.py.
@@ -34,12 +37,22 @@ request may ask for truncation "auto" (as in OpenAI's Responses API; the web app
 do not fit are dropped first (storylib.storyteller.fit_for_reply), and without max_tokens the reply may use what is
 left of the context (up to Limits.max_tokens).
 
-    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH]      (see `llm101n serve --help`)
+Pictures (Chapter 17): POST /v1/images/generations is OpenAI's Images API for the illustrator: a sentence or a whole
+story in, the most drawable sentence drawn (storylib.illustrate), the PNG back as b64_json with the caption drawn
+as revised_prompt. POST /api/conversations/{id}/messages/{position}/illustration draws a stored storyteller message
+(or a sentence of it) and keeps the picture with the conversation; the conversation's JSON names it (sentence,
+caption, url) and GET on that url gives the PNG, so the JSON stays small and the browser fetches each picture once.
+The illustrator's folder: --illustrator, else $LLM101N_ILLUSTRATOR, else models/illustrator; when it is missing or
+cannot load, pictures are refused with 503 and one sentence why, and everything else goes on.
+
+    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH] [--illustrator PATH]
+                                                                                   (see `llm101n serve --help`)
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
@@ -69,6 +82,7 @@ from storylib.tokenizer import eot_id
 
 WEBAPP = Path(__file__).resolve().parent / "webapp"  # index.html, app.js, style.css: found next to this file
 MODEL_ID = "storyteller"
+ILLUSTRATOR_ID = "illustrator"  # the model an Images API request may name
 
 # ----------------------------------------------------------------------------- HTTP and server-sent events
 
@@ -112,8 +126,8 @@ class RequestError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-            self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
+                503: "server_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -719,6 +733,132 @@ async def respond(request: Request, body: dict, prompt_ids: list[int], params: d
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+# ----------------------------------------------------------------------------- pictures (Chapter 17)
+
+
+IMAGE_SIZES = {"64x64": 64, "128x128": 128, "256x256": 256}  # OpenAI's Images API names sizes so; squares only
+MAX_STEPS, MAX_GUIDANCE, MAX_SEED = 100, 10.0, 2**63 - 1
+
+
+def check_drawing(body: dict) -> dict:
+    """How to draw: seed (an int in 0..2^63-1, default 0: the same sentence draws the same picture), steps (an int
+    in 1..MAX_STEPS, default 25) and guidance (a number in [1, MAX_GUIDANCE], default 3.0). A JSON null counts as
+    absent; anything else is a 400 naming the field."""
+    out: dict[str, Any] = {"seed": 0, "steps": 25, "guidance": 3.0}
+    for name, ok, what in [("seed", lambda x: _is_int(x) and 0 <= x <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
+                           ("steps", lambda x: _is_int(x) and 1 <= x <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+                           ("guidance", lambda x: _is_number(x) and 1 <= x <= MAX_GUIDANCE,
+                            f"a number in [1, {MAX_GUIDANCE:g}]")]:
+        if body.get(name) is not None:
+            if not ok(body[name]):
+                raise RequestError(400, f"'{name}' must be {what}, got {body[name]!r}", param=name)
+            out[name] = float(body[name]) if name == "guidance" else body[name]
+    return out
+
+
+def check_image_request(body: dict, limits: Limits) -> dict:
+    """An Images API request (POST /v1/images/generations): prompt (required: a sentence or a whole story, at most
+    limits.max_content_chars characters), n (1 only), size (IMAGE_SIZES, default 256x256), response_format
+    ("b64_json" only: this server keeps no files to link to), model ("illustrator" if given), and check_drawing's
+    fields. Returns {"prompt", "size": int, "seed", "steps", "guidance"}; a 400 (404 for another model) otherwise."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError(400, "'prompt' must be a non-empty string (a sentence or a story)", "prompt")
+    if len(prompt) > limits.max_content_chars:
+        raise RequestError(400, f"'prompt' is longer than {limits.max_content_chars} characters", "prompt")
+    check_model(body, ILLUSTRATOR_ID)
+    if body.get("n") is not None and (not _is_int(body["n"]) or body["n"] != 1):
+        raise RequestError(400, f"'n' must be 1 (one picture per request), got {body['n']!r}", "n")
+    size = body.get("size")
+    if size is not None and (not isinstance(size, str) or size not in IMAGE_SIZES):
+        raise RequestError(400, f"'size' must be one of {', '.join(IMAGE_SIZES)}, got {size!r}", "size")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != "b64_json":
+        raise RequestError(400, f"'response_format' must be \"b64_json\" (this server keeps no picture files to "
+                                f"link to), got {fmt!r}", "response_format")
+    return {"prompt": prompt, "size": IMAGE_SIZES[size or "256x256"], **check_drawing(body)}
+
+
+def illustrator_unavailable(e: BaseException, folder: Path | None) -> str:
+    """One sentence: why there are no pictures (no illustrator trained, a learner's Chapter 17 unfinished, ...)."""
+    from storylib.storyteller import friendly_error
+
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("storylib."):
+        missing = e.name.split(".")[-1]
+        return f"Pictures need Chapter 17: your storylib has no {missing}.py yet (`llm101n start` adds it)."
+    if isinstance(e, FileNotFoundError) and folder is not None and not folder.exists():
+        return (f"Pictures need the illustrator, and there is none at {folder}: train it in Chapter 17, or start the "
+                "server with --illustrator PATH (or LLM101N_ILLUSTRATOR=PATH).")
+    if isinstance(e, NotImplementedError):
+        return friendly_error(e, then="restart the server")  # names the exercise, its file and its chapter
+    return f"The illustrator at {folder} cannot be used: {friendly_error(e)}."
+
+
+class Illustrations:
+    """Chapter 17's illustrator on the server. Found at illustrate.illustrator_folder(folder) and loaded at the first
+    picture, then kept (a failed load is tried again next time: the folder may appear). Pictures are drawn in a
+    worker thread, one at a time (they share the CPU with the engine), so the event loop goes on serving; at most
+    max_waiting more wait their turn, the next gets a 429."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, max_waiting: int = 4):
+        self.given, self.max_waiting = folder, max_waiting
+        self.illustrator = None
+        self.folder: Path | None = None
+        self.lock = threading.Lock()  # one picture (or load) at a time
+        self.pending = 0  # pictures asked for and not finished (only touched on the event loop)
+
+    def _illustrator(self):
+        """The loaded illustrator (holding self.lock), or a 503 saying why there is none."""
+        if self.illustrator is None:
+            try:
+                from storylib import illustrate
+
+                self.folder = illustrate.illustrator_folder(self.given)
+                if not self.folder.exists():
+                    raise FileNotFoundError(self.folder)
+                self.illustrator = illustrate.Illustrator.load(self.folder)
+            except Exception as e:  # noqa: BLE001 - whatever it is, pictures are off and the rest goes on
+                raise RequestError(503, illustrator_unavailable(e, self.folder), code="illustrator_unavailable",
+                                   headers={"Retry-After": "60"}) from e
+        return self.illustrator
+
+    def _draw(self, story: str, sentence: str | None, size: int, steps: int, guidance: float, seed: int,
+              param: str | None):
+        """In a worker thread: (Picture, PNG bytes of size x size). NothingToDraw -> 400 with its message (param:
+        the request's field that held the story)."""
+        with self.lock:
+            ill = self._illustrator()
+            from storylib import illustrate  # there: the illustrator loaded
+
+            try:
+                picture = ill.illustrate(story, sentence=sentence, steps=steps, guidance=guidance, seed=seed)
+            except illustrate.NothingToDraw as e:
+                raise RequestError(400, str(e), "sentence" if sentence else param, "nothing_to_draw") from None
+            except NotImplementedError as e:  # a learner's Chapter 17 (the DiT's sampler, ...) not written yet
+                raise RequestError(503, illustrator_unavailable(e, self.folder), code="illustrator_unavailable") from e
+        side = picture.pixels.shape[0]
+        if size % side:
+            raise RequestError(400, f"the illustrator draws {side}x{side} pictures: 'size' must be a multiple of "
+                                    f"{side}", "size")
+        return picture, picture.png(scale=size // side)
+
+    async def picture(self, story: str, sentence: str | None, size: int, steps: int, guidance: float, seed: int,
+                      param: str | None = None):
+        """(Picture, PNG bytes): drawn off the event loop; 429 when max_waiting pictures wait already."""
+        if self.pending > self.max_waiting:
+            raise RequestError(429, f"the illustrator is busy ({self.pending} pictures are waiting); retry in 5 s",
+                               code="queue_full", headers={"Retry-After": "5"})
+        self.pending += 1
+        try:
+            return await asyncio.to_thread(self._draw, story, sentence, size, steps, guidance, seed, param)
+        finally:
+            self.pending -= 1
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
 # ----------------------------------------------------------------------------- the routes
 
 
@@ -749,6 +889,13 @@ CONVERSATION_SCHEMA = _schema({"title": {"type": "string"}, "messages": {"type":
     "type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}})
 GENERATION_ERRORS = {400: {"description": "a bad request"}, 413: {"description": "body too large"},
                      429: {"description": "busy"}}
+_DRAWING = {"seed": {"type": ["integer", "null"]}, "steps": {"type": ["integer", "null"]},
+            "guidance": {"type": ["number", "null"]}}
+IMAGE_SCHEMA = _schema({"prompt": {"type": "string"}, "model": {"type": "string"}, "n": {"type": ["integer", "null"]},
+                        "size": {"type": ["string", "null"]}, "response_format": {"type": ["string", "null"]},
+                        **_DRAWING}, ["prompt"])
+ILLUSTRATION_SCHEMA = _schema({"sentence": {"type": ["string", "null"]}, **_DRAWING})
+PICTURE_ERRORS = {**GENERATION_ERRORS, 503: {"description": "no illustrator (one sentence says why)"}}
 
 routes = APIRouter()  # every route finds the engine, limits and store in request.app.state (create_app)
 
@@ -817,6 +964,19 @@ async def completions(request: Request):
     return await respond(request, body, ids, params, chat=False)
 
 
+@routes.post("/v1/images/generations", openapi_extra=IMAGE_SCHEMA, responses=PICTURE_ERRORS)
+async def images_generations(request: Request):
+    """A picture for a sentence or a story (OpenAI's Images API): the story's most drawable sentence (or the
+    sentence) read as a caption the illustrator knows (storylib.illustrate) and drawn; revised_prompt is that
+    caption, sentence the words it came from."""
+    state, body = request.app.state, await read_body(request)
+    req = check_image_request(body, state.limits)
+    picture, png = await state.illustrations.picture(req["prompt"], None, req["size"], req["steps"],
+                                                     req["guidance"], req["seed"], param="prompt")
+    return {"created": int(time.time()), "data": [{"b64_json": _b64(png), "revised_prompt": picture.caption,
+                                                   "sentence": picture.sentence}]}
+
+
 def _model_card(model_id: str) -> dict:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "llm101n"}
 
@@ -876,6 +1036,45 @@ async def put_conversation(cid: str, request: Request):
 def delete_conversation(cid: str, request: Request):
     request.app.state.store.delete(cid)
     return {"id": cid, "deleted": True}
+
+
+def _position(cid: str, position: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", position):  # a message's index; SQLite's integers stop at 2^63
+        raise NotFound(f"conversation {cid!r} has no message {position!r}")
+    return int(position)
+
+
+@routes.post("/api/conversations/{cid}/messages/{position}/illustration", openapi_extra=ILLUSTRATION_SCHEMA,
+             responses=PICTURE_ERRORS)
+async def illustrate_message(cid: str, position: str, request: Request):
+    """Draw a storyteller message (its most drawable sentence, or `sentence`, which must be part of it) and keep
+    the picture with it, replacing one it had. Returns the picture's description (as the conversation lists it)
+    and the PNG as b64_json."""
+    state, body = request.app.state, await read_body(request)
+    i, params, sentence = _position(cid, position), check_drawing(body), body.get("sentence")
+    message = await asyncio.to_thread(state.store.message, cid, i)
+    if message["role"] != "assistant":
+        raise RequestError(400, f"message {i} is the {message['role']}'s: only the storyteller's are illustrated",
+                           "position")
+    if sentence is not None:
+        if not isinstance(sentence, str) or len(sentence) > state.limits.max_content_chars:
+            raise RequestError(400, f"'sentence' must be a string of at most {state.limits.max_content_chars} "
+                                    "characters", "sentence")
+        if " ".join(sentence.split()) not in " ".join(message["content"].split()):  # as selected in a browser
+            raise RequestError(400, f"'sentence' must be part of message {i}, got {sentence[:80]!r}", "sentence")
+    picture, png = await state.illustrations.picture(message["content"], sentence, 256, params["steps"],
+                                                     params["guidance"], params["seed"])
+    kept = await asyncio.to_thread(state.store.set_illustration, cid, i, message["content"], picture.sentence,
+                                   picture.caption, png)
+    return {**kept, "b64_json": _b64(png)}
+
+
+@routes.get("/api/conversations/{cid}/messages/{position}/illustration", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def get_illustration(cid: str, position: str, request: Request):
+    """A message's picture, image/png (the url its conversation gives)."""
+    png = request.app.state.store.illustration_png(cid, _position(cid, position))
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 # -- the web app itself: three files and an icon, no build step
@@ -941,10 +1140,12 @@ async def lifespan(app: FastAPI):
 
 def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
                api_key: str | None = None, db_path: str | os.PathLike | None = None,
-               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "template") -> FastAPI:
+               cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "template",
+               illustrator: str | os.PathLike | None = None) -> FastAPI:
     """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
-    here, so a corrupt one fails now (StoreError), before anything is served. ValueError for a chat_format not
-    in CHAT_FORMATS or limits of another block_size than the model's."""
+    here, so a corrupt one fails now (StoreError), before anything is served. The illustrator (`illustrator`,
+    else $LLM101N_ILLUSTRATOR, else models/illustrator) loads at the first picture. ValueError for a chat_format
+    not in CHAT_FORMATS or limits of another block_size than the model's."""
     if chat_format not in CHAT_FORMATS:
         raise ValueError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
     limits = limits or Limits(block_size=model.config.block_size)
@@ -957,6 +1158,7 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
     s.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     s.store, s.metrics = ConversationStore(db_path or default_db_path()), Metrics()
     s.tokenizer, s.limits, s.model_id, s.chat_format = tokenizer, limits, model_id, chat_format
+    s.illustrations = Illustrations(illustrator)
     app.include_router(routes)
     if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
@@ -970,7 +1172,7 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
 def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None, max_batch: int = 32,
           max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
           cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
-          chat_format: str = "template") -> int:
+          chat_format: str = "template", illustrator: str | None = None) -> int:
     """Load the model (default: Chapter 14's chat model; where it cannot load, e.g. in a workspace whose Chapter 14
     is unfinished, the storyteller with chat_format "story", saying why), check the database, serve until Ctrl-C.
     Returns the exit status (2: a bad database)."""
@@ -993,7 +1195,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = 
     db = Path(db_path) if db_path else default_db_path()
     try:
         app = create_app(model, tok, max_batch=max_batch, max_queue=max_queue, api_key=api_key, db_path=db,
-                         cors_origins=cors_origins, chat_format=chat_format)
+                         cors_origins=cors_origins, chat_format=chat_format, illustrator=illustrator)
     except StoreError as e:
         print(f"llm101n serve: {e}", file=sys.stderr)
         return 2
@@ -1019,6 +1221,9 @@ def add_arguments(p) -> None:
                    help="allow browser pages from this origin (repeatable; default: none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--illustrator", default=None,
+                   help="the illustrator's folder, for pictures (Chapter 17; default: $LLM101N_ILLUSTRATOR, else "
+                        "models/illustrator); loaded at the first picture")
     p.add_argument("--chat-format", choices=CHAT_FORMATS, default="template",
                    help="template (default): Chapter 11's chat template, for an instruction-tuned model like the "
                         "chat model (Chapter 14); story: a chat is a story to continue (a model trained on stories "

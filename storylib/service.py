@@ -3,8 +3,9 @@
 storylib/serve.py is the chapter (the engine and the OpenAI routes); this module is what a real service also
 needs and the book only describes:
 
-    ConversationStore   the web app's conversations in one SQLite file: every change one transaction; a corrupt
-                        file is refused (StoreError), never replaced. Bad input: Refused (a ValueError);
+    ConversationStore   the web app's conversations in one SQLite file, with the pictures of their stories (Chapter
+                        17): every change one transaction; a corrupt file is refused (StoreError), never replaced;
+                        a file of the previous schema is migrated in place. Bad input: Refused (a ValueError);
                         an unknown id: NotFound (a KeyError)
     Metrics             counters for /metrics, in Prometheus' text format
     Guard               ASGI middleware: the API key on every path but PUBLIC_PATHS, and the response counters
@@ -42,7 +43,7 @@ class Refused(ValueError):
     """A title or messages the store will not keep (the app answers 400; any other ValueError stays a 500)."""
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: conversations and messages; 2: + images (Chapter 17's pictures)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ROLES = ("system", "user", "assistant")
 
@@ -57,8 +58,14 @@ class ConversationStore:
     """The web app's conversations: one SQLite file, every change one transaction (all of it or nothing).
 
     An existing file is checked before anything is written to it: not SQLite, failing PRAGMA quick_check, or
-    another schema -> StoreError naming the file; it is never overwritten or "repaired". The methods raise
-    KeyError for a conversation that does not exist and ValueError for a title or messages they refuse.
+    another schema -> StoreError naming the file; it is never overwritten or "repaired". A file of the previous
+    schema (version 1, before pictures) is migrated in one transaction: the images table is added, every
+    conversation and message kept. The methods raise KeyError for a conversation that does not exist and
+    ValueError for a title or messages they refuse.
+
+    A storyteller message may have one picture (images: the sentence drawn, its caption, the PNG). A picture
+    belongs to the message at its position: it is kept while put() leaves that message as it was and dropped
+    when the message changes or goes (an edit, a regenerated reply), and deleted with its conversation.
     """
 
     def __init__(self, path: str | os.PathLike, max_messages: int = 500, max_content_chars: int = 20_000,
@@ -91,7 +98,9 @@ class ConversationStore:
         if problems != ["ok"]:
             raise StoreError(f"{self.path} is corrupt ({'; '.join(problems[:3])}); it was left untouched")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version == SCHEMA_VERSION - 1:
+            self._migrate_from_v1()
+        elif version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}, this server knows {SCHEMA_VERSION}; "
                              "it was left untouched")
 
@@ -102,6 +111,21 @@ class ConversationStore:
             db.execute("CREATE TABLE messages (conversation TEXT NOT NULL REFERENCES conversations(id) "
                        "ON DELETE CASCADE, position INTEGER NOT NULL, role TEXT NOT NULL, "
                        "content TEXT NOT NULL, PRIMARY KEY (conversation, position))")
+            self._create_images(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _create_images(db: sqlite3.Connection) -> None:
+        # Not a foreign key to messages: put() rewrites a conversation's messages, and a picture outlives that
+        # when its message is unchanged (put() drops the others itself).
+        db.execute("CREATE TABLE images (conversation TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE, "
+                   "position INTEGER NOT NULL, sentence TEXT NOT NULL, caption TEXT NOT NULL, png BLOB NOT NULL, "
+                   "created REAL NOT NULL, PRIMARY KEY (conversation, position))")
+
+    def _migrate_from_v1(self) -> None:
+        """Version 1 -> 2: add the images table; conversations and messages stay as they are."""
+        with self._transaction() as db:
+            self._create_images(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -147,9 +171,15 @@ class ConversationStore:
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
             msgs = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY position",
-                                   (cid,))
+                                   (cid,)).fetchall()
+            pictures = {r[0]: r[1:] for r in self.db.execute(
+                "SELECT position, sentence, caption, created FROM images WHERE conversation = ?", (cid,))}
             out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
             out["messages"] = [{"role": a, "content": b} for a, b in msgs]
+            for i, (sentence, caption, created) in pictures.items():
+                if i < len(out["messages"]):
+                    out["messages"][i]["illustration"] = {"sentence": sentence, "caption": caption,
+                                                          "created": created, "url": illustration_path(cid, i)}
             return out
 
     def create(self, title: str) -> dict:
@@ -170,16 +200,68 @@ class ConversationStore:
                            (title, time.time(), cid)).rowcount
             if n == 0:
                 raise NotFound(f"no conversation {cid!r}")
+            before = db.execute("SELECT position, role, content FROM messages WHERE conversation = ?",
+                                (cid,)).fetchall()
+            kept = [i for i, role, content in before
+                    if i < len(messages) and (messages[i]["role"], messages[i]["content"]) == (role, content)]
+            db.execute(f"DELETE FROM images WHERE conversation = ? AND position NOT IN ({','.join('?' * len(kept))})",
+                       (cid, *kept))
             db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
                            [(cid, i, m["role"], m["content"]) for i, m in enumerate(messages)])
         return self.get(cid)
 
+    def message(self, cid: str, position: int) -> dict:
+        """One message {"role", "content"}; NotFound for an unknown conversation or position."""
+        with self.lock:
+            row = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? AND position = ?",
+                                  (cid, position)).fetchone()
+            if row is None:
+                self._must_exist(cid)
+                raise NotFound(f"conversation {cid!r} has no message {position}")
+            return {"role": row[0], "content": row[1]}
+
+    def set_illustration(self, cid: str, position: int, content: str, sentence: str, caption: str,
+                         png: bytes) -> dict:
+        """Keep the picture of the storyteller's message at `position` (replacing one it had), if that message
+        still reads `content` (what was drawn from): Refused otherwise (it changed meanwhile; nothing is written),
+        NotFound if it is gone. Returns the picture's description, as get() gives it."""
+        now = time.time()
+        with self.lock, self._transaction() as db:
+            row = db.execute("SELECT role, content FROM messages WHERE conversation = ? AND position = ?",
+                             (cid, position)).fetchone()
+            if row is None:
+                self._must_exist(cid)
+                raise NotFound(f"conversation {cid!r} has no message {position}")
+            if row != ("assistant", content):
+                raise Refused(f"message {position} changed while it was being illustrated; try again")
+            db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                       (cid, position, sentence, caption, png, now))
+        return {"sentence": sentence, "caption": caption, "created": now, "url": illustration_path(cid, position)}
+
+    def illustration_png(self, cid: str, position: int) -> bytes:
+        """The PNG of a message's picture; NotFound if it has none."""
+        with self.lock:
+            row = self.db.execute("SELECT png FROM images WHERE conversation = ? AND position = ?",
+                                  (cid, position)).fetchone()
+        if row is None:
+            raise NotFound(f"message {position} of conversation {cid!r} has no picture")
+        return row[0]
+
+    def _must_exist(self, cid: str) -> None:
+        if self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone() is None:
+            raise NotFound(f"no conversation {cid!r}")
+
     def delete(self, cid: str) -> None:
-        """Delete a conversation and its messages; KeyError for an unknown id."""
+        """Delete a conversation, its messages and pictures (ON DELETE CASCADE); KeyError for an unknown id."""
         with self.lock, self._transaction() as db:
             if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
                 raise NotFound(f"no conversation {cid!r}")
+
+
+def illustration_path(cid: str, position: int) -> str:
+    """Where the server gives a message's picture (image/png)."""
+    return f"/api/conversations/{cid}/messages/{position}/illustration"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -226,7 +308,8 @@ class Metrics:
 
 
 PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
-COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/conversations"}
+COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/images/generations", "/v1/models", "/health",
+                 "/metrics", "/api/conversations"}
 
 
 class Guard:

@@ -87,3 +87,11 @@ def test_illustrate_picks_the_sentence_and_gives_a_png(tiny):
     assert chosen.caption == I.caption_for("A dog next to a car.")
     with pytest.raises(I.NothingToDraw, match="nothing to draw"):
         ill.illustrate("They were happy. The end.")
+
+
+def test_illustrator_folder_is_the_argument_else_the_env_else_the_course(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM101N_ILLUSTRATOR", str(tmp_path / "from-env"))
+    assert I.illustrator_folder(tmp_path / "given") == tmp_path / "given"
+    assert I.illustrator_folder() == tmp_path / "from-env"
+    monkeypatch.delenv("LLM101N_ILLUSTRATOR")
+    assert I.illustrator_folder().parts[-2:] == ("models", "illustrator")

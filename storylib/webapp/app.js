@@ -3,6 +3,8 @@
 // server-sent events, from the chat model through the chat template (Chapter 14): ask for a story, then for
 // changes. A long conversation is sent whole with truncation "auto": the server keeps the last turns that fit the
 // context. Stop aborts the request: the server sees the client leave and frees its batch row.
+// Illustrate (Chapter 17) draws a storyteller message (its most drawable sentence, or the text selected in it) on
+// the server, which keeps the picture with the conversation; the conversation names it and the PNG is fetched once.
 "use strict";
 
 const MODEL = "storyteller";
@@ -13,6 +15,7 @@ const state = {
   controller: null,    // AbortController of the reply being streamed
   editIndex: null,     // index of the user message being edited
 };
+const pictures = new Map();  // a picture's url@created -> Promise of an image URL (fetched once, then kept)
 
 // -- talking to the server -----------------------------------------------------------------------
 
@@ -110,13 +113,18 @@ function messageElement(m, index) {
   text.textContent = m.content;
   const tools = document.createElement("div");
   tools.className = "tools";
+  const extra = [];
   if (m.role === "assistant") {
     const copy = document.createElement("button");
     copy.type = "button";
     copy.textContent = "Copy";
     copy.setAttribute("data-testid", "copy");
     copy.onclick = () => copyText(text.textContent, copy);
-    tools.append(copy);
+    const box = document.createElement("div");
+    box.className = "picture";
+    if (m.illustration) box.append(figureElement(m.illustration));
+    tools.append(copy, illustrateButton(m, index, text, box));
+    extra.push(box);
   } else if (m.role === "user") {
     const edit = document.createElement("button");
     edit.type = "button";
@@ -125,8 +133,106 @@ function messageElement(m, index) {
     edit.onclick = () => startEdit(index);
     tools.append(edit);
   }
-  div.append(who, text, tools);
+  div.append(who, text, tools, ...extra);
   return div;
+}
+
+// -- pictures (Chapter 17) -------------------------------------------------------------------------
+
+// The text selected inside `element` (a message's text), or "" when nothing is selected there.
+function selectionIn(element) {
+  const sel = window.getSelection();
+  if (!sel || sel.isCollapsed || !sel.rangeCount) return "";
+  const range = sel.getRangeAt(0);
+  if (!element.contains(range.startContainer) || !element.contains(range.endContainer)) return "";
+  return sel.toString().trim();
+}
+
+function illustrateButton(m, index, text, box) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "illustrate";
+  button.textContent = "Illustrate";
+  button.title = "Draw this story's most drawable sentence (or the words you select in it)";
+  button.setAttribute("data-testid", "illustrate");
+  let selected = null;  // read as the press starts: a click may change the selection before it ends
+  button.addEventListener("mousedown", () => { selected = selectionIn(text); });
+  button.onclick = () => {
+    const sentence = selected !== null ? selected : selectionIn(text);
+    selected = null;
+    illustrate(m, index, sentence, button, box);
+  };
+  return button;
+}
+
+// A picture with its caption line: alt is the caption the illustrator drew, the line says which sentence it was.
+function figureElement(ill) {
+  const figure = document.createElement("figure");
+  figure.setAttribute("data-testid", "illustration");
+  const img = document.createElement("img");
+  img.alt = ill.caption;
+  img.title = ill.caption;
+  const line = document.createElement("figcaption");
+  line.textContent = "Drawn from “" + ill.sentence + "”";
+  figure.append(img, line);
+  pictureSource(ill).then((src) => { img.src = src; },
+    (e) => { line.textContent = "The picture did not load: " + e.message; });
+  return figure;
+}
+
+function pictureSource(ill) {
+  const key = ill.url + "@" + ill.created;
+  if (!pictures.has(key)) {
+    const load = (async () => {
+      const resp = await fetch(ill.url, { headers: headers() });
+      if (!resp.ok) throw new Error(await errorText(resp));
+      return URL.createObjectURL(await resp.blob());
+    })();
+    load.catch(() => pictures.delete(key));  // tried again next time
+    pictures.set(key, load);
+  }
+  return pictures.get(key);
+}
+
+function pictureNote(box, className, message) {
+  let note = box.querySelector(".picture-note");
+  if (!note) {
+    note = document.createElement("p");
+    note.setAttribute("role", "status");
+    box.append(note);
+  }
+  note.className = "picture-note " + className;
+  note.setAttribute("data-testid", className);
+  note.textContent = message;
+  return note;
+}
+
+// Draw message `index` (or `sentence` of it) on the server, which keeps the picture; show it under the message.
+// A refusal (nothing to draw, no illustrator) is shown under the message; nothing else changes.
+async function illustrate(m, index, sentence, button, box) {
+  if (!state.conv || button.disabled) return;
+  const conv = state.conv;
+  button.disabled = true;
+  button.textContent = "Drawing…";
+  box.setAttribute("aria-busy", "true");
+  pictureNote(box, "picture-busy", sentence ? "Drawing “" + sentence + "”…" : "Drawing the story…");
+  try {
+    const path = "/api/conversations/" + encodeURIComponent(conv.id) + "/messages/" + index + "/illustration";
+    const body = sentence ? { sentence } : {};
+    // The first picture of a sentence is the same on every machine (seed 0); drawing it again gives another one
+    if (m.illustration) body.seed = Math.floor(Math.random() * 2 ** 31);
+    const got = await api("POST", path, body);
+    const ill = { sentence: got.sentence, caption: got.caption, created: got.created, url: got.url };
+    pictures.set(ill.url + "@" + ill.created, Promise.resolve("data:image/png;base64," + got.b64_json));
+    m.illustration = ill;
+    box.replaceChildren(figureElement(ill));
+    if (!box.isConnected && state.conv === conv && !state.controller) renderMessages();  // redrawn meanwhile
+  } catch (e) {
+    pictureNote(box, "picture-error", e.message);
+  }
+  button.disabled = false;
+  button.textContent = "Illustrate";
+  box.removeAttribute("aria-busy");
 }
 
 function renderMessages() {

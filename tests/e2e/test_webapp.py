@@ -1,7 +1,9 @@
 """The storyteller's web app (Chapter 16) in Debian's Chromium: send, watch the reply stream, reload and find the
 conversation, stop a reply midway, edit-and-resend, regenerate, copy, temperature, and a clear error for a refused
 request; and the issue's conversation with the chat model (Chapter 14): a story asked for, given a happy ending,
-its cat renamed, each reply checked by storylib.conversations' rules. The server is the real one (FastAPI +
+its cat renamed, each reply checked by storylib.conversations' rules; and Illustrate (Chapter 17): a reply's picture,
+drawn from its most drawable sentence or from the words selected in it, kept across a reload, and a clear line
+under the message when there is nothing to draw or no illustrator. The server is the real one (FastAPI +
 uvicorn, the shipped chat model with the chat template, SQLite under tmp_path) on 127.0.0.1; the `page` fixture
 fails the test if the page makes a request elsewhere or logs a JavaScript error.
 
@@ -12,15 +14,20 @@ docs/screenshots/webapp.png.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
+from storylib import illustrate as I
 from storylib import serve as S
 from storylib.service import serve_in_thread
 from tests.chat_model import SCENARIO, check_turn, require_chat_model
+from tests.illustrator_model import tiny_illustrator
 from tests.reply_gate import ReplyGate
 
 from .conftest import page_log, screenshot_path
@@ -181,3 +188,132 @@ def test_create_refine_rename(page, chat_server, tmp_path):
     page.reload()
     expect(page.get_by_test_id("assistant-message")).to_have_count(3)
     expect(page.get_by_test_id("assistant-message").last.locator(".text")).to_have_text(previous)
+
+
+# -- Illustrate (Chapter 17) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def illustrating_server(tmp_path_factory):
+    """`llm101n serve --illustrator <a tiny untrained illustrator>`, the chat model's replies cut at 48 tokens (a
+    story's first sentences: enough to draw, quick on a busy machine)."""
+    model, tok = require_chat_model()
+    folder = tiny_illustrator(tmp_path_factory.mktemp("illustrator"))
+    app = S.create_app(model, tok, limits=S.Limits(block_size=model.config.block_size, max_tokens=48),
+                       db_path=tmp_path_factory.mktemp("webapp_pictures") / "conversations.sqlite3", illustrator=folder)
+    with serve_in_thread(app) as url:
+        yield url, app
+
+
+def picture_shown(page, figure) -> None:
+    """The figure's <img> has loaded a real picture (naturalWidth > 0), scaled with square pixels."""
+    img = figure.locator("img")
+    expect(img).to_be_visible()
+    img.evaluate("i => i.complete && i.naturalWidth ? true : new Promise((ok, no) => "
+                 "{ i.onload = () => ok(true); i.onerror = () => no(new Error('the picture did not load')); })")
+    assert img.evaluate("i => i.naturalWidth") > 0
+    assert img.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+
+
+def select_in_message(message, words: str) -> None:
+    """Select `words` in the message's text, as a reader dragging over them would."""
+    message.locator(".text").evaluate("""(el, words) => {
+      const node = el.firstChild, i = node.textContent.indexOf(words);
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + words.length);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+    }""", words)
+
+
+def test_illustrate_a_story_keep_it_and_say_why_not(page, illustrating_server, tmp_path, monkeypatch):
+    url, app = illustrating_server
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data or "{}")) if r.url.endswith("/illustration")
+            and r.method == "POST" else None)
+    page.goto(url + "/")
+    page.get_by_test_id("temperature").fill("0")
+    send(page, "Write a story about a cat named Tom who finds a key.")
+    expect(page.get_by_test_id("assistant-message")).to_have_count(1, timeout=120_000)
+    wait_done(page)
+    reply = page.get_by_test_id("assistant-message").last
+    expect(reply).not_to_have_class(re.compile("streaming"))
+    story = reply.locator(".text").inner_text()
+    sentence = I.pick_sentence(story)  # the greedy story has its cat (else this test's premise is gone: it fails)
+
+    # click: a busy state while the picture is drawn (held until the test has seen it), then the picture
+    drawing, real = threading.Event(), I.Illustrator.illustrate
+
+    def held(self, *a, **k):
+        assert drawing.wait(60), "the test never let the picture be drawn"
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(I.Illustrator, "illustrate", held)
+    reply.get_by_test_id("illustrate").click()
+    expect(reply.get_by_test_id("illustrate")).to_be_disabled()
+    expect(reply.get_by_test_id("picture-busy")).to_be_visible()
+    drawing.set()
+    figure = reply.get_by_test_id("illustration")
+    picture_shown(page, figure)
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence))
+    expect(figure.locator("figcaption")).to_have_text(f"Drawn from “{sentence}”")
+    expect(reply.get_by_test_id("picture-busy")).to_have_count(0)
+    expect(reply.get_by_test_id("illustrate")).to_be_enabled()
+    assert bodies[-1] == {}, "nothing selected: the server picks the sentence"
+
+    # reload: the picture comes back from the server's database
+    page.reload()
+    reply = page.get_by_test_id("assistant-message").last
+    figure = reply.get_by_test_id("illustration")
+    picture_shown(page, figure)
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence))
+
+    # words selected in the message are drawn instead
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", story) if s.strip()]
+    drawable = [s for s in sentences if I._score(s) >= 0 and I.caption_for(s) != I.caption_for(sentence)]
+    chosen = (drawable or [sentence])[0]
+    select_in_message(reply, chosen)
+    reply.get_by_test_id("illustrate").click()
+    expect(figure.locator("figcaption")).to_have_text(f"Drawn from “{chosen}”")
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(chosen))
+    picture_shown(page, figure)
+    assert bodies[-1]["sentence"] == chosen and isinstance(bodies[-1]["seed"], int), "drawn again: another seed"
+
+    # a phone: the picture fits the message, nothing overflows sideways
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    box, inside = reply.bounding_box(), figure.locator("img").bounding_box()
+    assert box["x"] <= inside["x"] and inside["x"] + inside["width"] <= box["x"] + box["width"] + 0.5
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.screenshot(path=str(tmp_path / "webapp_illustrate.png"))
+
+    # a story with nothing to draw: NothingToDraw's words under the message, nothing else changes
+    c = httpx.post(url + "/api/conversations", json={"title": "Happy"}).json()
+    httpx.put(url + f"/api/conversations/{c['id']}", json={"title": "Happy", "messages": [
+        {"role": "user", "content": "A short story."}, {"role": "assistant", "content": "They were happy. The end."}]})
+    page.goto(url + f"/#{c['id']}")
+    page.reload()
+    happy = page.get_by_test_id("assistant-message")
+    expect(happy.locator(".text")).to_have_text("They were happy. The end.")
+    happy.get_by_test_id("illustrate").click()
+    expect(happy.get_by_test_id("picture-error")).to_contain_text("nothing to draw in this story")
+    expect(happy.get_by_test_id("illustration")).to_have_count(0)
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    expect(happy.get_by_test_id("illustrate")).to_be_enabled()
+
+    # no illustrator (not trained yet): one sentence under the message, the conversation as it was
+    app.state.illustrations = S.Illustrations(tmp_path / "no-illustrator")
+    page.get_by_test_id("conversations").locator("li", has_text="Write a story").get_by_role("button").first.click()
+    reply = page.get_by_test_id("assistant-message").last
+    picture_shown(page, reply.get_by_test_id("illustration"))
+    reply.get_by_test_id("illustrate").click()
+    expect(reply.get_by_test_id("picture-error")).to_contain_text("there is none at")
+    picture_shown(page, reply.get_by_test_id("illustration"))  # the picture it had stays
+    expect(reply.locator(".text")).to_have_text(story)
+    # Chromium logs every 4xx/5xx response as a console error: these two were expected, and the only ones
+    log = page_log(page)
+    refused = [e for e in log.console_errors if "status of 400" in e or "status of 503" in e]
+    assert len(refused) == 2, log.console_errors
+    for e in refused:
+        log.console_errors.remove(e)
