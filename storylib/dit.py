@@ -102,8 +102,10 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     B, C, H, W = x.shape
     if p < 1 or H % p or W % p:
         raise ValueError(f"H = {H} and W = {W} must be multiples of the patch size p = {p}")
+    ### BEGIN SOLUTION ch17.patchify (§17.4, 2 pts): (B, C, H/p, p, W/p, p), permute to (B, H/p, W/p, p, p, C), flatten
     x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, H/p, W/p, p, p, C)
     return x.reshape(B, (H // p) * (W // p), p * p * C)
+    ### END SOLUTION
 
 
 def unpatchify(tokens: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
@@ -113,8 +115,10 @@ def unpatchify(tokens: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Te
     h, w = H // p, W // p
     if tokens.dim() != 3 or tokens.shape[1:] != (h * w, p * p * C):
         raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not make a ({C}, {H}, {W}) grid with p = {p}")
+    ### BEGIN SOLUTION ch17.unpatchify (§17.4, 2 pts): reshape to (B, h, w, p, p, C), permute to (B, C, h, p, w, p)
     x = tokens.reshape(tokens.shape[0], h, w, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
     return x.reshape(tokens.shape[0], C, H, W)
+    ### END SOLUTION
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
@@ -196,10 +200,12 @@ class DiTBlock(nn.Module):
     def forward(self, x, c):
         """x (B, T, C), c (B, C) -> (B, T, C):
         x + gate_msa·attn(modulate(norm1(x), shift_msa, scale_msa)), then the same with norm2, mlp and *_mlp."""
+        ### BEGIN SOLUTION ch17.adaln_zero (§17.4, 3 pts): 6 vectors from c; modulate each norm; gate each residual
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
+        ### END SOLUTION
 
 
 class FinalLayer(nn.Module):
@@ -343,8 +349,10 @@ class DiT(nn.Module):
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t)·x0 + t·noise, t (B,) broadcast over the other dims: t = 0 is the data, t = 1 the noise."""
+    ### BEGIN SOLUTION ch17.interpolate (§17.3, 1 pt): t as (B, 1, 1, ...) to broadcast; (1 - t)·x0 + t·noise
     t = t.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
     return (1 - t) * x0 + t * noise
+    ### END SOLUTION
 
 
 def drop_captions(tokens: torch.Tensor, p: float, pad_id: int, generator: torch.Generator | None = None):
@@ -387,12 +395,16 @@ def flow_matching_loss(model: DiT, x0: torch.Tensor, tokens: torch.Tensor, gener
 def cfg_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guidance: v_uncond + guidance·(v_cond - v_uncond). 1: the conditional model; > 1: further
     from the unconditional one, pictures that match the caption more (and vary less)."""
+    ### BEGIN SOLUTION ch17.cfg_velocity (§17.5, 1 pt): start at v_uncond, go guidance times the step to v_cond
     return v_uncond + guidance * (v_cond - v_uncond)
+    ### END SOLUTION
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
     """One Euler step of dx/dt = v from t to t_next: x + (t_next - t)·v (t_next < t when sampling)."""
+    ### BEGIN SOLUTION ch17.euler_step (§17.5, 1 pt): x + (t_next - t)·v
     return x + (t_next - t) * v
+    ### END SOLUTION
 
 
 @torch.no_grad()
@@ -420,6 +432,7 @@ def sample(model: DiT, tokens: torch.Tensor, steps: int = 20, guidance: float = 
     both = torch.cat([tokens, null_tokens(cfg, B, device)]) if guided else tokens
     ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
     path = [x]
+    ### BEGIN SOLUTION ch17.sample (§17.5, 3 pts): each step: one pass on [x, x] with both; cfg; euler_step
     for t, t_next in zip(ts[:-1], ts[1:], strict=True):
         xin = torch.cat([x, x]) if guided else x
         v = model(xin, torch.full((xin.shape[0],), t, device=device), both).float()
@@ -427,6 +440,7 @@ def sample(model: DiT, tokens: torch.Tensor, steps: int = 20, guidance: float = 
             v = cfg_velocity(v[:B], v[B:], guidance)
         x = euler_step(x, v, t, t_next)
         path.append(x)
+    ### END SOLUTION
     model.train(was_training)
     return (x, torch.stack(path)) if return_trajectory else x
 

@@ -107,17 +107,21 @@ def nearest_codes(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     z_flat: (N, D); codebook: (K, D), same dtype. Returns int64 (N,) in [0, K). The distances are computed as
     |z|² - 2 z·e + |e|² (one (N, K) matrix product, never an (N, K, D) tensor); ties go to the lower index (argmin).
     """
+    ### BEGIN SOLUTION ch17.nearest_codes (§17.2, 2 pts): d² = |z|² - 2 z·eᵀ + |e|² as one (N, K) matrix; argmin over K
     d2 = z_flat.pow(2).sum(1, keepdim=True) - 2 * z_flat @ codebook.t() + codebook.pow(2).sum(1)
     return d2.argmin(dim=1)
+    ### END SOLUTION
 
 
 def straight_through(z: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
     """The straight-through estimator: the value of zq, the gradient of z.
 
-    Returns z + (zq - z).detach(): forward it equals zq; backward the gradient reaching it goes to z unchanged
-    (quantisation has no useful gradient, so we pretend it is the identity), and none goes to zq.
+    Returns a tensor whose value equals zq and whose gradient goes to z unchanged (quantisation has no useful
+    gradient, so we pretend it is the identity); none goes to zq.
     """
+    ### BEGIN SOLUTION ch17.straight_through (§17.2, 1 pt): z plus a detached correction that makes the value zq
     return z + (zq - z).detach()
+    ### END SOLUTION
 
 
 def commitment_loss(z: torch.Tensor, zq: torch.Tensor, beta: float) -> torch.Tensor:
@@ -125,7 +129,9 @@ def commitment_loss(z: torch.Tensor, zq: torch.Tensor, beta: float) -> torch.Ten
 
     sg = stop-gradient (zq.detach()): the gradient goes to z only; the codebook moves by its moving average.
     """
+    ### BEGIN SOLUTION ch17.commitment_loss (§17.2, 1 pt): beta · mean of (z - zq.detach())²
     return beta * (z - zq.detach()).pow(2).mean()
+    ### END SOLUTION
 
 
 def codebook_perplexity(indices: torch.Tensor, K: int) -> float:
