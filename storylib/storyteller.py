@@ -7,6 +7,9 @@
                       learner's workspace runs the learner's own KV cache and sampler.
     friendly_error    a learner's unfinished exercise (NotImplementedError "ch12.forward_cached: ...") as advice
     chat_unavailable  the same, in one sentence, when chat mode cannot run (Chapter 14 unfinished)
+    illustrate_session  Chapter 17's Illustrate: the story's (chat: the latest reply's) most drawable sentence, or
+                      one given, drawn by storylib.illustrate (load_illustrator finds the illustrator; a failure
+                      reads as one sentence: illustrate_error)
     main              `llm101n chat`: the same session in a terminal (one-shot with --prompt, else a REPL)
 
 Two modes. "chat" (the default): you give instructions ("Write a story about a cat named Tom who finds a key",
@@ -19,7 +22,8 @@ Either way the prompt is re-encoded from the text on the screen, so editing or c
 always sees exactly that text. When the chat model cannot load (a learner's Chapter 14 is unfinished), the
 session says why in one sentence (chat_unavailable) and tells stories instead.
 
-The chat widget (storylib.widgets.chat.StoryChat) is this session behind buttons.
+The chat widget (storylib.widgets.chat.StoryChat) is this session behind buttons; its Illustrate button and the
+REPL's /illustrate both draw through illustrate_session.
 """
 
 from __future__ import annotations
@@ -424,6 +428,60 @@ class StorySession:
         return Generation(seg.text, len(tokens), time.perf_counter() - t0, reason, error, self.mode)
 
 
+# ----------------------------------------------------------------------------- pictures (Chapter 17)
+
+
+class NoIllustrator(FileNotFoundError):
+    """There is no illustrator folder where illustrate.illustrator_folder looked; the message says where."""
+
+
+def load_illustrator(folder: str | Path | None = None):
+    """The illustrator of `folder` (illustrate.illustrator_folder: the argument, else $LLM101N_ILLUSTRATOR, else
+    models/illustrator). Raises NoIllustrator when the folder is not there, else what loading raises (a learner's
+    unfinished Chapter 17: see illustrate_error)."""
+    from storylib.illustrate import Illustrator, illustrator_folder
+
+    path = illustrator_folder(folder)
+    if not path.is_dir():
+        raise NoIllustrator(f"Illustrate needs the illustrator, and there is none at {path} (Chapter 17 trains it; "
+                            "LLM101N_ILLUSTRATOR or --illustrator can name another folder).")
+    return Illustrator.load(path)
+
+
+def illustrate_error(e: BaseException, then: str = "restart the kernel and try again") -> str:
+    """What the reader sees when Illustrate fails: NothingToDraw's and NoIllustrator's sentences as they are, a
+    storylib from before Chapter 17 in one sentence, anything else (a learner's unfinished exercise) as
+    friendly_error."""
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("storylib."):
+        module = e.name.split(".")[-1]
+        return f"Illustrate needs Chapter 17: your storylib has no {module}.py yet (`llm101n start` adds it)."
+    from storylib.illustrate import NothingToDraw  # here, not at the top: a storylib before Chapter 17 has none
+
+    return str(e) if isinstance(e, (NothingToDraw, NoIllustrator)) else friendly_error(e, then)
+
+
+def illustration_scope(session: StorySession) -> tuple[int, int]:
+    """(start, end) in session.text of what Illustrate draws from: the story (story mode), or the model's latest
+    message (chat mode: its last parts in a row; empty when it has not answered yet)."""
+    if session.mode == "story":
+        return 0, len(session.text)
+    last = max((i for i, s in enumerate(session.segments) if s.role == "model"), default=None)
+    if last is None:
+        return len(session.text), len(session.text)
+    first = last
+    while first > 0 and session.segments[first - 1].role == "model":
+        first -= 1
+    start = sum(len(s.text) for s in session.segments[:first])
+    return start, start + sum(len(s.text) for s in session.segments[first:last + 1])
+
+
+def illustrate_session(illustrator, session: StorySession, sentence: str | None = None, seed: int = 0):
+    """Illustrator.illustrate on `sentence`, or (None) on the most drawable sentence of illustration_scope: a
+    Picture. Raises NothingToDraw with the reason."""
+    start, end = illustration_scope(session)
+    return illustrator.illustrate(session.text[start:end], sentence=sentence, seed=seed)
+
+
 # ----------------------------------------------------------------------------- the terminal chat
 
 HELP = {"story": """Type the start of a story (or more of it) and press Enter: the storyteller goes on from there.
@@ -431,6 +489,7 @@ HELP = {"story": """Type the start of a story (or more of it) and press Enter: t
   /refine [TEXT]   tell the model's last part again; with TEXT, your words go there first (replacing
                    your own words just before it, if you wrote last before the model)
   /show            the whole story      /set KEY VALUE   temperature, max_tokens, top_k, top_p, seed (off/none: off)
+  /illustrate [SENTENCE]   draw the story's most drawable sentence (or SENTENCE) into illustration-N.png
   /mode chat       give instructions instead (a new conversation)
   /help            this text            /quit            leave (or Ctrl-D)
 Ctrl-C stops the story being told, not the program.""",
@@ -439,6 +498,7 @@ changes ("Give it a happy ending", "Call the cat Max"): the storyteller answers 
   /refine [TEXT]   answer your last message again; with TEXT, it replaces your last message first
   Enter on an empty line or /continue   more of the last reply     /new      a new conversation
   /show            the conversation     /set KEY VALUE   temperature, max_tokens, top_k, top_p, seed (off/none: off)
+  /illustrate [SENTENCE]   draw the last reply's most drawable sentence (or SENTENCE) into illustration-N.png
   /mode story      continue stories instead (a new story)
   /help            this text            /quit            leave (or Ctrl-D)
 Ctrl-C stops the reply being told, not the program."""}
@@ -458,11 +518,37 @@ def _parse_setting(key: str, value: str) -> tuple[str, float | int | None]:
 
 
 class TerminalChat:
-    """The REPL of `llm101n chat`: a StorySession printed as it streams. Ctrl-C during a story stops it."""
+    """The REPL of `llm101n chat`: a StorySession printed as it streams. Ctrl-C during a story stops it.
+    /illustrate draws with the illustrator of `illustrator` (a folder; None: load_illustrator's default), loaded
+    on first use, and saves the pictures in `images` as illustration-<n>.png."""
 
-    def __init__(self, session: StorySession, sampling: Sampling, out=sys.stdout, err=sys.stderr):
+    def __init__(self, session: StorySession, sampling: Sampling, out=sys.stdout, err=sys.stderr,
+                 illustrator: str | Path | None = None, images: str | Path = "."):
         self.session, self.sampling, self.out, self.err = session, sampling, out, err
         session.retry = "run `llm101n chat` again"
+        self.illustrator_folder, self.images = illustrator, Path(images)
+        self._illustrator = None  # loaded by the first /illustrate
+
+    def illustrate(self, sentence: str = "") -> Path | None:
+        """/illustrate: draw `sentence` (or the story's / last reply's most drawable one) and save it as the next
+        free images/illustration-<n>.png; print where, the sentence and the caption. A failure (nothing to draw,
+        no illustrator) is one sentence on `err` and None; the story is untouched either way."""
+        try:
+            if self._illustrator is None:
+                self._illustrator = load_illustrator(self.illustrator_folder)
+            seed = 0 if self.sampling.seed is None else self.sampling.seed
+            picture = illustrate_session(self._illustrator, self.session, sentence.strip() or None, seed=seed)
+            self.images.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while (self.images / f"illustration-{n}.png").exists():  # never overwrite an earlier picture
+                n += 1
+            path = self.images / f"illustration-{n}.png"
+            path.write_bytes(picture.png())
+        except Exception as e:  # nothing to draw, no illustrator, an unfinished exercise, a folder not writable
+            self.err.write(illustrate_error(e, self.session.retry) + "\n")
+            return None
+        self.out.write(f"{path}\n  sentence: {picture.sentence}\n  caption:  {picture.caption}\n")
+        return path
 
     def tell(self) -> Generation:
         """Generate the next part, streaming it to `out`; SIGINT (Ctrl-C) stops it after the current token."""
@@ -521,6 +607,8 @@ class TerminalChat:
             self.tell()
         elif cmd == "show":
             self.out.write(self.show() + "\n")
+        elif cmd == "illustrate":
+            self.illustrate(arg)
         elif cmd == "mode":
             try:
                 s.set_mode(arg.strip())
@@ -574,6 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: off)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1: off (default 0.95)")
     p.add_argument("--seed", type=int, default=None, help="for a reproducible story (default: random)")
+    p.add_argument("--illustrator", help="the illustrator's folder for /illustrate (default: $LLM101N_ILLUSTRATOR, "
+                                         "else models/illustrator)")
+    p.add_argument("--images", default=".", help="where /illustrate saves its pictures (default: this folder)")
     p.add_argument("--model", help="an exported model folder (llm101n train export), for both modes; default "
                                    "models/storyteller-chat (chat), models/storyteller (story)")
     args = p.parse_args(argv)
@@ -597,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if session.chat_unavailable:
         print(session.chat_unavailable, file=sys.stderr)
     print(f"storyteller: {session.describe_model()} · storylib {describe_storylib()}", file=sys.stderr)
-    chat = TerminalChat(session, sampling)
+    chat = TerminalChat(session, sampling, illustrator=args.illustrator, images=args.images)
     if args.prompt is not None:
         session.add_user(args.prompt)
         if session.mode == "story":

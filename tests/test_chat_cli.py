@@ -203,3 +203,90 @@ def test_a_workspace_without_chapter_14_continues_stories_and_says_why(tmp_path)
             "(`llm101n check ch14`); continuing stories instead.\n") in r.stderr, r.stderr
     assert r.stdout.startswith("Once upon a time") and len(r.stdout) > len("Once upon a time\n"), r.stdout
     assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- /illustrate (Chapter 17)
+
+DRAWABLE = "Lily kicked her big red ball under the old tree."
+
+
+@pytest.fixture(scope="module")
+def illustrator(tmp_path_factory):
+    from tests.illustrator_model import tiny_illustrator
+
+    return tiny_illustrator(tmp_path_factory.mktemp("illustrator") / "illustrator")
+
+
+def png_pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("RGB"))
+
+
+def test_repl_illustrate_saves_pictures_and_keeps_the_story(storyteller, illustrator, tmp_path):
+    from storylib.illustrate import Illustrator, NothingToDraw, caption_for, pick_sentence
+
+    out, err = io.StringIO(), io.StringIO()
+    model, tok = storyteller
+    images = tmp_path / "pictures"
+    chat = TerminalChat(StorySession(model, tok, mode="story"), Sampling(temperature=0.0, max_tokens=8), out, err,
+                        illustrator=illustrator, images=images)
+    lines = iter(["/illustrate", DRAWABLE, "/show", "/illustrate", "/set seed 3", "/illustrate Tom had a big dog.",
+                  "/illustrate The end.", "/show", "/quit"])
+    assert chat.repl(lambda _prompt: next(lines)) == 0
+    story = DRAWABLE + greedy(storyteller, DRAWABLE, 8)
+    drawer = Illustrator.load(illustrator)
+    first, second = drawer.illustrate(story, seed=0), drawer.illustrate(story, "Tom had a big dog.", seed=3)
+    assert first.sentence == pick_sentence(story)
+    assert sorted(p.name for p in images.iterdir()) == ["illustration-1.png", "illustration-2.png"]
+    for n, picture in enumerate([first, second], 1):
+        pixels = png_pixels(images / f"illustration-{n}.png")
+        assert pixels.shape == (64, 64, 3), "16 × 16, enlarged 4 times"
+        assert (pixels[::4, ::4] == picture.pixels).all(), "the library's picture for this sentence and seed"
+        assert (f"{images / f'illustration-{n}.png'}\n  sentence: {picture.sentence}\n"
+                f"  caption:  {caption_for(picture.sentence)}\n") in out.getvalue()
+    with pytest.raises(NothingToDraw) as empty:
+        pick_sentence("")
+    assert err.getvalue().count(str(empty.value)) == 1, "an empty story: nothing to draw, and the REPL goes on"
+    assert "nothing to draw in 'The end.'" in err.getvalue()
+    assert out.getvalue().count(story + "\n") == 3, "the story, unchanged by /illustrate (told once, shown twice)"
+
+
+def test_repl_illustrate_draws_the_last_reply_and_says_when_there_is_no_illustrator(storyteller, illustrator,
+                                                                                   tmp_path, monkeypatch):
+    from storylib.storyteller import Segment
+
+    out, err = io.StringIO(), io.StringIO()
+    model, tok = storyteller
+    session = StorySession(model, tok)
+    session.add_user(REQUEST)
+    session.segments.append(Segment("model", ["Tom saw a big brown dog."]))
+    session.add_user("Give it a happy ending.")
+    session.segments.append(Segment("model", ["They were happy. The end."]))
+    monkeypatch.chdir(tmp_path)  # pictures go to the current folder by default
+    chat = TerminalChat(session, Sampling(temperature=0.0, max_tokens=8), out, err, illustrator=tmp_path / "none")
+    lines = iter(["/illustrate", "/show", "/quit"])
+    assert chat.repl(lambda _prompt: next(lines)) == 0
+    assert (f"Illustrate needs the illustrator, and there is none at {tmp_path / 'none'}") in err.getvalue()
+    assert out.getvalue() == chat.show() + "\n" and not list(tmp_path.glob("*.png")), "nothing drawn, nothing lost"
+
+    chat.illustrator_folder = illustrator
+    assert chat.illustrate() is None and "nothing to draw in this story" in err.getvalue(), "the last reply's"
+    assert chat.illustrate("Tom saw a big brown dog.") == Path("illustration-1.png")
+    assert png_pixels(tmp_path / "illustration-1.png").shape == (64, 64, 3)
+
+
+def test_illustrate_from_the_command_line(illustrator, tmp_path):
+    """`llm101n chat --illustrator DIR --images DIR`: /illustrate in the REPL writes a PNG and prints the caption."""
+    from storylib.illustrate import caption_for
+
+    r = run_chat(["--mode", "story", "--illustrator", str(illustrator), "--images", str(tmp_path / "pics")],
+                 input=f"/illustrate {DRAWABLE}\n/help\n/quit\n")
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "pics" / "illustration-1.png"
+    assert f"{path}\n  sentence: {DRAWABLE}\n  caption:  {caption_for(DRAWABLE)}\n" in r.stdout, r.stdout
+    assert png_pixels(path).shape == (64, 64, 3)
+    assert r.stderr.count("/illustrate [SENTENCE]") == 2, "the help (at the start and on /help) lists it"

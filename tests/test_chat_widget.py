@@ -380,3 +380,164 @@ def test_without_chapter_14_chat_mode_says_why_in_one_sentence(tmp_path, monkeyp
     assert w.wait(60) and w.status == "done" and len(model_parts(w)) == 1, w.notice
     w.mode = "chat"
     assert w.mode == "story" and w.notice == w.chat_unavailable, "chat mode stays off, saying why"
+
+
+# ----------------------------------------------------------------------------- Illustrate (Chapter 17)
+
+FIRST_REPLY = "Tom saw a big brown dog in the park. The dog ran to him."
+LAST_REPLY = ("Once upon a time, Lily had a ball.\n\nLily kicked her big red ball under the old tree. It rained."
+              "\n\nThe end.")
+
+
+@pytest.fixture(scope="module")
+def illustrator(tmp_path_factory):
+    from tests.illustrator_model import tiny_illustrator
+
+    return tiny_illustrator(tmp_path_factory.mktemp("illustrator") / "illustrator")
+
+
+def conversation(storyteller, illustrator) -> StoryChat:
+    """A chat-mode StoryChat drawing with `illustrator` (a folder, or None: the default), holding a conversation
+    told before: two of your requests and the replies FIRST_REPLY, LAST_REPLY."""
+    from storylib.storyteller import Segment
+
+    w, _ = make_chat(storyteller, mode="chat", illustrator=illustrator)
+    for i, reply in enumerate((FIRST_REPLY, LAST_REPLY)):
+        w.session.add_user(REQUESTS[i])
+        w.session.segments.append(Segment("model", [reply]))
+    w.story = w.session.snapshot()
+    return w
+
+
+def decode_picture(src: str):
+    """The pixels of a picture's data: URL, uint8 (H, W, 3), checking that it is a PNG."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    img = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):])))
+    assert img.format == "PNG"
+    return np.asarray(img.convert("RGB"))
+
+
+def test_illustrate_draws_the_latest_reply_under_its_paragraph(storyteller, illustrator):
+    """Chat mode: the picture is the library's (Illustrator.illustrate of the latest reply, the seed setting or 0),
+    placed after the paragraph of the sentence drawn; the story is not changed."""
+    from storylib.illustrate import Illustrator, caption_for, pick_sentence
+
+    w = conversation(storyteller, illustrator)
+    story, text = w.story, w.session.text
+    w.handle({"type": "illustrate"})
+    assert w.wait(30) and w.status == "idle" and w.notice == "", w.notice
+    [pic] = w.pictures
+    sentence = pick_sentence(LAST_REPLY)
+    assert pic["sentence"] == sentence and pic["caption"] == caption_for(sentence)
+    assert text[pic["start"]:pic["end"]] == sentence and pic["start"] >= text.index(LAST_REPLY), "the latest reply's"
+    assert pic["at"] == text.index("\n\n", pic["end"]), "the picture goes where the sentence's paragraph ends"
+    want = Illustrator.load(illustrator).illustrate(LAST_REPLY, seed=0).pixels
+    assert (decode_picture(pic["src"]) == want).all() and want.shape == (16, 16, 3)
+    assert w.story == story and w.session.text == text, "illustrating leaves the story as it was"
+
+    w.seed = 7  # the seed setting draws it again: the same sentence, another picture in its place
+    w.handle({"type": "illustrate"})
+    assert w.wait(30)
+    [again] = w.pictures
+    assert (decode_picture(again["src"]) == Illustrator.load(illustrator).illustrate(LAST_REPLY, seed=7).pixels).all()
+    assert (decode_picture(again["src"]) != want).any()
+
+
+def test_illustrate_draws_the_selected_words(storyteller, illustrator):
+    from storylib.illustrate import caption_for
+
+    w = conversation(storyteller, illustrator)
+    start = w.session.text.index("a big brown dog")
+    w.handle({"type": "illustrate", "text": " a big brown dog ", "start": start - 1})  # as selected, spaces and all
+    assert w.wait(30) and w.notice == "", w.notice
+    [pic] = w.pictures
+    assert (pic["start"], pic["sentence"], pic["caption"]) == (start, "a big brown dog", caption_for("a big brown dog"))
+    assert pic["at"] == len(REQUESTS[0]) + len(FIRST_REPLY), "under the first reply: its message ends there"
+
+
+@pytest.mark.parametrize("case", ["nothing to draw", "no illustrator", "unfinished chapter 17"])
+def test_illustrate_failures_are_one_notice_and_lose_nothing(storyteller, illustrator, tmp_path, monkeypatch, case):
+    from storylib.illustrate import NothingToDraw, pick_sentence
+
+    w = conversation(storyteller, illustrator)
+    w.handle({"type": "illustrate"})
+    assert w.wait(30) and len(w.pictures) == 1
+    story, pictures = w.story, w.pictures
+    if case == "nothing to draw":
+        w.session.add_user("Thank you.")
+        w.session.segments.append(type(w.session.segments[0])("model", ["You are welcome. The end."]))
+        w.story = story = w.session.snapshot()
+        with pytest.raises(NothingToDraw) as reason:
+            pick_sentence("You are welcome. The end.")
+        want = str(reason.value)
+    elif case == "no illustrator":
+        w = conversation(storyteller, tmp_path / "nowhere")
+        story, pictures = w.story, []
+        want = f"Illustrate needs the illustrator, and there is none at {tmp_path / 'nowhere'}"
+    else:  # the learner's dit.py with ch17.sample still a stub (the release's stub, written out here)
+        from grading.exercises import stub_text
+
+        stubbed = tmp_path / "storylib" / "dit.py"
+        stubbed.parent.mkdir()
+        stubbed.write_text(stub_text(open(storylib.__path__[0] + "/dit.py").read(), "storylib/dit.py",
+                                     ["ch17.sample"]))
+        spec = importlib.util.spec_from_file_location("storylib.dit", stubbed)
+        learner = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(learner)
+        monkeypatch.setitem(sys.modules, "storylib.dit", learner)
+        monkeypatch.setattr(storylib, "dit", learner)
+        w._illustrator = None  # loaded again, with the learner's DiT
+        want = "needs exercise ch17.sample (storylib/dit.py), which is not written yet"
+    w.handle({"type": "illustrate"})
+    assert w.wait(30)
+    assert want in w.notice and "Traceback" not in w.notice, w.notice
+    if case == "unfinished chapter 17":
+        assert "Finish Chapter 17 (`llm101n check ch17`)" in w.notice and "§17.5" in w.notice
+    assert w.status == "idle" and w.story == story and w.pictures == pictures, "nothing else changes"
+
+
+def test_pictures_stay_with_their_sentence_as_the_story_goes_on(storyteller, illustrator, monkeypatch):
+    """Story mode, told by the model: Continue keeps the picture on its sentence; a Refine that cuts the sentence
+    away drops it; New story clears them; Illustrate while telling does nothing."""
+    from storylib.illustrate import pick_sentence
+
+    w, sent = make_chat(storyteller, illustrator=str(illustrator), temperature=0.0, max_tokens=12)
+    w.handle({"type": "send", "text": "Lily kicked her big red ball under the old tree."})
+    assert w.wait(30)
+    w.handle({"type": "illustrate"})
+    assert w.wait(30) and w.notice == "", w.notice
+    [pic] = w.pictures
+    assert pic["sentence"] == pick_sentence(w.session.text)
+    monkeypatch.setattr(StorySession, "generate", held_generate(StorySession.generate, 1))  # waits for Stop
+    w.handle({"type": "continue"})
+    while not pieces(sent, w.gen):
+        time.sleep(0.005)
+    w.handle({"type": "illustrate"})  # ignored: a turn is being told
+    assert w.status == "generating" and w.pictures == [pic]
+    w.handle({"type": "stop"})
+    assert w.wait(30) and w.status == "stopped" and len(model_parts(w)) == 2
+    monkeypatch.undo()  # the turns below end by themselves
+    [kept] = w.pictures
+    assert (kept["start"], kept["end"], kept["src"]) == (pic["start"], pic["end"], pic["src"])
+    assert w.session.text[kept["start"]:kept["end"]] == pic["sentence"]
+    w.handle({"type": "refine", "cut": pic["start"] + 3, "text": "Tom had a cat."})
+    assert w.wait(30) and w.pictures == [], "the sentence drawn was cut away"
+    w.handle({"type": "illustrate"})
+    assert w.wait(30) and len(w.pictures) == 1
+    w.handle({"type": "new"})
+    assert w.pictures == [] and w.story == []
+
+
+def test_illustrate_finds_the_illustrator_through_the_environment(storyteller, illustrator, monkeypatch):
+    """No illustrator= given: $LLM101N_ILLUSTRATOR names the folder (storylib.illustrate.illustrator_folder)."""
+    monkeypatch.setenv("LLM101N_ILLUSTRATOR", str(illustrator))
+    w = conversation(storyteller, None)
+    w.handle({"type": "illustrate"})
+    assert w.wait(30) and w.notice == "" and len(w.pictures) == 1, w.notice

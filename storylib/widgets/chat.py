@@ -19,12 +19,20 @@ max tokens, top-k, top-p and the seed are the sampler's (storylib.kvcache.proces
 status line shows the tokens and tokens/s. The footer names the storylib that runs (yours in a workspace) and
 the model.
 
+Illustrate (Chapter 17) draws the words you selected in the story, else the most drawable sentence of the story
+(chat: of the latest reply), with storylib.illustrate.Illustrator (the illustrator folder: the `illustrator`
+argument, else $LLM101N_ILLUSTRATOR, else models/illustrator; loaded on the first Illustrate) and the seed
+setting (none: 0). The picture shows under the paragraph it illustrates, with the sentence drawn beneath it; it
+stays there while the conversation goes on, goes when that sentence is cut away, and New clears it. Nothing to
+draw, or no illustrator, is one sentence in the conversation; the story is never changed.
+
 How it streams. The story lives in Python (storylib.storyteller.StorySession). A button sends a custom message
 to the kernel; `handle` starts the generation in a worker thread and returns at once, so the kernel stays free
 to receive the next message (Stop sets a threading.Event the worker checks after every piece). The worker
 sends each text piece as a custom message {"type": "piece"} as soon as storylib.kvcache.generate_stream yields
 it, and at the end sets the traits (story, stats, status) in one update. A learner's unfinished exercise shows
-as a notice in the conversation naming it (storylib.storyteller.friendly_error), never a traceback.
+as a notice in the conversation naming it (storylib.storyteller.friendly_error), never a traceback. Illustrate
+draws in a worker thread too (status "drawing"), and sets `pictures` when done.
 
 Without a kernel (the static book) the widget shows the turns recorded when the page was built, with the
 controls disabled. It knows a kernel is there only when the kernel answers its "hello" (a nonce made fresh on
@@ -33,6 +41,7 @@ each page load), so saved state can never make a static page look live.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,8 +49,41 @@ from pathlib import Path
 import anywidget
 import traitlets
 
-from storylib.storyteller import FIRST_TURNS, MODES, Sampling, StorySession, describe_storylib, friendly_error
+from storylib.storyteller import (
+    FIRST_TURNS,
+    MODES,
+    Sampling,
+    StorySession,
+    describe_storylib,
+    friendly_error,
+    illustrate_error,
+    illustrate_session,
+    illustration_scope,
+    load_illustrator,
+)
 from storylib.widgets import front_end
+
+
+def paragraph_end(story: list[dict], end: int, chat: bool) -> int:
+    """Where the paragraph holding story text offset `end` ends: the first line break from there, else the end of
+    its message (chat: the parts of one role in a row) or of the story. `story` is a StoryChat.story."""
+    text = "".join("".join(seg["pieces"]) for seg in story)
+    bound, at = len(text), 0
+    for i, seg in enumerate(story if chat else []):
+        at += len("".join(seg["pieces"]))
+        if at >= end and (i + 1 == len(story) or story[i + 1]["role"] != seg["role"]):
+            bound = at
+            break
+    line = text.find("\n", end, bound)
+    return bound if line < 0 else line
+
+
+def place_pictures(pictures: list[dict], story: list[dict], chat: bool) -> list[dict]:
+    """The pictures whose sentence is still where it was drawn from in `story`, in story order, each at the end of
+    its paragraph (paragraph_end): a continued story keeps its pictures; one cut before the sentence loses it."""
+    text = "".join("".join(seg["pieces"]) for seg in story)
+    kept = [p for p in pictures if text[p["start"]:p["end"]] == p["sentence"]]
+    return sorted(({**p, "at": paragraph_end(story, p["end"], chat)} for p in kept), key=lambda p: p["start"])
 
 
 class StoryChat(anywidget.AnyWidget):
@@ -52,7 +94,7 @@ class StoryChat(anywidget.AnyWidget):
 
     # the story: [{"role": "user" | "model", "pieces": [str, ...]}], Python's; the front end draws it
     story = traitlets.List(traitlets.Dict()).tag(sync=True)
-    status = traitlets.Unicode("idle").tag(sync=True)  # idle | generating | done | stopped | error
+    status = traitlets.Unicode("idle").tag(sync=True)  # idle | generating | drawing | done | stopped | error
     stats = traitlets.Dict().tag(sync=True)  # the last turn: n_tokens, seconds, tokens_per_s, reason, summary
     notice = traitlets.Unicode("").tag(sync=True)  # a message for the reader shown in the conversation
     footer = traitlets.Unicode("").tag(sync=True)  # which storylib runs, and the model
@@ -65,16 +107,21 @@ class StoryChat(anywidget.AnyWidget):
     top_k = traitlets.Int(0).tag(sync=True)
     top_p = traitlets.Float(0.95).tag(sync=True)
     seed = traitlets.Int(None, allow_none=True).tag(sync=True)
+    # Illustrate's pictures: {"start", "end": the sentence drawn, as offsets into the story's text; "at": where the
+    # picture goes (the end of its paragraph); "sentence", "caption", "src": the PNG as a data: URL}
+    pictures = traitlets.List(traitlets.Dict()).tag(sync=True)
 
     def __init__(self, prompt: str | Sequence[str] | None = ..., *, model=None, tokenizer=None,
-                 story_seed: int | None = 0, **kwargs) -> None:
+                 story_seed: int | None = 0, illustrator: str | Path | None = None, **kwargs) -> None:
         """prompt: your first turns, each answered right away (turn i with seed story_seed + i, so the book shows
         the same conversation at every build): a string, a list of strings, None (start empty) or, by default,
         the mode's FIRST_TURNS (chat: a story asked for, then changed). model, tokenizer: default the course's
-        (the chat model, or the storyteller in story mode). Other keyword arguments set traits (temperature=0.5,
-        max_tokens=100, mode="story", ...)."""
+        (the chat model, or the storyteller in story mode). illustrator: the illustrator's folder for Illustrate
+        (default: $LLM101N_ILLUSTRATOR, else models/illustrator). Other keyword arguments set traits
+        (temperature=0.5, max_tokens=100, mode="story", ...)."""
         super().__init__(**kwargs)
         self.session = StorySession(model, tokenizer, mode=self.mode)
+        self.illustrator_folder, self._illustrator = illustrator, None  # loaded by the first Illustrate
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self.on_msg(self._on_msg)
@@ -113,7 +160,7 @@ class StoryChat(anywidget.AnyWidget):
         self.halt()
         session.new()
         with self.hold_sync():
-            self.story, self.stats, self.notice, self.status = [], {}, "", "idle"
+            self.story, self.stats, self.notice, self.status, self.pictures = [], {}, "", "idle", []
             try:
                 session.set_mode(change["new"])
             except ValueError as e:  # chat mode, once it could not load
@@ -169,13 +216,73 @@ class StoryChat(anywidget.AnyWidget):
         self._stop.set()
         self.wait(timeout)
 
+    # -- pictures (Chapter 17)
+
+    def illustrate(self, selection: str = "", start: int | None = None, block: bool = False) -> None:
+        """Draw `selection` (words selected in the story, from text offset `start`), else the most drawable
+        sentence of the story (chat: of the latest reply), and add the picture to `pictures`: in the worker
+        thread (block: in this one). Nothing to draw or no illustrator: a notice; the story never changes."""
+        if self.busy:
+            return
+        before = self.status if self.status != "error" else "idle"  # the notice it went with is cleared
+        with self.hold_sync():
+            self.notice, self.status = "", "drawing"
+        if block:
+            self._draw(selection, start, before)
+        else:
+            self._worker = threading.Thread(target=self._draw, args=(selection, start, before),
+                                            name="story-chat-illustrate", daemon=True)
+            self._worker.start()
+
+    def _draw(self, selection: str, start: int | None, status: str) -> None:
+        pictures, notice = self.pictures, ""
+        try:
+            if self._illustrator is None:
+                self._illustrator = load_illustrator(self.illustrator_folder)
+            seed = 0 if self.seed is None else self.seed
+            picture = illustrate_session(self._illustrator, self.session, selection.strip() or None, seed=seed)
+            at = self._locate(picture.sentence, selection, start)
+            src = "data:image/png;base64," + base64.b64encode(picture.png(scale=1)).decode("ascii")  # CSS enlarges
+            drawn = {"start": at, "end": at + len(picture.sentence), "sentence": picture.sentence,
+                     "caption": picture.caption, "src": src}
+            others = [p for p in pictures if (p["start"], p["end"]) != (drawn["start"], drawn["end"])]
+            pictures = place_pictures([*others, drawn], self.story, self.mode == "chat")
+        except Exception as e:  # nothing to draw, no illustrator, a learner's unfinished Chapter 17
+            notice = illustrate_error(e)
+        with self.hold_sync():
+            self.pictures, self.notice, self.status = pictures, notice, status
+
+    def _locate(self, sentence: str, selection: str, start: int | None) -> int:
+        """Where the sentence drawn starts in the story's text: the selection's own place when it is there, else
+        the first place in what Illustrate drew from (illustration_scope), else the last anywhere."""
+        text = self.session.text
+        if selection.strip() and start is not None:
+            at = start + len(selection) - len(selection.lstrip())
+            if text[at:at + len(sentence)] == sentence:
+                return at
+        lo, hi = illustration_scope(self.session)
+        at = text.find(sentence, lo, hi)
+        at = at if at >= 0 else text.rfind(sentence)
+        if at < 0:
+            from storylib.illustrate import NothingToDraw
+
+            raise NothingToDraw(f"nothing to draw: {sentence!r} is not in the story (select words of the story)")
+        return at
+
+    @traitlets.observe("story")
+    def _keep_pictures(self, change) -> None:
+        """Pictures stay with their sentence while the story changes around it (place_pictures)."""
+        if self.pictures:
+            self.pictures = place_pictures(self.pictures, change["new"], self.mode == "chat")
+
     # -- messages from the front end
 
     def _on_msg(self, _widget, content, _buffers) -> None:
         self.handle(content)
 
     def handle(self, content: dict) -> None:
-        """One message from the front end: hello, send {text}, continue, stop, new, refine {cut, text}."""
+        """One message from the front end: hello, send {text}, continue, stop, new, refine {cut, text},
+        illustrate {text, start} (the words selected in the story and where they start; none: the best sentence)."""
         kind = content.get("type")
         if kind == "hello":  # the handshake: only a live kernel answers
             self.send({"type": "hello", "nonce": str(content.get("nonce", ""))})
@@ -185,7 +292,10 @@ class StoryChat(anywidget.AnyWidget):
             self.halt()
             self.session.new()
             with self.hold_sync():
-                self.story, self.stats, self.notice, self.status = [], {}, "", "idle"
+                self.story, self.stats, self.notice, self.status, self.pictures = [], {}, "", "idle", []
+        elif kind == "illustrate" and not self.busy:
+            start = content.get("start")
+            self.illustrate(str(content.get("text") or ""), start if isinstance(start, int) else None)
         elif kind in ("send", "continue", "refine") and not self.busy:
             text = str(content.get("text") or "").strip()
             try:

@@ -7,7 +7,9 @@ prompt, presses Send, sees the model's text grow (at least two different lengths
 presses Stop and checks that the text stops growing and the widget says so. What streamed must be the beginning
 of the story the same settings give in this process (seeded), so the kernel really ran storylib.kvcache.
 In chat mode (create_refine.ipynb, the default mode, the shipped chat model) it asks for a story, a happy ending
-and a new name for the cat, and checks each reply with storylib.conversations' rules.
+and a new name for the cat, and checks each reply with storylib.conversations' rules. In illustrate.ipynb it tells a
+short story and presses Illustrate: a picture (the tiny untrained illustrator of tests/illustrator_model.py, which
+the lab's kernels find through LLM101N_ILLUSTRATOR) shows under the story.
 Screenshot: docs/screenshots/chat_lab.png (the conversation; story mode's stopped story goes to tmp_path).
 """
 
@@ -27,6 +29,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.chat_model import SCENARIO, check_turn, require_chat_model
+from tests.illustrator_model import tiny_illustrator
 
 from .conftest import ROOT, free_port, screenshot_path, stop_process_group
 
@@ -36,6 +39,9 @@ PROMPT = "Once upon a time, there was a little fox"
 SETTINGS = {"mode": "story", "temperature": 1.0, "top_p": 1.0, "seed": 4, "max_tokens": 600}
 # chat mode: greedy, so the replies are the same on every machine
 CHAT_SETTINGS = {"temperature": 0.0}
+# Illustrate: a short greedy story (it ends long before HOLD_CHARS), told from a sentence with things to draw
+DRAWABLE = "Lily kicked her big red ball under the old tree."
+ILLUSTRATE_SETTINGS = {"mode": "story", "temperature": 0.0, "max_tokens": 16}
 
 
 def notebook(settings: dict) -> dict:
@@ -88,6 +94,7 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("chat_lab")
     (root / "chat.ipynb").write_text(json.dumps(notebook(SETTINGS)), encoding="utf-8")
     (root / "create_refine.ipynb").write_text(json.dumps(notebook(CHAT_SETTINGS)), encoding="utf-8")
+    (root / "illustrate.ipynb").write_text(json.dumps(notebook(ILLUSTRATE_SETTINGS)), encoding="utf-8")
     port, token = free_port(), "llm101n-chat-test"
     home = tmp_path_factory.mktemp("jupyter_home")  # config, runtime and lab settings of this server only
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -99,7 +106,8 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"),
-               TIKTOKEN_CACHE_DIR=str(ROOT / ".assets" / "tiktoken"))
+               TIKTOKEN_CACHE_DIR=str(ROOT / ".assets" / "tiktoken"),
+               LLM101N_ILLUSTRATOR=str(tiny_illustrator(home / "illustrator")))  # 16 × 16 noise, in milliseconds
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log_path = home / "lab.log"
     log = log_path.open("w")
@@ -265,3 +273,53 @@ def test_create_refine_rename_in_jupyterlab(page, lab, tmp_path):
             page.screenshot(path=str(shot))
     expect(chat.locator('[data-testid="chat-message-user"]')).to_have_count(3)
     expect(chat.locator('[data-testid="chat-status"]')).to_contain_text("tokens/s")
+
+
+@pytest.mark.timeout(600)  # JupyterLab's start (up to 180 s) counts too
+def test_illustrate_in_jupyterlab(page, lab, tmp_path):
+    """A story told, then Illustrate: the picture of its most drawable sentence shows under it (decoded by the
+    browser), its caption as alt text and the sentence beneath; the story's text stays as it was."""
+    from storylib.illustrate import caption_for, pick_sentence
+
+    url, log_path = lab
+    own = url.replace("/lab/tree/chat.ipynb", "/lab/workspaces/illustrate/tree/illustrate.ipynb")
+    chat = open_chat(page, own, log_path)
+    illustrate = chat.locator('[data-testid="chat-illustrate"]')
+    chat.locator('[data-testid="chat-prompt"]').fill(DRAWABLE)
+    chat.locator('[data-testid="chat-send"]').click()
+    expect(chat).to_have_attribute("data-status", "done", timeout=120_000)
+    story_view = chat.locator('[data-testid="chat-story"]')
+    story = story_view.text_content()
+    assert story.startswith(DRAWABLE) and len(story) > len(DRAWABLE), story
+    expect(illustrate).to_be_enabled()
+
+    illustrate.click()
+    picture = story_view.locator('[data-testid="chat-picture"] img')
+    expect(picture).to_have_count(1, timeout=60_000)
+    assert picture.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0, "the browser decodes the PNG"
+    sentence = pick_sentence(story)
+    expect(picture).to_have_attribute("alt", caption_for(sentence))
+    expect(story_view.locator('[data-testid="chat-picture-sentence"]')).to_contain_text(sentence)
+    top = story_view.locator('[data-testid="chat-user"]').bounding_box()
+    assert picture.bounding_box()["y"] > top["y"] + top["height"] / 2, "the picture is under the story's words"
+    assert model_text(chat) == story[len(DRAWABLE):], "Illustrate leaves the story as it was"
+    expect(chat).to_have_attribute("data-status", "done")
+    expect(illustrate).to_be_enabled()
+
+    # words selected with the mouse ("her big red ball", your words: one piece a word) are drawn instead
+    words = story_view.locator('[data-testid="chat-user"] .sc-piece')
+    first, after = words.nth(2).bounding_box(), words.nth(6).bounding_box()  # from "her" to just before "under"
+    assert words.nth(2).text_content().strip() == "her" and words.nth(6).text_content().strip() == "under"
+    page.mouse.move(first["x"] + 1, first["y"] + first["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(after["x"] + 1, after["y"] + after["height"] / 2, steps=5)
+    page.mouse.up()
+    assert page.evaluate("() => window.getSelection().toString()").strip() == "her big red ball"
+    illustrate.click()
+    expect(picture).to_have_count(2, timeout=60_000)
+    # both go where the paragraph ends, in the order of their words in the story: the whole sentence's first
+    expect(picture.nth(1)).to_have_attribute("alt", caption_for("her big red ball"))
+    expect(story_view.locator('[data-testid="chat-picture-sentence"]').nth(1)).to_have_text(
+        re.compile(r"^her big red ball drawn as"))
+    assert model_text(chat) == story[len(DRAWABLE):] and not story_view.locator(".sc-cut").count()
+    page.screenshot(path=str(tmp_path / "chat_lab_illustrate.png"))

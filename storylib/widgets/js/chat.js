@@ -3,7 +3,7 @@
 
 const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
 let helloCount = 0;
-const STATUS_TEXT = { idle: "", generating: "telling…", done: "", stopped: "stopped", error: "" };
+const STATUS_TEXT = { idle: "", generating: "telling…", drawing: "drawing…", done: "", stopped: "stopped", error: "" };
 // what changes with the mode: chat (instructions to the chat model) or story (the storyteller goes on)
 const MODE_TEXT = {
   chat: { placeholder: "Write a story about a cat named Tom who finds a key.  (Enter sends, Shift+Enter: new line)",
@@ -38,6 +38,8 @@ function render({ model, el: host }) {
   const stop = button("stop", "Stop", "stop the turn being told");
   const refine = button("refine", "Refine", "tell the model's last part again (with your edited words from the box, " +
                         "if any, in place of yours); click a word first to go on from there instead");
+  const illustrate = button("illustrate", "Illustrate", "draw the most drawable sentence of the story (chat: of " +
+                            "the latest reply), or the words you selected in it; the picture goes under its paragraph");
   const fresh = button("new", "New story", "clear everything");
 
   const controls = el("div", { class: "sc-controls" }, root);
@@ -93,23 +95,56 @@ function render({ model, el: host }) {
     return s;
   }
 
+  // a picture Illustrate drew: the image (its caption as alt text), then the sentence drawn and the caption
+  function figure(parent, pic) {
+    const f = el("div", { class: "sc-figure", "data-testid": "chat-picture", "data-start": String(pic.start),
+                          "data-end": String(pic.end) }, parent);
+    el("img", { class: "sc-picture", src: pic.src, alt: pic.caption, title: `drawn as “${pic.caption}”` }, f);
+    const line = el("div", { class: "sc-figure-line", "data-testid": "chat-picture-sentence" }, f);
+    el("span", { class: "sc-figure-sentence" }, line, pic.sentence);
+    el("span", { class: "sc-figure-caption" }, line, ` drawn as “${pic.caption}”`);
+  }
+
   function drawStory() {
     view.replaceChildren();
     live = null;
     const story = model.get("story"), chat = model.get("mode") === "chat";
-    let offset = 0, bubble = null;
+    const pictures = [...(model.get("pictures") || [])].sort((a, b) => a.at - b.at);
+    let offset = 0, bubble = null, next = 0;
     story.forEach((seg, i) => {
       // chat: one bubble per message (parts of one role in a row, e.g. a reply continued, are one message)
       if (chat && (!bubble || bubble.dataset.role !== seg.role)) {
         bubble = el("div", { class: `sc-bubble sc-bubble-${seg.role}`, "data-role": seg.role,
                              "data-testid": `chat-message-${seg.role}` }, view);
       }
-      const s = el("span", { class: `sc-seg sc-${seg.role}`, "data-role": seg.role, "data-testid": `chat-${seg.role}` },
-                   chat ? bubble : view);
-      for (const p of seg.pieces) {
-        // your words are clickable word by word; the model's piece by piece (as they streamed in)
-        const parts = seg.role === "user" ? p.match(/\s*\S+\s*|\s+/g) || [] : [p];
-        for (const q of parts) { piece(s, q, offset); offset += q.length; }
+      const parent = chat ? bubble : view;
+      const span = () => el("span", { class: `sc-seg sc-${seg.role}`, "data-role": seg.role,
+                                      "data-testid": `chat-${seg.role}` }, parent);
+      let s = span(), after = false;  // after: a picture came since s's last piece (the text goes on in a new span)
+      const put = (q) => {
+        if (after) {
+          s = span();
+          after = false;
+          if (q[0] === "\n") {  // the picture ends its paragraph's line already: this line break is hidden
+            piece(s, "\n", offset++).classList.add("sc-gap");
+            q = q.slice(1);
+          }
+        }
+        if (!q) return;
+        piece(s, q, offset);
+        offset += q.length;
+      };
+      // your words are clickable word by word; the model's piece by piece (as they streamed in)
+      for (let q of seg.pieces.flatMap((p) => (seg.role === "user" ? p.match(/\s*\S+\s*|\s+/g) || [] : [p]))) {
+        // a picture goes where its paragraph ends (Python's place_pictures says where: "at"), between the text's
+        // spans, not in them (it is not part of the story's text), splitting a piece if it must
+        while (next < pictures.length && pictures[next].at <= offset + q.length) {
+          const head = q.slice(0, Math.max(0, pictures[next].at - offset));
+          if (head) { put(head); q = q.slice(head.length); }
+          figure(parent, pictures[next++]);
+          after = true;
+        }
+        if (q) put(q);
       }
       if (i === story.length - 1 && seg.role === "model" && model.get("status") === "generating") {
         live = { seg: s, offset };
@@ -122,7 +157,7 @@ function render({ model, el: host }) {
   }
 
   function drawState() {
-    const st = model.get("status"), busy = st === "generating", mode = model.get("mode");
+    const st = model.get("status"), busy = st === "generating" || st === "drawing", mode = model.get("mode");
     const text = MODE_TEXT[mode] || MODE_TEXT.story, why = model.get("chat_unavailable");
     root.dataset.kernel = String(kernel);
     root.dataset.status = st;
@@ -139,9 +174,9 @@ function render({ model, el: host }) {
     box.placeholder = text.placeholder;
     refine.textContent = text.refine;
     fresh.textContent = text.fresh;
-    for (const b of [send, cont, refine]) b.disabled = !kernel || busy;
+    for (const b of [send, cont, refine, illustrate]) b.disabled = !kernel || busy;
     fresh.disabled = !kernel;
-    stop.disabled = !kernel || !busy;
+    stop.disabled = !kernel || st !== "generating";
     box.disabled = !kernel;
     for (const input of inputs) input.disabled = !kernel;
     const stats = model.get("stats");
@@ -173,6 +208,23 @@ function render({ model, el: host }) {
   });
   stop.addEventListener("click", () => post("stop"));
   fresh.addEventListener("click", () => { cut = null; post("new"); });
+  // The words selected in the story, {text, start} (start: their character offset, when the selection starts in
+  // a piece's text), or null. Read at mousedown on Illustrate, before the click could move the selection.
+  function selectedWords() {
+    const sel = window.getSelection();
+    if (!sel || sel.isCollapsed || !sel.rangeCount) return null;
+    const range = sel.getRangeAt(0), text = sel.toString();
+    if (!view.contains(range.commonAncestorContainer) || !text.trim()) return null;
+    const node = range.startContainer;
+    const p = node.nodeType === Node.TEXT_NODE ? node.parentElement.closest(".sc-piece") : null;
+    return { text, start: p ? Number(p.dataset.offset) + range.startOffset : null };
+  }
+  let chosen = null;
+  illustrate.addEventListener("mousedown", () => { chosen = selectedWords(); });
+  illustrate.addEventListener("click", () => {
+    post("illustrate", chosen || selectedWords() || {});
+    chosen = null;
+  });
   refine.addEventListener("click", () => {
     post("refine", { cut, text: box.value });
     box.value = "";
@@ -180,7 +232,8 @@ function render({ model, el: host }) {
   });
   view.addEventListener("click", (e) => {
     const p = e.target.closest(".sc-piece");
-    if (!p || !kernel || model.get("status") === "generating") return;
+    const busy = ["generating", "drawing"].includes(model.get("status"));
+    if (!p || !kernel || busy || !window.getSelection().isCollapsed) return;  // a drag selects words: no cut
     const at = Number(p.dataset.offset);
     cut = cut === at ? null : at;
     drawStory();
@@ -200,6 +253,14 @@ function render({ model, el: host }) {
   });
   model.on("change:story", () => { cut = null; drawStory(); drawState(); });
   model.on("change:notice", drawStory);
+  model.on("change:pictures", () => {
+    const key = (f) => `${f.dataset.start}:${f.dataset.end}:${f.querySelector("img").src}`;
+    const before = new Set([...view.querySelectorAll(".sc-figure")].map(key));
+    drawStory();
+    // a new picture comes into view (the story's box scrolls; the picture may be below its fold)
+    const drawn = [...view.querySelectorAll(".sc-figure")].find((f) => !before.has(key(f)));
+    if (drawn) drawn.scrollIntoView({ block: "nearest" });
+  });
   model.on("change:mode", () => { cut = null; drawStory(); drawState(); });
   for (const t of ["status", "stats", "footer", "chat_unavailable"]) model.on(`change:${t}`, drawState);
   drawStory();
