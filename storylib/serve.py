@@ -779,21 +779,6 @@ def check_image_request(body: dict, limits: Limits) -> dict:
     return {"prompt": prompt, "size": IMAGE_SIZES[size or "256x256"], **check_drawing(body)}
 
 
-def illustrator_unavailable(e: BaseException, folder: Path | None) -> str:
-    """One sentence: why there are no pictures (no illustrator trained, a learner's Chapter 17 unfinished, ...)."""
-    from storylib.storyteller import friendly_error
-
-    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("storylib."):
-        missing = e.name.split(".")[-1]
-        return f"Pictures need Chapter 17: your storylib has no {missing}.py yet (`llm101n start` adds it)."
-    if isinstance(e, FileNotFoundError) and folder is not None and not folder.exists():
-        return (f"Pictures need the illustrator, and there is none at {folder}: train it in Chapter 17, or start the "
-                "server with --illustrator PATH (or LLM101N_ILLUSTRATOR=PATH).")
-    if isinstance(e, NotImplementedError):
-        return friendly_error(e, then="restart the server")  # names the exercise, its file and its chapter
-    return f"The illustrator at {folder} cannot be used: {friendly_error(e)}."
-
-
 class Illustrations:
     """Chapter 17's illustrator on the server. Found at illustrate.illustrator_folder(folder) and loaded at the first
     picture, then kept (a failed load is tried again next time: the folder may appear). Pictures are drawn in a
@@ -803,23 +788,19 @@ class Illustrations:
     def __init__(self, folder: str | os.PathLike | None = None, max_waiting: int = 4):
         self.given, self.max_waiting = folder, max_waiting
         self.illustrator = None
-        self.folder: Path | None = None
         self.lock = threading.Lock()  # one picture (or load) at a time
         self.pending = 0  # pictures asked for and not finished (only touched on the event loop)
 
     def _illustrator(self):
         """The loaded illustrator (holding self.lock), or a 503 saying why there is none."""
         if self.illustrator is None:
-            try:
-                from storylib import illustrate
+            from storylib.storyteller import illustrate_error, load_illustrator
 
-                self.folder = illustrate.illustrator_folder(self.given)
-                if not self.folder.exists():
-                    raise FileNotFoundError(self.folder)
-                self.illustrator = illustrate.Illustrator.load(self.folder)
+            try:
+                self.illustrator = load_illustrator(self.given)
             except Exception as e:  # noqa: BLE001 - whatever it is, pictures are off and the rest goes on
-                raise RequestError(503, illustrator_unavailable(e, self.folder), code="illustrator_unavailable",
-                                   headers={"Retry-After": "60"}) from e
+                raise RequestError(503, illustrate_error(e, then="restart the server"),
+                                   code="illustrator_unavailable", headers={"Retry-After": "60"}) from e
         return self.illustrator
 
     def _draw(self, story: str, sentence: str | None, size: int, steps: int, guidance: float, seed: int,
@@ -835,7 +816,10 @@ class Illustrations:
             except illustrate.NothingToDraw as e:
                 raise RequestError(400, str(e), "sentence" if sentence else param, "nothing_to_draw") from None
             except NotImplementedError as e:  # a learner's Chapter 17 (the DiT's sampler, ...) not written yet
-                raise RequestError(503, illustrator_unavailable(e, self.folder), code="illustrator_unavailable") from e
+                from storylib.storyteller import illustrate_error
+
+                raise RequestError(503, illustrate_error(e, then="restart the server"),
+                                   code="illustrator_unavailable") from e
         side = picture.pixels.shape[0]
         if size % side:
             raise RequestError(400, f"the illustrator draws {side}x{side} pictures: 'size' must be a multiple of "
