@@ -24,6 +24,7 @@ _WIDGETS = {
     "LossMaskView": "storylib.widgets.datasets",
     "StoryChat": "storylib.widgets.chat",
     "ReplyCompare": "storylib.widgets.compare",
+    "DenoiseViewer": "storylib.widgets.denoise",
 }
 
 __all__ = sorted(_WIDGETS)
