@@ -104,10 +104,26 @@ def _drawable(t: Thing, rng: random.Random) -> Thing:
     return Thing(t.kind, t.colour or rng.choice(sorted(COLOURS)), t.size, t.count)
 
 
-def read_scene(sentence: str) -> Scene:
-    """The scene a sentence describes, in the generator's vocabulary; NothingToDraw if it names nothing drawable."""
+def _remembered(story: str) -> dict[str, tuple[str | None, str | None]]:
+    """kind -> (colour, size) the story first gives it: "his red ball" early on keeps "the ball" red later."""
+    memory: dict[str, tuple[str | None, str | None]] = {}
+    for _, t in _things(_words(story)):
+        colour, size = memory.get(t.kind, (None, None))
+        memory[t.kind] = (colour or t.colour, size or t.size)
+    return memory
+
+
+def _recall(t: Thing, memory: dict) -> Thing:
+    colour, size = memory.get(t.kind, (None, None))
+    return Thing(t.kind, t.colour or colour, t.size or (size if t.count == 1 else None), t.count)
+
+
+def read_scene(sentence: str, story: str = "") -> Scene:
+    """The scene a sentence describes, in the generator's vocabulary; NothingToDraw if it names nothing drawable.
+    A colour or size the sentence leaves out is taken from the rest of the `story`, where it gives one."""
     words = _words(sentence)
-    things = _things(words)
+    memory = _remembered(story)
+    things = [(i, _recall(t, memory)) for i, t in _things(words)]
     if not things:
         raise NothingToDraw(f"nothing to draw in {sentence!r}: it names none of {', '.join(scenes.THINGS)}")
     rng = random.Random(" ".join(words))
@@ -132,9 +148,9 @@ def read_scene(sentence: str) -> Scene:
     return Scene((_drawable(thing, rng),), place=place, time=time, weather=weather)
 
 
-def caption_for(sentence: str) -> str:
-    """The caption the illustrator was trained on for this sentence (raises NothingToDraw)."""
-    return scenes.caption(read_scene(sentence))
+def caption_for(sentence: str, story: str = "") -> str:
+    """The caption the illustrator was trained on for this sentence of `story` (raises NothingToDraw)."""
+    return scenes.caption(read_scene(sentence, story))
 
 
 def _score(sentence: str) -> int:
@@ -206,5 +222,5 @@ class Illustrator:
                    seed: int = 0) -> Picture:
         """Draw `sentence` (or, when None, the story's most drawable one); raises NothingToDraw with the reason."""
         sentence = (sentence or "").strip() or pick_sentence(story)
-        caption = caption_for(sentence)
+        caption = caption_for(sentence, story)
         return Picture(sentence, caption, self.draw(caption, steps=steps, guidance=guidance, seed=seed))

@@ -247,7 +247,7 @@ def test_repl_illustrate_saves_pictures_and_keeps_the_story(storyteller, illustr
         assert pixels.shape == (64, 64, 3), "16 × 16, enlarged 4 times"
         assert (pixels[::4, ::4] == picture.pixels).all(), "the library's picture for this sentence and seed"
         assert (f"{images / f'illustration-{n}.png'}\n  sentence: {picture.sentence}\n"
-                f"  caption:  {caption_for(picture.sentence)}\n") in out.getvalue()
+                f"  caption:  {picture.caption}\n") in out.getvalue()
     with pytest.raises(NothingToDraw) as empty:
         pick_sentence("")
     assert err.getvalue().count(str(empty.value)) == 1, "an empty story: nothing to draw, and the REPL goes on"

@@ -435,7 +435,7 @@ def test_illustrate_draws_the_latest_reply_under_its_paragraph(storyteller, illu
     assert w.wait(30) and w.status == "idle" and w.notice == "", w.notice
     [pic] = w.pictures
     sentence = pick_sentence(LAST_REPLY)
-    assert pic["sentence"] == sentence and pic["caption"] == caption_for(sentence)
+    assert pic["sentence"] == sentence and pic["caption"] == caption_for(sentence, LAST_REPLY)
     assert text[pic["start"]:pic["end"]] == sentence and pic["start"] >= text.index(LAST_REPLY), "the latest reply's"
     assert pic["at"] == text.index("\n\n", pic["end"]), "the picture goes where the sentence's paragraph ends"
     want = Illustrator.load(illustrator).illustrate(LAST_REPLY, seed=0).pixels

@@ -95,3 +95,14 @@ def test_illustrator_folder_is_the_argument_else_the_env_else_the_course(tmp_pat
     assert I.illustrator_folder() == tmp_path / "from-env"
     monkeypatch.delenv("LLM101N_ILLUSTRATOR")
     assert I.illustrator_folder().parts[-2:] == ("models", "illustrator")
+
+
+def test_a_colour_the_sentence_leaves_out_comes_from_the_story():
+    story = "Tom had a big red ball. He kicked it far. At last, Tom found his ball near a tree. A dog ran."
+    assert I.caption_for("At last, Tom found his ball near a tree.", story) == "a big red ball next to a tree"
+    assert I.caption_for("The blue ball fell.", story) == "a big blue ball", "the sentence's own words win"
+    dog = I.read_scene("A dog ran.", story).things[0]
+    assert dog.colour in scenes.COLOURS and dog.colour == I.read_scene("A dog ran.").things[0].colour, \
+        "no colour in the story: the sentence's own seeded choice"
+    two = I.read_scene("He saw two balls.", story).things[0]
+    assert (two.colour, two.size, two.count) == ("red", None, 2), "a size is for one thing only"

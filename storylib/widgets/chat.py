@@ -112,13 +112,15 @@ class StoryChat(anywidget.AnyWidget):
     pictures = traitlets.List(traitlets.Dict()).tag(sync=True)
 
     def __init__(self, prompt: str | Sequence[str] | None = ..., *, model=None, tokenizer=None,
-                 story_seed: int | None = 0, illustrator: str | Path | None = None, **kwargs) -> None:
+                 story_seed: int | None = 0, illustrator: str | Path | None = None, illustrate: bool = False,
+                 **kwargs) -> None:
         """prompt: your first turns, each answered right away (turn i with seed story_seed + i, so the book shows
         the same conversation at every build): a string, a list of strings, None (start empty) or, by default,
         the mode's FIRST_TURNS (chat: a story asked for, then changed). model, tokenizer: default the course's
         (the chat model, or the storyteller in story mode). illustrator: the illustrator's folder for Illustrate
-        (default: $LLM101N_ILLUSTRATOR, else models/illustrator). Other keyword arguments set traits
-        (temperature=0.5, max_tokens=100, mode="story", ...)."""
+        (default: $LLM101N_ILLUSTRATOR, else models/illustrator); illustrate: once the first turns are told, draw
+        a picture for the story as Illustrate does (the book's recorded story has one). Other keyword arguments set
+        traits (temperature=0.5, max_tokens=100, mode="story", ...)."""
         super().__init__(**kwargs)
         self.session = StorySession(model, tokenizer, mode=self.mode)
         self.illustrator_folder, self._illustrator = illustrator, None  # loaded by the first Illustrate
@@ -134,6 +136,8 @@ class StoryChat(anywidget.AnyWidget):
                 break
             self.session.add_user(text)
             self.tell(block=True, seed=None if story_seed is None else story_seed + i)
+        if illustrate and self.status != "error" and self.story:
+            self.illustrate(block=True)
 
     def _load(self) -> None:
         """Load the mode's model; say why chat mode is off (then the mode is "story"), or what failed."""

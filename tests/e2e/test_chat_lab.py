@@ -298,7 +298,7 @@ def test_illustrate_in_jupyterlab(page, lab, tmp_path):
     expect(picture).to_have_count(1, timeout=60_000)
     assert picture.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0, "the browser decodes the PNG"
     sentence = pick_sentence(story)
-    expect(picture).to_have_attribute("alt", caption_for(sentence))
+    expect(picture).to_have_attribute("alt", caption_for(sentence, story))
     expect(story_view.locator('[data-testid="chat-picture-sentence"]')).to_contain_text(sentence)
     top = story_view.locator('[data-testid="chat-user"]').bounding_box()
     assert picture.bounding_box()["y"] > top["y"] + top["height"] / 2, "the picture is under the story's words"

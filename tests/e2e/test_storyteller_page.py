@@ -26,8 +26,9 @@ def check_static_chat(page, story: list[dict] | None = None) -> None:
     note = chat.locator('[data-testid="chat-static-note"]')
     expect(note).to_be_visible()
     expect(note).to_contain_text("Live in JupyterLab: run make start")
-    for testid in ("chat-send", "chat-continue", "chat-stop", "chat-refine", "chat-new", "chat-prompt",
-                   "chat-temperature", "chat-max_tokens", "chat-top_k", "chat-top_p", "chat-seed", "chat-mode"):
+    for testid in ("chat-send", "chat-continue", "chat-stop", "chat-refine", "chat-illustrate", "chat-new",
+                   "chat-prompt", "chat-temperature", "chat-max_tokens", "chat-top_k", "chat-top_p", "chat-seed",
+                   "chat-mode"):
         expect(chat.locator(f'[data-testid="{testid}"]')).to_be_disabled()
     user = chat.locator('[data-testid="chat-user"]').all_text_contents()
     told = chat.locator('[data-testid="chat-model"]').all_text_contents()
@@ -36,6 +37,12 @@ def check_static_chat(page, story: list[dict] | None = None) -> None:
         assert user == list(FIRST_TURNS["chat"]), (
             f"the book should show the chat model's conversation (is models/storyteller-chat there?): {user}")
         assert len(told) == 2 and all(len(t) > 50 for t in told), told
+        # and the picture drawn for it at build time (StoryChat(illustrate=True)), under the story's words
+        picture = chat.locator('[data-testid="chat-picture"] img')
+        expect(picture).to_have_count(1)
+        assert picture.evaluate("img => img.decode().then(() => img.naturalWidth)") == 64, "the 64 × 64 picture"
+        expect(chat.locator('[data-testid="chat-picture-sentence"]')).to_contain_text(
+            picture.get_attribute("alt"))
     else:
         assert user == ["".join(s["pieces"]) for s in story if s["role"] == "user"]
         assert told == ["".join(s["pieces"]) for s in story if s["role"] == "model"]

@@ -256,7 +256,7 @@ def test_illustrate_a_story_keep_it_and_say_why_not(page, illustrating_server, t
     drawing.set()
     figure = reply.get_by_test_id("illustration")
     picture_shown(page, figure)
-    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence))
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence, story))
     expect(figure.locator("figcaption")).to_have_text(f"Drawn from “{sentence}”")
     expect(reply.get_by_test_id("picture-busy")).to_have_count(0)
     expect(reply.get_by_test_id("illustrate")).to_be_enabled()
@@ -267,16 +267,16 @@ def test_illustrate_a_story_keep_it_and_say_why_not(page, illustrating_server, t
     reply = page.get_by_test_id("assistant-message").last
     figure = reply.get_by_test_id("illustration")
     picture_shown(page, figure)
-    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence))
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(sentence, story))
 
     # words selected in the message are drawn instead
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", story) if s.strip()]
-    drawable = [s for s in sentences if I._score(s) >= 0 and I.caption_for(s) != I.caption_for(sentence)]
+    drawable = [s for s in sentences if I._score(s) >= 0 and I.caption_for(s, story) != I.caption_for(sentence, story)]
     chosen = (drawable or [sentence])[0]
     select_in_message(reply, chosen)
     reply.get_by_test_id("illustrate").click()
     expect(figure.locator("figcaption")).to_have_text(f"Drawn from “{chosen}”")
-    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(chosen))
+    expect(figure.locator("img")).to_have_attribute("alt", I.caption_for(chosen, story))
     picture_shown(page, figure)
     assert bodies[-1]["sentence"] == chosen and isinstance(bodies[-1]["seed"], int), "drawn again: another seed"
 
