@@ -227,7 +227,7 @@ def png_pixels(path: Path):
 
 
 def test_repl_illustrate_saves_pictures_and_keeps_the_story(storyteller, illustrator, tmp_path):
-    from storylib.illustrate import Illustrator, NothingToDraw, caption_for, pick_sentence
+    from storylib.illustrate import Illustrator, NothingToDraw, pick_sentence
 
     out, err = io.StringIO(), io.StringIO()
     model, tok = storyteller
