@@ -151,6 +151,49 @@ class SolutionNotebook:
 
 # ------------------------------------------------------------------------------ writing, building, checking
 
+class BookPage:
+    """A chapter's book page built by a script (the book executes it at build time): markdown and code cells, and
+    for each exercise of the chapter a box that says what to write, where, and how to check it.
+
+        page = BookPage("ch17_multimodal")
+        page.md("# Pictures ..."); page.code("import torch"); page.exercise("ch17.patchify", "Cut ... into ...")
+        page.write()   # book/ch17_multimodal.ipynb
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # e.g. ch14_sft: the page is book/<name>.ipynb, its exercises exercises/<name>.ipynb
+        self.nb = nbformat.v4.new_notebook()
+        self.nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
+                                language_info={"name": "python"})
+        self.exercises = {e.id: e for e in discover(COURSE_ROOT) if e.chapter == name.split("_")[0]}
+
+    def md(self, source: str) -> None:
+        self.nb.cells.append(nbformat.v4.new_markdown_cell(textwrap.dedent(source).strip()))
+
+    def code(self, source: str) -> None:
+        self.nb.cells.append(nbformat.v4.new_code_cell(textwrap.dedent(source).strip()))
+
+    def exercise(self, ex_id: str, what: str) -> None:
+        """The exercise's box: `what` it asks, the file and function to write it in, the command that checks it."""
+        e = self.exercises[ex_id]
+        func = enclosing_function(e)[0]
+        where = (f"Write it in **`{e.path.as_posix()}`**, `{func}`, between the `### BEGIN SOLUTION {ex_id}` and "
+                 "`### END SOLUTION` lines.")
+        self.md(f"""
+        :::{{admonition}} Exercise `{ex_id}` ({e.points} pt{"s" if e.points != 1 else ""})
+        :class: tip
+
+        {what}
+
+        {where}
+        Check it with `llm101n check {ex_id}`, or in the notebook `exercises/{self.name}.ipynb`.
+        :::
+        """)
+
+    def write(self) -> Path:
+        return write_notebook(self.nb, Path("book") / f"{self.name}.ipynb")
+
+
 def write_notebook(nb: nbformat.NotebookNode, rel: Path | str) -> Path:
     """Write `nb` to `rel` (relative to the course, or to $LLM101N_NOTEBOOKS_OUT) and return the path.
 

@@ -4,37 +4,14 @@
 """
 
 import sys
-import textwrap
 from pathlib import Path
-
-import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from grading.authoring import enclosing_function, write_notebook  # noqa: E402
-from grading.exercises import discover  # noqa: E402
-from grading.harness import COURSE_ROOT  # noqa: E402
+from grading.authoring import BookPage  # noqa: E402
 
-EXERCISES = {e.id: e for e in discover(COURSE_ROOT) if e.chapter == "ch14"}
-
-nb = nbformat.v4.new_notebook()
-nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
-                   language_info={"name": "python"})
-def md(s): nb.cells.append(nbformat.v4.new_markdown_cell(textwrap.dedent(s).strip()))
-def code(s): nb.cells.append(nbformat.v4.new_code_cell(textwrap.dedent(s).strip()))
-def ex(i, what):
-    e = EXERCISES[i]
-    func = enclosing_function(e)[0]
-    md(f"""
-    :::{{admonition}} Exercise `{i}` ({e.points} pt{"s" if e.points != 1 else ""})
-    :class: tip
-
-    {what}
-
-    Write it in **`{e.path.as_posix()}`**, `{func}`, between the `### BEGIN SOLUTION {i}` and `### END SOLUTION` lines.
-    Check it with `llm101n check {i}`, or in the notebook `exercises/ch14_sft.ipynb`.
-    :::
-    """)
+page = BookPage("ch14_sft")
+md, code, ex = page.md, page.code, page.exercise
 
 md("""
 # Supervised finetuning: LoRA and chat
@@ -767,4 +744,4 @@ md("""
   training by recalling instead of reading. A small model with a few thousand stories learns the edits it can make
   by copying long before it learns to write a story around words it is given.
 """)
-print("wrote", write_notebook(nb, Path("book") / "ch14_sft.ipynb"))
+print("wrote", page.write())

@@ -7,37 +7,14 @@ The page loads the shipped illustrator (models/illustrator, or $LLM101N_ILLUSTRA
 """
 
 import sys
-import textwrap
 from pathlib import Path
-
-import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from grading.authoring import enclosing_function, write_notebook  # noqa: E402
-from grading.exercises import discover  # noqa: E402
-from grading.harness import COURSE_ROOT  # noqa: E402
+from grading.authoring import BookPage  # noqa: E402
 
-EXERCISES = {e.id: e for e in discover(COURSE_ROOT) if e.chapter == "ch17"}
-
-nb = nbformat.v4.new_notebook()
-nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
-                   language_info={"name": "python"})
-def md(s): nb.cells.append(nbformat.v4.new_markdown_cell(textwrap.dedent(s).strip()))
-def code(s): nb.cells.append(nbformat.v4.new_code_cell(textwrap.dedent(s).strip()))
-def ex(i, what):
-    e = EXERCISES[i]
-    func = enclosing_function(e)[0]
-    md(f"""
-    :::{{admonition}} Exercise `{i}` ({e.points} pt{"s" if e.points != 1 else ""})
-    :class: tip
-
-    {what}
-
-    Write it in **`{e.path.as_posix()}`**, `{func}`, between the `### BEGIN SOLUTION {i}` and `### END SOLUTION` lines.
-    Check it with `llm101n check {i}`, or in the notebook `exercises/ch17_multimodal.ipynb`.
-    :::
-    """)
+page = BookPage("ch17_multimodal")
+md, code, ex = page.md, page.code, page.exercise
 
 md("""
 # Pictures: a VQ-VAE and a diffusion transformer
@@ -753,4 +730,4 @@ md("""
 
 The exercises of this chapter are in `exercises/ch17_multimodal.ipynb`; check them all with `llm101n check ch17`.
 """)
-print("wrote", write_notebook(nb, Path("book") / "ch17_multimodal.ipynb"))
+print("wrote", page.write())

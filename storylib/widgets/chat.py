@@ -62,6 +62,7 @@ from storylib.storyteller import (
     load_illustrator,
 )
 from storylib.widgets import front_end
+from storylib.widgets._live import LiveWidget
 
 
 def paragraph_end(story: list[dict], end: int, chat: bool) -> int:
@@ -86,7 +87,7 @@ def place_pictures(pictures: list[dict], story: list[dict], chat: bool) -> list[
     return sorted(({**p, "at": paragraph_end(story, p["end"], chat)} for p in kept), key=lambda p: p["start"])
 
 
-class StoryChat(anywidget.AnyWidget):
+class StoryChat(LiveWidget, anywidget.AnyWidget):
     """A story told in turns by you and a model, streamed token by token (see the module docstring)."""
 
     _esm = front_end("chat")
@@ -124,9 +125,8 @@ class StoryChat(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.session = StorySession(model, tokenizer, mode=self.mode)
         self.illustrator_folder, self._illustrator = illustrator, None  # loaded by the first Illustrate
-        self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self.on_msg(self._on_msg)
+        self.listen()
         self._load()
         if prompt is ...:
             prompt = FIRST_TURNS[self.mode]
@@ -177,16 +177,6 @@ class StoryChat(anywidget.AnyWidget):
         return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, top_k=self.top_k or None,
                         top_p=None if self.top_p >= 1 else self.top_p, seed=self.seed)
 
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the turn being told; True when none is running any more."""
-        if self._worker is not None:
-            self._worker.join(timeout)
-        return not self.busy
-
     def tell(self, block: bool = False, seed: int | None = None) -> None:
         """Let the model go on from the end of the story: in a worker thread (block: in this one)."""
         if self.busy:
@@ -202,9 +192,7 @@ class StoryChat(anywidget.AnyWidget):
         if block:
             self._turn(self.gen, sampling, self._stop)
         else:
-            self._worker = threading.Thread(target=self._turn, args=(self.gen, sampling, self._stop),
-                                            name="story-chat", daemon=True)
-            self._worker.start()
+            self.start(self._turn, self.gen, sampling, self._stop, name="story-chat")
 
     def _turn(self, gen: int, sampling: Sampling, stop: threading.Event) -> None:
         g = self.session.generate(sampling, stop, lambda p: self.send({"type": "piece", "gen": gen, "text": p}))
@@ -234,9 +222,7 @@ class StoryChat(anywidget.AnyWidget):
         if block:
             self._draw(selection, start, before)
         else:
-            self._worker = threading.Thread(target=self._draw, args=(selection, start, before),
-                                            name="story-chat-illustrate", daemon=True)
-            self._worker.start()
+            self.start(self._draw, selection, start, before, name="story-chat-illustrate")
 
     def _draw(self, selection: str, start: int | None, status: str) -> None:
         pictures, notice = self.pictures, ""
@@ -281,16 +267,11 @@ class StoryChat(anywidget.AnyWidget):
 
     # -- messages from the front end
 
-    def _on_msg(self, _widget, content, _buffers) -> None:
-        self.handle(content)
-
-    def handle(self, content: dict) -> None:
-        """One message from the front end: hello, send {text}, continue, stop, new, refine {cut, text},
+    def act(self, content: dict) -> None:
+        """One message from the front end (hello aside): send {text}, continue, stop, new, refine {cut, text},
         illustrate {text, start} (the words selected in the story and where they start; none: the best sentence)."""
         kind = content.get("type")
-        if kind == "hello":  # the handshake: only a live kernel answers
-            self.send({"type": "hello", "nonce": str(content.get("nonce", ""))})
-        elif kind == "stop":
+        if kind == "stop":
             self._stop.set()
         elif kind == "new":
             self.halt()

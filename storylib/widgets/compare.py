@@ -16,7 +16,6 @@ never makes a static page look live.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -24,11 +23,12 @@ import anywidget
 import traitlets
 
 from storylib.widgets import front_end
+from storylib.widgets._live import LiveWidget
 
 Replier = Callable[[str], str]
 
 
-class ReplyCompare(anywidget.AnyWidget):
+class ReplyCompare(LiveWidget, anywidget.AnyWidget):
     """Requests, each answered by every model, shown side by side (see the module docstring)."""
 
     _esm = front_end("compare")
@@ -50,9 +50,8 @@ class ReplyCompare(anywidget.AnyWidget):
         super().__init__(models=list(repliers), **kwargs)
         self.repliers = dict(repliers)
         self.notes = notes
-        self._worker: threading.Thread | None = None
         self.examples = [self.answer(r) for r in requests]
-        self.on_msg(self._on_msg)
+        self.listen()
 
     def answer(self, request: str) -> dict:
         """Every model's reply to one request, with its notes."""
@@ -61,16 +60,6 @@ class ReplyCompare(anywidget.AnyWidget):
             text = reply_fn(request)
             replies.append({"text": text, "notes": list(self.notes(request, text)) if self.notes else []})
         return {"request": request, "replies": replies}
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the request being answered; True when none is running any more."""
-        if self._worker is not None:
-            self._worker.join(timeout)
-        return not self.busy
 
     def _ask(self, request: str) -> None:
         try:
@@ -86,18 +75,11 @@ class ReplyCompare(anywidget.AnyWidget):
             self.selected = len(self.examples) - 1
             self.notice, self.status = "", "idle"
 
-    def _on_msg(self, _widget, content, _buffers) -> None:
-        self.handle(content)
-
-    def handle(self, content: dict) -> None:
-        """One message from the front end: hello {nonce}, or ask {text} (answered in a worker thread)."""
-        kind = content.get("type")
-        if kind == "hello":  # the handshake: only a live kernel answers
-            self.send({"type": "hello", "nonce": str(content.get("nonce", ""))})
-        elif kind == "ask" and not self.busy:
+    def act(self, content: dict) -> None:
+        """One message from the front end (hello aside): ask {text} (answered in a worker thread)."""
+        if content.get("type") == "ask" and not self.busy:
             text = str(content.get("text") or "").strip()
             if not text:
                 return
             self.status, self.notice = "answering", ""
-            self._worker = threading.Thread(target=self._ask, args=(text,), name="reply-compare", daemon=True)
-            self._worker.start()
+            self.start(self._ask, text, name="reply-compare")

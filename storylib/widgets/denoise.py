@@ -18,7 +18,6 @@ its "hello" (a nonce made fresh on each page load), so saved state never makes a
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import traitlets
 
 from storylib.widgets import front_end
+from storylib.widgets._live import LiveWidget
 
 
 def denoise_frames(illustrator, caption: str, steps: int = 25, guidance: float = 3.0, seed: int = 0,
@@ -62,7 +62,7 @@ def png_base64(picture: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class DenoiseViewer(anywidget.AnyWidget):
+class DenoiseViewer(LiveWidget, anywidget.AnyWidget):
     """A caption's denoising, frame by frame (see the module docstring)."""
 
     _esm = front_end("denoise")
@@ -81,9 +81,8 @@ class DenoiseViewer(anywidget.AnyWidget):
         """illustrator: a storylib.illustrate.Illustrator; captions: drawn now (recorded for the static page)."""
         super().__init__(settings={"steps": steps, "guidance": guidance, "seed": seed}, **kwargs)
         self.illustrator, self.steps, self.guidance, self.seed, self.frames = illustrator, steps, guidance, seed, frames
-        self._worker: threading.Thread | None = None
         self.examples = [self.draw(c) for c in captions]
-        self.on_msg(self._on_msg)
+        self.listen()
 
     def draw(self, text: str) -> dict:
         """One example: `text` read as a caption (caption_for: a story sentence works too; NothingToDraw when it
@@ -93,16 +92,6 @@ class DenoiseViewer(anywidget.AnyWidget):
         caption = caption_for(text)
         frames = denoise_frames(self.illustrator, caption, self.steps, self.guidance, self.seed, self.frames)
         return {"caption": caption, "text": text, "frames": [{"t": t, "png": png_base64(p)} for t, p in frames]}
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the caption being drawn; True when none is running any more."""
-        if self._worker is not None:
-            self._worker.join(timeout)
-        return not self.busy
 
     def _draw(self, text: str) -> None:
         from storylib.illustrate import NothingToDraw
@@ -124,18 +113,11 @@ class DenoiseViewer(anywidget.AnyWidget):
             self.selected, self.frame = len(self.examples) - 1, -1
             self.notice, self.status = "", "idle"
 
-    def _on_msg(self, _widget, content, _buffers) -> None:
-        self.handle(content)
-
-    def handle(self, content: dict) -> None:
-        """One message from the front end: hello {nonce}, or draw {text} (drawn in a worker thread)."""
-        kind = content.get("type")
-        if kind == "hello":  # the handshake: only a live kernel answers
-            self.send({"type": "hello", "nonce": str(content.get("nonce", ""))})
-        elif kind == "draw" and not self.busy:
+    def act(self, content: dict) -> None:
+        """One message from the front end (hello aside): draw {text} (drawn in a worker thread)."""
+        if content.get("type") == "draw" and not self.busy:
             text = str(content.get("text") or "").strip()
             if not text:
                 return
             self.status, self.notice = "drawing", ""
-            self._worker = threading.Thread(target=self._draw, args=(text,), name="denoise-viewer", daemon=True)
-            self._worker.start()
+            self.start(self._draw, text, name="denoise-viewer")
