@@ -482,7 +482,7 @@ def train_dit(latents: torch.Tensor, tokens: torch.Tensor, cfg: DiTConfig, steps
     from tqdm.auto import tqdm
 
     from storylib.mlp import warmup_cosine_lr
-    from storylib.optim import AdamW, clip_grad_norm_, param_groups
+    from storylib.optim import AdamW, param_groups, update
 
     _check_data(latents, tokens, cfg)
     device = torch.device(device)
@@ -498,15 +498,10 @@ def train_dit(latents: torch.Tensor, tokens: torch.Tensor, cfg: DiTConfig, steps
     model.train()
     for step in (bar := tqdm(range(steps), desc="dit", disable=not progress)):
         lr_now = warmup_cosine_lr(step, steps, lr, min(warmup, steps // 10), lr / 10)
-        for g in opt.param_groups:
-            g["lr"] = lr_now
         idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=gen, device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = flow_matching_loss(model, x_all[idx], tok_all[idx], gen, t_dist)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        norm = update(opt, loss, lr_now, grad_clip)
         if ema_model is not None:
             ema_update(ema_model, model, min(ema, (1 + step) / (10 + step)))
         running, n_run = running + loss.item(), n_run + 1

@@ -229,6 +229,18 @@ def clip_grad_norm_(params: torch.Tensor | Iterable[torch.Tensor], max_norm: flo
     return total
 
 
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> torch.Tensor:
+    """One training step on `loss`: fresh gradients, clipped to total norm grad_clip (clip_grad_norm_), then opt's
+    update at learning rate lr. Returns the norm before clipping. (Chapter 17's picture models train with it.)"""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], grad_clip)
+    opt.step()
+    return norm
+
+
 # ----------------------------------------------------------------------------- gradient accumulation
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from storylib import scenes
 from storylib.mlp import warmup_cosine_lr
-from storylib.optim import AdamW, clip_grad_norm_, param_groups
+from storylib.optim import AdamW, param_groups, update
 from storylib.vqvae import to_tensor  # the same pictures -> tensors as the VQ-VAE
 
 # ----------------------------------------------------------------------------- the labels
@@ -216,16 +216,11 @@ def train_classifier(
     bar = tqdm(range(steps), desc="classifier", disable=not progress)
     for step in bar:
         lr_now = warmup_cosine_lr(step, steps, lr, warmup, lr / 20)
-        for group in opt.param_groups:
-            group["lr"] = lr_now
         idx = torch.randint(0, len(x_all), (batch_size,), generator=gen, device=device)
         x = augment(to_tensor(x_all[idx]), gen)
         with amp:
             loss = heads_loss(model(x), {k: v[idx] for k, v in y_all.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(opt, loss, lr_now, 1.0)
         log["loss"].append(loss.item())
         log["lr"].append(lr_now)
         bar.set_postfix(loss=f"{log['loss'][-1]:.3f}", refresh=False)

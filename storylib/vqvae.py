@@ -391,7 +391,7 @@ def train_vqvae(pictures: np.ndarray, cfg: VQConfig | None = None, steps: int = 
     At the end latent_scale is fitted on the first `scale_pictures` pictures.
     """
     from storylib.mlp import warmup_cosine_lr
-    from storylib.optim import AdamW, clip_grad_norm_, param_groups
+    from storylib.optim import AdamW, param_groups, update
 
     cfg = cfg or VQConfig()
     _check_pictures(pictures, cfg)
@@ -405,17 +405,12 @@ def train_vqvae(pictures: np.ndarray, cfg: VQConfig | None = None, steps: int = 
     log_every = log_every or max(1, steps // 50)
     log, sums = [], torch.zeros(3, device=device)
     for step in tqdm(range(steps), disable=not progress, desc="vqvae"):
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine_lr(step, steps, lr, warmup, lr / 10)
         x = to_tensor(data[torch.randint(len(data), (batch_size,), generator=gen).to(device)])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x_hat, idx, commit = model(x)
         mse_each = (x_hat.float() - x).pow(2).flatten(1).mean(1)
         loss = mse_each.mean() + commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        update(opt, loss, warmup_cosine_lr(step, steps, lr, warmup, lr / 10), grad_clip)
         sums += torch.stack([loss.detach(), mse_each.detach().mean(), (10 * torch.log10(4 / mse_each.detach())).mean()])
         if (step + 1) % log_every == 0 or step == steps - 1:
             n = log_every if (step + 1) % log_every == 0 else (step + 1) % log_every
