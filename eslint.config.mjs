@@ -16,7 +16,7 @@ export default [
     files: ["storylib/widgets/js/*.js"],
     ignores: ["storylib/widgets/js/_dom.js"],
     // storylib.widgets.front_end puts js/_dom.js before each module: its helpers are globals here
-    languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: { ...globals.browser, el: "readonly" } },
+    languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: { ...globals.browser, el: "readonly", greetKernel: "readonly", askBox: "readonly" } },
   },
   {
     files: ["storylib/widgets/js/_dom.js"],

@@ -1,8 +1,6 @@
 // StoryChat's front end (storylib/widgets/chat.py). storylib.widgets.front_end puts
-// js/_dom.js (el) before it: anywidget loads one module from a blob: URL, which cannot import another file.
+// js/_dom.js (el, greetKernel) before it: anywidget loads one module from a blob: URL, which cannot import another file.
 
-const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
-let helloCount = 0;
 const STATUS_TEXT = { idle: "", generating: "telling…", drawing: "drawing…", done: "", stopped: "stopped", error: "" };
 // what changes with the mode: chat (instructions to the chat model) or story (the storyteller goes on)
 const MODE_TEXT = {
@@ -241,10 +239,7 @@ function render({ model, el: host }) {
   });
 
   model.on("msg:custom", (msg) => {
-    if (msg.type === "hello" && msg.nonce.startsWith(SESSION + ":")) {
-      kernel = true;
-      drawState();
-    } else if (msg.type === "piece" && live && msg.gen === model.get("gen")) {
+    if (msg.type === "piece" && live && msg.gen === model.get("gen")) {
       piece(live.seg, msg.text, live.offset);
       live.offset += msg.text.length;
       view.dataset.length = String(live.offset);
@@ -265,6 +260,6 @@ function render({ model, el: host }) {
   for (const t of ["status", "stats", "footer", "chat_unavailable"]) model.on(`change:${t}`, drawState);
   drawStory();
   drawState();
-  post("hello", { nonce: `${SESSION}:${++helloCount}` });  // a static page has no kernel: no answer comes
+  greetKernel(model, () => { kernel = true; drawState(); });
 }
 export default { render };

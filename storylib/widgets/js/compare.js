@@ -1,8 +1,6 @@
 // ReplyCompare's front end (storylib/widgets/compare.py). storylib.widgets.front_end puts
-// js/_dom.js (el) before it: anywidget loads one module from a blob: URL, which cannot import another file.
+// js/_dom.js (el, greetKernel, askBox) before it: anywidget loads one module from a blob: URL, which cannot import another file.
 
-const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
-let helloCount = 0;
 
 function render({ model, el: host }) {
   const root = el("div", { class: "rc", "data-testid": "reply-compare", "data-kernel": "false" }, host);
@@ -66,26 +64,13 @@ function render({ model, el: host }) {
     model.save_changes();
     drawExample();
   });
-  ask.addEventListener("click", () => {
-    if (!box.value.trim()) return;
-    model.send({ type: "ask", text: box.value });
-    box.value = "";
-  });
-  box.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !ask.disabled) { e.preventDefault(); ask.click(); }
-  });
-  model.on("msg:custom", (msg) => {
-    if (msg.type === "hello" && msg.nonce.startsWith(SESSION + ":")) {
-      kernel = true;
-      drawState();
-    }
-  });
+  askBox(model, box, ask, "ask");
   model.on("change:examples", () => { drawPicker(); drawExample(); });
   model.on("change:selected", () => { pick.value = String(model.get("selected")); drawExample(); });
   for (const t of ["status", "notice"]) model.on(`change:${t}`, drawState);
   drawPicker();
   drawExample();
   drawState();
-  model.send({ type: "hello", nonce: `${SESSION}:${++helloCount}` });  // a static page has no kernel: no answer
+  greetKernel(model, () => { kernel = true; drawState(); });
 }
 export default { render };

@@ -1,8 +1,6 @@
 // DenoiseViewer's front end (storylib/widgets/denoise.py). storylib.widgets.front_end puts
-// js/_dom.js (el) before it: anywidget loads one module from a blob: URL, which cannot import another file.
+// js/_dom.js (el, greetKernel, askBox) before it: anywidget loads one module from a blob: URL, which cannot import another file.
 
-const SESSION = Math.random().toString(36).slice(2, 12);  // this page load (see the hello handshake)
-let helloCount = 0;
 
 function render({ model, el: host }) {
   const root = el("div", { class: "dn", "data-testid": "denoise-viewer", "data-kernel": "false" }, host);
@@ -100,20 +98,7 @@ function render({ model, el: host }) {
     drawExample();
   });
   slider.addEventListener("input", () => setFrame(parseInt(slider.value, 10) || 0));
-  draw.addEventListener("click", () => {
-    if (!box.value.trim()) return;
-    model.send({ type: "draw", text: box.value });
-    box.value = "";
-  });
-  box.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !draw.disabled) { e.preventDefault(); draw.click(); }
-  });
-  model.on("msg:custom", (msg) => {
-    if (msg.type === "hello" && msg.nonce.startsWith(SESSION + ":")) {
-      kernel = true;
-      drawState();
-    }
-  });
+  askBox(model, box, draw, "draw");
   model.on("change:examples", () => { drawPicker(); drawExample(); });
   model.on("change:selected", () => { pick.value = String(model.get("selected")); drawExample(); });
   model.on("change:frame", drawExample);
@@ -121,6 +106,6 @@ function render({ model, el: host }) {
   drawPicker();
   drawExample();
   drawState();
-  model.send({ type: "hello", nonce: `${SESSION}:${++helloCount}` });  // a static page has no kernel: no answer
+  greetKernel(model, () => { kernel = true; drawState(); });
 }
 export default { render };
