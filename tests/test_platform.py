@@ -88,7 +88,7 @@ def test_the_workspace_storyteller_page_speaks_to_the_workspace(learner):
     mine = nbformat.read(learner / "storyteller.ipynb", as_version=4)
     text = "\n".join(c.source for c in mine.cells)
     assert "no Python runs" in book and "no Python runs" not in text
-    assert "You are in your workspace" in text and "StoryChat()" in text
+    assert "You are in your workspace" in text and "StoryChat(illustrate=True)" in text
     assert not any({"remove-cell", "book-only"} & set(c.metadata.get("tags", [])) for c in mine.cells)
 
 
