@@ -32,10 +32,21 @@ else:
     TORCH_IMPORT_ERROR = None
 
 
+def _import_context() -> str:
+    """Where this process looked for torch (an intermittent failure in CI's sandbox is to be explained by it)."""
+    import os
+    import sys
+
+    dirs = [p for p in sys.path if p.endswith("site-packages")]
+    seen = {d: (os.path.isdir(os.path.join(d, "torch")), os.access(d, os.R_OK | os.X_OK)) for d in dirs}
+    return (f"executable {sys.executable}, prefix {sys.prefix}, numpy {'ok' if np is not None else 'missing'}, "
+            f"site-packages (torch/ there, readable): {seen}, sys.path {sys.path}")
+
+
 def require_torch():
     """torch, or a RuntimeError that says why this process could not import it (not a later AttributeError)."""
     if torch is None:
-        raise RuntimeError(f"this process could not import torch: {TORCH_IMPORT_ERROR!r}")
+        raise RuntimeError(f"this process could not import torch: {TORCH_IMPORT_ERROR!r} ({_import_context()})")
     return torch
 
 MAX_HEADER = 256 << 20  # a JSON header above this is a protocol error, not a memory hog
