@@ -573,7 +573,9 @@ def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | 
       - an adapter (adapter_config.json, storylib.lora's files): its base model (config "base_model", e.g.
         models/storyteller; relative paths are tried beside the folder's parent, then as course files) is loaded,
         the adapter injected and loaded with storylib.lora, the chat role tokens' embedding rows put in
-        (TOKEN_ROWS, when the folder has them), then merged (a plain GPT again, as fast as the base);
+        (TOKEN_ROWS, when the folder has them), then merged (a plain GPT again, as fast as the base); a base that
+        is itself an adapter folder (Chapter 15's RL adapter on models/storyteller-chat) is loaded by this
+        function first, merged, and the adapter goes on top;
       - a full model (config.json, model.safetensors: a full finetune, or a LoRA run's best/): loaded as is.
     Raises CheckpointError saying what is missing or does not fit.
     """
@@ -590,8 +592,14 @@ def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | 
         if not base.is_absolute() and not base.exists():
             beside = path.parent.parent / base_name  # models/storyteller-chat names models/storyteller
             base = beside if beside.exists() else resolve_course_path(base_name)
-        model, tok = load_model(base)
-        load_adapter(model, path, base_dir=base)
+        if base.resolve() == path.resolve():
+            raise CheckpointError(f"{path / 'adapter_config.json'}: names itself as its base model")
+        if (base / "adapter_config.json").exists():  # an adapter on a chat model (Chapter 15's RL adapter)
+            model, tok = load_chat_model(base)
+            load_adapter(model, path)
+        else:
+            model, tok = load_model(base)
+            load_adapter(model, path, base_dir=base)
         load_token_rows(model, path)
         remove_lora(model)
         return model.to(device).eval(), tok

@@ -1,0 +1,426 @@
+"""Chapter 15's table: the SFT chat storyteller vs DPO, PPO on a learned reward model, GRPO on the programmatic
+reward (and PPO without KL: reward hacking), on held-out prompts, on one GPU.
+
+    OUT=DIR python bench/rl.py [--stages prefs,rm,dpo,ppo,grpo,hack,eval] [--data DIR] [--chat MODEL]
+    RL_SCALE=tiny python bench/rl.py        # a CPU smoke run of every stage (~2 minutes)
+    RL_PPO_STEPS=60 ... python bench/rl.py  # any size in SIZES, by name, from the environment
+
+Stages (each prints its progress and seconds, writes its files into $OUT at once, and reads what earlier stages
+wrote there, so a run can be split over calls: on an H100 `--stages prefs,rm,ppo` (~5-7 min), then
+`--stages dpo,grpo,hack,eval` (~5-7 min) with $OUT's files carried over; PPO, GRPO and the hacking run also stop
+at RL_PPO_SECONDS / RL_GRPO_SECONDS / RL_HACK_SECONDS of training):
+  prefs  training prompts (the create/refine turns of conversations made from TRAINING stories, storylib.
+         conversations.split_conversations) and held-out prompts (the conversations of the first N validation
+         stories, as `llm101n sft eval` and bench/sft.py make them: no training step sees them); k sampled replies
+         each from the SFT model, scored by the programmatic reward → pairs_train.jsonl.gz, pairs_heldout.jsonl.gz
+  rm     reward model (the chat model's trunk + a scalar head, Bradley–Terry) → rm.safetensors (split in parts
+         under 16 MiB), its held-out pair accuracy and its correlation with the programmatic reward
+  dpo    DPO on the training pairs → adapters/dpo/
+  ppo    PPO on the reward model (standardised), KL leash β = PPO_KL → adapters/ppo/
+  grpo   GRPO on the programmatic reward → adapters/grpo/
+  hack   PPO on the reward model with β = 0 and a 3× learning rate: reward hacking (RM score vs programmatic reward
+         over steps, sample replies) → adapters/ppo_no_kl/
+  eval   SFT and every adapter on the held-out prompts: mean programmatic reward, each rule's pass rate, KL to SFT,
+         plain-story bits/byte drift, GPU minutes; the best method (the highest reward within the KL budget and the
+         drift limit) → storyteller-rl/ (storylib.sft.load_chat_model reads it)
+$OUT/rl_h100.json holds the settings, every stage's log and the table (copy it to bench/results/rl_h100.json);
+$OUT/rl_records.json every held-out reply of the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZES = {  # the GPU run; RL_SCALE=tiny: the CPU smoke run
+    "full": dict(seed=0, n_train_stories=1400, n_train_tasks=2000, k=4, min_gap=0.1, n_heldout=300, n_plain=500,
+                 gen_batch=512, eval_batch=128, max_new_tokens=480, rollout_tokens=384, rl_max_prompt=256,
+                 rm_steps=400, rm_batch=32, rm_lr=5e-5,
+                 dpo_steps=250, dpo_batch=32, dpo_lr=2e-4, dpo_beta=0.1,
+                 lora_r=8, lora_alpha=16.0,
+                 ppo_steps=50, ppo_prompts=128, ppo_minibatch=32, ppo_epochs=2, ppo_lr=2e-4, ppo_kl=0.05,
+                 ppo_seconds=180,
+                 grpo_steps=40, grpo_prompts=48, grpo_group=4, grpo_minibatch=32, grpo_epochs=2, grpo_lr=2e-4,
+                 grpo_kl=0.04, grpo_seconds=180,
+                 hack_steps=40, hack_prompts=64, hack_lr=6e-4, hack_seconds=110,
+                 kl_budget=10.0, bpb_drift=0.05),
+    "tiny": dict(seed=0, n_train_stories=16, n_train_tasks=6, k=2, min_gap=0.0, n_heldout=3, n_plain=3,
+                 gen_batch=16, eval_batch=8, max_new_tokens=20, rollout_tokens=16, rl_max_prompt=256,
+                 rm_steps=2, rm_batch=3, rm_lr=5e-5,
+                 dpo_steps=2, dpo_batch=3, dpo_lr=2e-4, dpo_beta=0.1,
+                 lora_r=2, lora_alpha=4.0,
+                 ppo_steps=2, ppo_prompts=3, ppo_minibatch=2, ppo_epochs=1, ppo_lr=1e-4, ppo_kl=0.05,
+                 ppo_seconds=120,
+                 grpo_steps=2, grpo_prompts=2, grpo_group=2, grpo_minibatch=2, grpo_epochs=1, grpo_lr=1e-4,
+                 grpo_kl=0.04, grpo_seconds=120,
+                 hack_steps=2, hack_prompts=2, hack_lr=3e-4, hack_seconds=120,
+                 kl_budget=10.0, bpb_drift=0.05),
+}
+STAGES = ("prefs", "rm", "dpo", "ppo", "grpo", "hack", "eval")
+METHODS = ("dpo", "ppo", "grpo", "ppo_no_kl")  # ppo_no_kl (reward hacking) is shown, never shipped
+PART = 12 << 20  # files that come back from a GPU machine stay under 16 MiB
+
+
+def sizes() -> dict:
+    scale = os.environ.get("RL_SCALE", "full")
+    if scale not in SIZES:
+        sys.exit(f"bench/rl.py: RL_SCALE must be one of {sorted(SIZES)}, got {scale!r}")
+    out = dict(SIZES[scale], scale=scale)
+    for k, v in SIZES[scale].items():
+        env = os.environ.get(f"RL_{k.upper()}")
+        if env is not None:
+            out[k] = type(v)(env)
+    return out
+
+
+class Bench:
+    """The run's state: settings, data, models, and the results file it keeps up to date."""
+
+    def __init__(self, args: argparse.Namespace):
+        import torch
+
+        from storylib.sft import load_chat_model
+
+        self.S, self.out, self.chat = sizes(), Path(args.out), args.chat
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        os.environ["STORYLIB_DATA"] = str(Path(args.data).resolve())
+        if (ROOT / ".assets" / "tiktoken").is_dir():
+            os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / ".assets" / "tiktoken"))
+        self.file = self.out / "rl_h100.json"
+        self.results = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.results.update({
+            "card": torch.cuda.get_device_name() if self.device == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "chat_model": self.chat, "settings": self.S})
+        self.results.setdefault("stages", {})
+        torch.manual_seed(self.S["seed"])
+        self.sft, self.tok = load_chat_model(self.chat, device=self.device)
+        self.sft.requires_grad_(False)
+        self._tasks: dict[str, list] = {}
+
+    def save(self) -> None:
+        self.file.write_text(json.dumps(self.results, indent=1))
+
+    def stage(self, name: str, info: dict, seconds: float) -> None:
+        self.results["stages"][name] = {**info, "seconds": round(seconds, 1)}
+        self.save()
+        short = {k: v for k, v in info.items() if not isinstance(v, list | dict)}
+        print(f"== {name}: {seconds:.0f} s {json.dumps(short)}", flush=True)
+
+    def tasks(self, which: str) -> list[dict]:
+        """Training or held-out tasks (storylib.preferences.rl_tasks), made the same way every call."""
+        if which not in self._tasks:
+            from storylib.conversations import build_conversations, split_conversations
+            from storylib.data import load_stories
+            from storylib.preferences import rl_tasks
+
+            block = self.sft.config.block_size
+            if which == "train":
+                convs, _ = split_conversations(load_stories("train", limit=self.S["n_train_stories"]), seed=0)
+                tasks = rl_tasks(convs, self.tok, block)[: self.S["n_train_tasks"]]
+            else:
+                tasks = rl_tasks(build_conversations(load_stories("valid", limit=self.S["n_heldout"]), seed=0),
+                                 self.tok, block)
+            self._tasks[which] = tasks
+        return self._tasks[which]
+
+    def rl_train_tasks(self) -> list[dict]:
+        """The training tasks whose prompt leaves room for a whole story (rl_max_prompt tokens at most): PPO's and
+        GRPO's rollouts."""
+        return [t for t in self.tasks("train") if len(t["prompt"]) <= self.S["rl_max_prompt"]]
+
+    def plain_stories(self) -> list[str]:
+        from storylib.data import load_stories
+
+        return load_stories("valid", limit=self.S["n_heldout"] + self.S["n_plain"])[self.S["n_heldout"]:]
+
+    def policy(self):
+        from storylib import rlhf
+
+        return rlhf.make_policy(self.sft, r=self.S["lora_r"], alpha=self.S["lora_alpha"])
+
+    def save_adapter(self, policy, name: str, extra: dict) -> Path:
+        from storylib import rlhf
+
+        return rlhf.save_rl_adapter(policy, self.out / "adapters" / name, base=self.chat,
+                                    extra={"method": name, **extra})
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    # ------------------------------------------------------------------------- the reward model's weights
+
+    def save_rm(self, rm) -> None:
+        import torch
+        from safetensors.torch import save
+
+        data = save({k: v.detach().to(torch.float16).cpu().contiguous() for k, v in rm.state_dict().items()
+                     if not k.endswith("lm_head.weight")})  # tied to wte
+        for old in self.out.glob("rm.safetensors.part-*"):
+            old.unlink()
+        for n, i in enumerate(range(0, len(data), PART)):
+            (self.out / f"rm.safetensors.part-{n:02d}").write_bytes(data[i:i + PART])
+
+    def load_rm(self):
+        import torch
+        from safetensors.torch import load
+
+        from storylib import rlhf
+
+        parts = sorted(self.out.glob("rm.safetensors.part-*"))
+        if not parts:
+            sys.exit(f"bench/rl.py: no reward model in {self.out} (run the rm stage first)")
+        rm = rlhf.reward_model_from(self.sft)
+        state = load(b"".join(p.read_bytes() for p in parts))
+        missing, unexpected = rm.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+            sys.exit(f"bench/rl.py: the saved reward model does not fit: {missing} {unexpected}")
+        return rm.to(self.device).eval()
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def stage_prefs(b: Bench) -> None:
+    from storylib import preferences as P
+
+    S, t = b.S, time.time()
+    info = {}
+    for which in ("train", "heldout"):
+        tasks = b.tasks(which)
+        t1 = time.time()
+        replies = P.sample_replies(b.sft, b.tok, tasks, S["k"], seed=S["seed"] + (which == "heldout"),
+                                   batch_size=S["gen_batch"], max_new_tokens=S["max_new_tokens"])
+        scores = P.score_replies(tasks, replies)
+        pairs = P.make_pairs(tasks, replies, scores, min_gap=S["min_gap"], all_pairs=True)
+        P.save_pairs(b.out / f"pairs_{which}.jsonl.gz", pairs)
+        flat = [s for ss in scores for s in ss]
+        info[which] = {"tasks": len(tasks), "replies": len(flat), "pairs": len(pairs),
+                       "mean_reward": sum(flat) / len(flat), "sample_seconds": round(time.time() - t1, 1),
+                       "kinds": {k: sum(t["spec"]["kind"] == k for t in tasks)
+                                 for k in sorted({t["spec"]["kind"] for t in tasks})},
+                       "tied_tasks": sum(max(ss) - min(ss) < max(S["min_gap"], 1e-9) for ss in scores)}
+        if which == "train":
+            info["examples"] = [{"request": tasks[i]["messages"][-1]["content"], "spec": tasks[i]["spec"],
+                                 "replies": [r["text"] for r in replies[i]], "scores": scores[i]}
+                                for i in range(min(3, len(tasks)))]
+        print(f"prefs {which}: {info[which]}", flush=True)
+    b.stage("prefs", info, time.time() - t)
+
+
+def _pairs(b: Bench, which: str) -> list[dict]:
+    from storylib.preferences import load_pairs
+
+    path = b.out / f"pairs_{which}.jsonl.gz"
+    if not path.exists():
+        sys.exit(f"bench/rl.py: {path} is missing (run the prefs stage first)")
+    return load_pairs(path)
+
+
+def stage_rm(b: Bench) -> None:
+    from storylib import preferences as P
+    from storylib import rlhf
+
+    S = b.S
+    train, heldout = _pairs(b, "train"), _pairs(b, "heldout")
+    b.sync()
+    t = time.time()
+    rm = rlhf.reward_model_from(b.sft)
+    log = rlhf.train_reward_model(rm, train, b.tok, S["rm_steps"], batch_size=S["rm_batch"], lr=S["rm_lr"],
+                                  seed=S["seed"])
+    b.sync()
+    train_s = time.time() - t
+    b.save_rm(rm)
+    # the held-out replies: fresh samples of the SFT model (not the pairs' texts), scored both ways
+    tasks = b.tasks("heldout")
+    replies = P.sample_replies(b.sft, b.tok, tasks, 1, seed=S["seed"] + 7, batch_size=S["gen_batch"],
+                               max_new_tokens=S["max_new_tokens"])
+    flat = [(r["ids"], r["stopped"]) for rs in replies for r in rs]
+    rules = [s[0] for s in P.score_replies(tasks, replies)]
+    scores = rlhf.rm_scores(rm, tasks, flat, b.tok)
+    norm = rm.score(*_pair_inputs(train[:512], b), b.tok)
+    info = {"train_seconds": round(train_s, 1), "pairs_train": len(train), "pairs_heldout": len(heldout),
+            "accuracy_train": rlhf.pair_accuracy(rm, train[:1000], b.tok),
+            "accuracy_heldout": rlhf.pair_accuracy(rm, heldout, b.tok),
+            "correlation_heldout": rlhf.correlation(scores, rules), "n_correlation": len(rules),
+            "norm": {"mean": float(norm.mean()), "std": float(norm.std().clamp(min=1e-3))},
+            "log": log[:: max(1, len(log) // 100)]}
+    b.stage("rm", info, time.time() - t)
+
+
+def _pair_inputs(pairs: list[dict], b: Bench) -> tuple[list, list]:
+    """Prompts and replies (chosen and rejected) of pairs, for scoring them one by one."""
+    from storylib.rlhf import pair_rows
+
+    rows = [r for r in (pair_rows(p, b.tok, b.sft.config.block_size) for p in pairs) if r]
+    return [r[0] for r in rows] * 2, [r[1] for r in rows] + [r[2] for r in rows]
+
+
+def stage_dpo(b: Bench) -> None:
+    from storylib import rlhf
+
+    S = b.S
+    train = _pairs(b, "train")
+    policy, ref = b.policy(), rlhf.frozen(b.sft)
+    b.sync()
+    t = time.time()
+    log = rlhf.train_dpo(policy, ref, train, b.tok, S["dpo_steps"], beta=S["dpo_beta"], batch_size=S["dpo_batch"],
+                         lr=S["dpo_lr"], seed=S["seed"])
+    b.sync()
+    b.save_adapter(policy, "dpo", {"beta": S["dpo_beta"], "steps": S["dpo_steps"]})
+    b.stage("dpo", {"train_seconds": round(time.time() - t, 1), "log": log[:: max(1, len(log) // 100)],
+                    "final": log[-1]}, time.time() - t)
+
+
+def _ppo(b: Bench, name: str, kl: float, lr: float, steps: int, prompts: int, seconds: float) -> None:
+    from storylib import rlhf
+
+    S = b.S
+    rm_info = b.results["stages"].get("rm")
+    if not rm_info:
+        sys.exit("bench/rl.py: the rm stage's results are missing from rl_h100.json (run the rm stage first)")
+    rm = b.load_rm()
+    reward_fn = rlhf.rm_reward_fn(rm, b.tok, rm_info["norm"]["mean"], rm_info["norm"]["std"])
+    policy, ref = b.policy(), rlhf.frozen(b.sft)
+    b.sync()
+    t = time.time()
+    log = rlhf.train_ppo(policy, ref, reward_fn, b.rl_train_tasks(), b.tok, steps, n_prompts=prompts, kl_coef=kl,
+                         lr=lr, epochs=S["ppo_epochs"], minibatch=S["ppo_minibatch"],
+                         max_new_tokens=S["rollout_tokens"], gen_batch=S["gen_batch"], seed=S["seed"],
+                         log_fn=rlhf.programmatic_reward_fn(b.tok), keep_samples=2 if name == "ppo_no_kl" else 0,
+                         max_seconds=seconds)
+    b.sync()
+    b.save_adapter(policy, name, {"kl_coef": kl, "lr": lr, "steps": len(log), "reward": "reward model"})
+    b.stage(name, {"train_seconds": round(time.time() - t, 1), "steps_done": len(log), "kl_coef": kl, "log": log},
+            time.time() - t)
+
+
+def stage_ppo(b: Bench) -> None:
+    S = b.S
+    _ppo(b, "ppo", S["ppo_kl"], S["ppo_lr"], S["ppo_steps"], S["ppo_prompts"], S["ppo_seconds"])
+
+
+def stage_hack(b: Bench) -> None:
+    S = b.S
+    _ppo(b, "ppo_no_kl", 0.0, S["hack_lr"], S["hack_steps"], S["hack_prompts"], S["hack_seconds"])
+
+
+def stage_grpo(b: Bench) -> None:
+    from storylib import rlhf
+
+    S = b.S
+    policy, ref = b.policy(), rlhf.frozen(b.sft)
+    b.sync()
+    t = time.time()
+    log = rlhf.train_grpo(policy, ref, rlhf.programmatic_reward_fn(b.tok), b.rl_train_tasks(), b.tok, S["grpo_steps"],
+                          n_prompts=S["grpo_prompts"], group_size=S["grpo_group"], kl_coef=S["grpo_kl"],
+                          lr=S["grpo_lr"], epochs=S["grpo_epochs"], minibatch=S["grpo_minibatch"],
+                          max_new_tokens=S["rollout_tokens"], gen_batch=S["gen_batch"], seed=S["seed"],
+                          max_seconds=S["grpo_seconds"])
+    b.sync()
+    b.save_adapter(policy, "grpo", {"kl_coef": S["grpo_kl"], "steps": len(log), "reward": "programmatic"})
+    b.stage("grpo", {"train_seconds": round(time.time() - t, 1), "steps_done": len(log), "log": log},
+            time.time() - t)
+
+
+def stage_eval(b: Bench) -> None:
+    from storylib import rlhf
+    from storylib.sft import load_chat_model
+
+    S, t = b.S, time.time()
+    tasks, plain = b.tasks("heldout"), b.plain_stories()
+    ref = rlhf.frozen(b.sft)
+    table, records = {}, {}
+    for name in ("sft", *METHODS):
+        folder = b.out / "adapters" / name
+        if name != "sft" and not folder.is_dir():
+            print(f"eval: no {folder}, skipped", flush=True)
+            continue
+        model = b.sft if name == "sft" else load_chat_model(folder, device=b.device)[0]
+        t1 = time.time()
+        ev = rlhf.evaluate_policy(model, b.tok, tasks, ref, plain_stories=plain, seed=S["seed"],
+                                  batch_size=S["eval_batch"], max_new_tokens=S["max_new_tokens"])
+        records[name] = ev.pop("records")
+        stage = b.results["stages"].get(name, {})
+        ev["gpu_minutes"] = round(stage.get("train_seconds", 0.0) / 60, 2)
+        ev["eval_seconds"] = round(time.time() - t1, 1)
+        table[name] = ev
+        print(f"eval {name}: reward {ev['reward']:.3f} kl/reply {ev['kl_reply']:.2f} plain bpb {ev['plain_bpb']:.4f}"
+              f" ({ev['eval_seconds']} s)", flush=True)
+    base = table["sft"]
+    for ev in table.values():
+        ev["reward_gain_rel"] = ev["reward"] / base["reward"] - 1
+        ev["gap_closed"] = (ev["reward"] - base["reward"]) / max(1e-9, 1 - base["reward"])
+        ev["bpb_drift"] = ev["plain_bpb"] - base["plain_bpb"]
+        ev["within_budget"] = ev["kl_reply"] <= S["kl_budget"] and ev["bpb_drift"] <= S["bpb_drift"]
+        ev["goal_met"] = ev["within_budget"] and (ev["reward_gain_rel"] >= 0.20 or ev["gap_closed"] >= 0.5)
+    candidates = [n for n in table if n in ("dpo", "ppo", "grpo") and table[n]["within_budget"]
+                  and table[n]["reward"] > base["reward"]]
+    best = max(candidates, key=lambda n: table[n]["reward"], default=None)
+    if best:
+        shutil.rmtree(b.out / "storyteller-rl", ignore_errors=True)
+        shutil.copytree(b.out / "adapters" / best, b.out / "storyteller-rl")
+    n_samples = min(4, len(tasks))
+    samples = [{"request": tasks[i]["messages"][-1]["content"], "spec": tasks[i]["spec"],
+                **{name: {"reply": records[name][i]["reply"], "reward": records[name][i]["reward"]}
+                   for name in records}} for i in range(n_samples)]
+    (b.out / "rl_records.json").write_text(json.dumps(records))
+    b.results["table"], b.results["best"], b.results["samples"] = table, best, samples
+    b.results["goal"] = {"reward_gain_rel": 0.20, "or_gap_closed": 0.5, "kl_budget_nats_per_reply": S["kl_budget"],
+                         "bpb_drift": S["bpb_drift"]}
+    cols = ("reward", "ok_rate", "kl_reply", "kl_token", "plain_bpb", "bpb_drift", "gpu_minutes")
+    print(f"{'method':<10}" + "".join(f"{c:>12}" for c in cols))
+    for name, ev in table.items():
+        print(f"{name:<10}" + "".join(f"{ev[c]:>12.4f}" for c in cols))
+    print(f"best: {best}" + (f" → {b.out / 'storyteller-rl'}" if best else " (none beats SFT within the budget)"))
+    b.stage("eval", {"best": best, "n_heldout_tasks": len(tasks), "n_plain_stories": len(plain)}, time.time() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
+    p.add_argument("--data", default=os.environ.get("STORYLIB_DATA") or str(ROOT / "shared" / "data" / "tinystories"),
+                   help="the TinyStories folder (default: $STORYLIB_DATA, else shared/data/tinystories)")
+    p.add_argument("--chat", default="models/storyteller-chat", help="the SFT chat model (Chapter 14's)")
+    p.add_argument("--out", default=os.environ.get("OUT") or "_build/rl")
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        sys.exit(f"bench/rl.py: unknown stages {bad}; choose from {STAGES}")
+    if not Path(args.data).is_dir():
+        alt = ROOT.parent / "shared" / "data" / "tinystories"
+        if not alt.is_dir():
+            sys.exit(f"bench/rl.py: no data folder {args.data} (give --data)")
+        args.data = str(alt)
+    t0 = time.time()
+    b = Bench(args)
+    print(f"bench/rl.py: stages {stages}, scale {b.S['scale']}, device {b.device}, out {b.out}", flush=True)
+    for s in (s for s in STAGES if s in stages):  # always in the pipeline's order
+        print(f"== stage {s} [{time.time() - t0:.0f} s]", flush=True)
+        globals()[f"stage_{s}"](b)
+    b.results.setdefault("calls", []).append({"stages": stages, "wall_seconds": round(time.time() - t0, 1)})
+    b.save()
+    print(f"bench/rl.py: done in {time.time() - t0:.0f} s; results in {b.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
