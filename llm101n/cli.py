@@ -12,6 +12,7 @@
     llm101n chat [--mode story]         ask for stories and changes (or continue one), streaming (storylib.storyteller)
     llm101n serve [--port 8080]         the chat model's OpenAI-compatible API and web app (storylib.serve)
     llm101n sft eval [MODEL] [--base B] the chat model's rules table on held-out conversations (storylib.sft)
+    llm101n prefs export [--out FILE]   your thumbs up / down as preference pairs, JSONL (storylib.prefs)
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     return _storylib_main("sft", args.rest)
+
+
+def cmd_prefs(args: argparse.Namespace) -> int:
+    return _storylib_main("prefs", args.rest)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 300) -> bool:
@@ -255,7 +260,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve, "sft": cmd_sft}
+    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve, "sft": cmd_sft, "prefs": cmd_prefs}
     if argv[:1] and argv[0] in passthrough:  # all that follows is the storylib module's, its --help included
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
@@ -307,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ("chat", cmd_chat, "ask for stories in the terminal: [--mode chat|story] [--prompt TEXT] ..."),
         ("serve", cmd_serve, "the chat model's API and web app: [--port 8080] [--max-batch N] [--api-key K]"),
         ("sft", cmd_sft, "Chapter 14's evaluation by rules: eval [MODEL ...] [--base B] [--n N]"),
+        ("prefs", cmd_prefs, "your thumbs up / down as preference pairs: export [--db PATH ...] [--out FILE]"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -17,8 +17,8 @@ pieces, in the order the book builds them:
     Illustrations       Chapter 17's illustrator on the server: loaded at the first picture, drawn in a worker
                         thread, one at a time
     routes, create_app  the FastAPI app: /v1/chat/completions, /v1/completions, /v1/images/generations,
-                        /v1/models, /health, /metrics, /api/conversations (with the pictures of their stories) and
-                        the web app at /
+                        /v1/models, /health, /metrics, /api/conversations (with the pictures of their stories and
+                        the ratings of their replies), /api/preferences and the web app at /
 
 What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
 server in a thread or a process) is in storylib/service.py.
@@ -44,6 +44,11 @@ as revised_prompt. POST /api/conversations/{id}/messages/{position}/illustration
 caption, url) and GET on that url gives the PNG, so the JSON stays small and the browser fetches each picture once.
 The illustrator's folder: --illustrator, else $LLM101N_ILLUSTRATOR, else models/illustrator; when it is missing or
 cannot load, pictures are refused with 503 and one sentence why, and everything else goes on.
+
+Ratings (Chapter 15): PUT /api/conversations/{id}/messages/{position}/rating {"rating": 1 | -1 | 0} rates a
+storyteller reply 👍 / 👎 (0 clears); the conversation's JSON gives each rated reply its "rating" and, for a
+regenerated one, the "alternatives" it replaced (kept, and rated the same way with "content"). GET
+/api/preferences downloads them as preference pairs (JSONL, as `llm101n prefs export` writes; storylib.prefs).
 
     llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH] [--illustrator PATH]
                                                                                    (see `llm101n serve --help`)
@@ -879,6 +884,8 @@ IMAGE_SCHEMA = _schema({"prompt": {"type": "string"}, "model": {"type": "string"
                         "size": {"type": ["string", "null"]}, "response_format": {"type": ["string", "null"]},
                         **_DRAWING}, ["prompt"])
 ILLUSTRATION_SCHEMA = _schema({"sentence": {"type": ["string", "null"]}, **_DRAWING})
+RATING_SCHEMA = _schema({"rating": {"type": "integer", "enum": [-1, 0, 1]}, "content": {"type": ["string", "null"]}},
+                        ["rating"])
 PICTURE_ERRORS = {**GENERATION_ERRORS, 503: {"description": "no illustrator (one sentence says why)"}}
 
 routes = APIRouter()  # every route finds the engine, limits and store in request.app.state (create_app)
@@ -1059,6 +1066,40 @@ def get_illustration(cid: str, position: str, request: Request):
     """A message's picture, image/png (the url its conversation gives)."""
     png = request.app.state.store.illustration_png(cid, _position(cid, position))
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+# -- thumbs up / down (Chapter 15): ratings kept with the conversation, exported as preference pairs
+
+
+@routes.put("/api/conversations/{cid}/messages/{position}/rating", openapi_extra=RATING_SCHEMA)
+async def rate_message(cid: str, position: str, request: Request):
+    """Rate the storyteller's reply at `position`: {"rating": 1 (👍) | -1 (👎) | 0 (cleared)}, and "content" to
+    rate one of its alternatives (the replies it replaced, as the conversation lists them) or to say which text
+    was rated (a reply that is not saved yet is then refused, not mistaken for the one before it). Returns
+    {"position", "content", "rating", "rated"}; the conversation shows it from then on."""
+    state, body = request.app.state, await read_body(request)
+    rating, content = body.get("rating"), body.get("content")
+    if not _is_int(rating) or rating not in (-1, 0, 1):
+        raise RequestError(400, f"'rating' must be 1 (thumbs up), -1 (thumbs down) or 0 (cleared), got {rating!r}",
+                           "rating")
+    if content is not None and (not isinstance(content, str) or len(content) > state.limits.max_content_chars * 4):
+        raise RequestError(400, "'content' must be the text of the reply rated", "content")
+    return await asyncio.to_thread(state.store.rate, cid, _position(cid, position), rating, content)
+
+
+@routes.get("/api/preferences", response_class=PlainTextResponse,
+            responses={200: {"content": {"application/x-ndjson": {}}}})
+def preferences(request: Request, ratings: bool = False):
+    """This server's ratings as JSONL (a download, preferences.jsonl): one preference pair {"messages", "chosen",
+    "rejected", "source"} per liked and disliked reply to the same request, as `llm101n prefs export` writes;
+    ?ratings=true: every rated reply {"messages", "reply", "rating", "source"} (KTO-style)."""
+    from storylib.prefs import preference_pairs, rated_examples, to_jsonl
+
+    rows = request.app.state.store.rated_replies()
+    name = "ratings.jsonl" if ratings else "preferences.jsonl"
+    return Response(to_jsonl(rated_examples(rows) if ratings else preference_pairs(rows)),
+                    media_type="application/x-ndjson",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
 # -- the web app itself: three files and an icon, no build step

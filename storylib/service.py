@@ -4,9 +4,10 @@ storylib/serve.py is the chapter (the engine and the OpenAI routes); this module
 needs and the book only describes:
 
     ConversationStore   the web app's conversations in one SQLite file, with the pictures of their stories (Chapter
-                        17): every change one transaction; a corrupt file is refused (StoreError), never replaced;
-                        a file of the previous schema is migrated in place. Bad input: Refused (a ValueError);
-                        an unknown id: NotFound (a KeyError)
+                        17) and the thumbs up / down on their replies (Chapter 15's preferences): every change one
+                        transaction; a corrupt file is refused (StoreError), never replaced; a file of an older
+                        schema is migrated in place. Bad input: Refused (a ValueError); an unknown id: NotFound (a
+                        KeyError). The chat widget keeps its ratings in a store of its own (default_feedback_path)
     Metrics             counters for /metrics, in Prometheus' text format
     Guard               ASGI middleware: the API key on every path but PUBLIC_PATHS, and the response counters
     serve_in_thread     an app on a free port in a background thread (tests, notebooks)
@@ -15,6 +16,7 @@ needs and the book only describes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -43,7 +45,7 @@ class Refused(ValueError):
     """A title or messages the store will not keep (the app answers 400; any other ValueError stays a 500)."""
 
 
-SCHEMA_VERSION = 2  # 1: conversations and messages; 2: + images (Chapter 17's pictures)
+SCHEMA_VERSION = 3  # 1: conversations and messages; 2: + images (Chapter 17's pictures); 3: + replies (ratings)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ROLES = ("system", "user", "assistant")
 
@@ -52,6 +54,25 @@ def default_db_path() -> Path:
     """~/.local/share/llm101n/conversations.sqlite3 (or under $XDG_DATA_HOME)."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "llm101n" / "conversations.sqlite3"
+
+
+def default_feedback_path() -> Path:
+    """Where the chat widget (StoryChat) keeps the conversations you rated: $LLM101N_FEEDBACK_DB, else
+    widget-feedback.sqlite3 beside the server's database (default_db_path's folder)."""
+    return Path(os.environ.get("LLM101N_FEEDBACK_DB") or default_db_path().with_name("widget-feedback.sqlite3"))
+
+
+RATINGS = (-1, 0, 1)  # 👎, none (cleared), 👍
+
+
+def prefix_keys(messages: Sequence[dict]) -> list[str]:
+    """keys[i]: the sha256 (hex) of messages[:i], for i in 0..len(messages): the replies to one request (the same
+    messages before them) share a key, in any conversation. Incremental: linear in the conversation's length."""
+    h, keys = hashlib.sha256(), []
+    for m in messages:
+        keys.append(h.hexdigest())
+        h.update(json.dumps([m["role"], m["content"]], ensure_ascii=False).encode() + b"\n")
+    return [*keys, h.hexdigest()]
 
 
 class ConversationStore:
@@ -66,11 +87,19 @@ class ConversationStore:
     A storyteller message may have one picture (images: the sentence drawn, its caption, the PNG). A picture
     belongs to the message at its position: it is kept while put() leaves that message as it was and dropped
     when the message changes or goes (an edit, a regenerated reply), and deleted with its conversation.
+
+    Ratings (replies; Chapter 15): a storyteller reply is rated 👍 (+1), 👎 (-1) or cleared (0), with the time
+    (rate()). A rating belongs to the reply and the messages before it (its request, prefix_keys), not to a
+    position: it comes back on that message as long as both are unchanged. A regenerated reply is not lost: when
+    put() replaces the last reply of a request by another one, the old one is kept as an alternative of the new
+    one (get() lists them; rate() rates them too), so two replies to one request, one liked and one not, make a
+    preference pair (storylib.prefs). Deleting a conversation deletes its ratings. `source` ("web", "widget")
+    is written with every reply kept, for the export.
     """
 
     def __init__(self, path: str | os.PathLike, max_messages: int = 500, max_content_chars: int = 20_000,
-                 max_title_chars: int = 200):
-        self.path = Path(path)
+                 max_title_chars: int = 200, source: str = "web"):
+        self.path, self.source = Path(path), source
         self.max_messages, self.max_content_chars = max_messages, max_content_chars
         self.max_title_chars = max_title_chars
         self.lock = threading.Lock()
@@ -98,8 +127,8 @@ class ConversationStore:
         if problems != ["ok"]:
             raise StoreError(f"{self.path} is corrupt ({'; '.join(problems[:3])}); it was left untouched")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION - 1:
-            self._migrate_from_v1()
+        if version in (1, 2):
+            self._migrate(version)
         elif version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}, this server knows {SCHEMA_VERSION}; "
                              "it was left untouched")
@@ -112,6 +141,7 @@ class ConversationStore:
                        "ON DELETE CASCADE, position INTEGER NOT NULL, role TEXT NOT NULL, "
                        "content TEXT NOT NULL, PRIMARY KEY (conversation, position))")
             self._create_images(db)
+            self._create_replies(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
@@ -122,10 +152,22 @@ class ConversationStore:
                    "position INTEGER NOT NULL, sentence TEXT NOT NULL, caption TEXT NOT NULL, png BLOB NOT NULL, "
                    "created REAL NOT NULL, PRIMARY KEY (conversation, position))")
 
-    def _migrate_from_v1(self) -> None:
-        """Version 1 -> 2: add the images table; conversations and messages stay as they are."""
+    @staticmethod
+    def _create_replies(db: sqlite3.Connection) -> None:
+        # Keyed by the reply and its request (prefix_keys), not by position: ratings and the alternatives of a
+        # regenerated reply outlive put(), which rewrites the messages.
+        db.execute("CREATE TABLE replies (conversation TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE, "
+                   "prefix_key TEXT NOT NULL, prefix TEXT NOT NULL, content TEXT NOT NULL, "
+                   "rating INTEGER NOT NULL DEFAULT 0 CHECK (rating IN (-1, 0, 1)), rated REAL, "
+                   "created REAL NOT NULL, source TEXT NOT NULL, PRIMARY KEY (conversation, prefix_key, content))")
+
+    def _migrate(self, version: int) -> None:
+        """Version 1 or 2 -> 3 in one transaction: add what is missing (1 -> 2: images; 2 -> 3: replies);
+        conversations, messages and pictures stay as they are."""
         with self._transaction() as db:
-            self._create_images(db)
+            if version < 2:
+                self._create_images(db)
+            self._create_replies(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -174,12 +216,21 @@ class ConversationStore:
                                    (cid,)).fetchall()
             pictures = {r[0]: r[1:] for r in self.db.execute(
                 "SELECT position, sentence, caption, created FROM images WHERE conversation = ?", (cid,))}
+            replies: dict[str, list[tuple]] = {}
+            for key, content, rating, rated in self.db.execute(
+                    "SELECT prefix_key, content, rating, rated FROM replies WHERE conversation = ? ORDER BY created",
+                    (cid,)):
+                replies.setdefault(key, []).append((content, rating, rated))
             out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
             out["messages"] = [{"role": a, "content": b} for a, b in msgs]
             for i, (sentence, caption, created) in pictures.items():
                 if i < len(out["messages"]):
                     out["messages"][i]["illustration"] = {"sentence": sentence, "caption": caption,
                                                           "created": created, "url": illustration_path(cid, i)}
+            keys = prefix_keys(out["messages"]) if replies else []
+            for i, m in enumerate(out["messages"] if replies else []):
+                if m["role"] == "assistant" and keys[i] in replies:
+                    _add_ratings(m, replies[keys[i]])
             return out
 
     def create(self, title: str) -> dict:
@@ -200,16 +251,75 @@ class ConversationStore:
                            (title, time.time(), cid)).rowcount
             if n == 0:
                 raise NotFound(f"no conversation {cid!r}")
-            before = db.execute("SELECT position, role, content FROM messages WHERE conversation = ?",
-                                (cid,)).fetchall()
+            before = db.execute("SELECT position, role, content FROM messages WHERE conversation = ? "
+                                "ORDER BY position", (cid,)).fetchall()
             kept = [i for i, role, content in before
                     if i < len(messages) and (messages[i]["role"], messages[i]["content"]) == (role, content)]
+            self._keep_replaced_reply(db, cid, [{"role": r, "content": c} for _, r, c in before], messages)
             db.execute(f"DELETE FROM images WHERE conversation = ? AND position NOT IN ({','.join('?' * len(kept))})",
                        (cid, *kept))
             db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)",
                            [(cid, i, m["role"], m["content"]) for i, m in enumerate(messages)])
         return self.get(cid)
+
+    def _keep_replaced_reply(self, db: sqlite3.Connection, cid: str, before: list[dict],
+                             after: list[dict]) -> None:
+        """The reply that `after` replaces or drops while keeping every message before it (a regenerated reply)
+        stays in replies, unrated unless it was rated. Only the first difference can be such a reply: an edit
+        further up changes the request of every reply after it."""
+        d = next((i for i, (a, b) in enumerate(zip(before, after, strict=False))
+                  if (a["role"], a["content"]) != (b["role"], b["content"])), min(len(before), len(after)))
+        if d < len(before) and before[d]["role"] == "assistant":
+            self._insert_reply(db, cid, before[:d], before[d]["content"])
+
+    def _insert_reply(self, db: sqlite3.Connection, cid: str, prefix: list[dict], content: str) -> None:
+        prefix = [{"role": m["role"], "content": m["content"]} for m in prefix]
+        db.execute("INSERT OR IGNORE INTO replies (conversation, prefix_key, prefix, content, created, source) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (cid, prefix_keys(prefix)[-1], json.dumps(prefix, ensure_ascii=False), content, time.time(),
+                    self.source))
+
+    def rate(self, cid: str, position: int, rating: int, content: str | None = None) -> dict:
+        """Rate the storyteller's reply at `position`: 1 (👍), -1 (👎) or 0 (cleared), now. `content`: the reply
+        rated, when it is one of the message's alternatives (get() lists them); None or the message's own text:
+        the message itself. Refused for a rating not in RATINGS or a message that is not the storyteller's;
+        NotFound for an unknown conversation, position or alternative. Returns {"position", "content", "rating",
+        "rated"}."""
+        if not isinstance(rating, int) or isinstance(rating, bool) or rating not in RATINGS:
+            raise Refused(f"'rating' must be 1 (thumbs up), -1 (thumbs down) or 0 (cleared), got {rating!r}")
+        if content is not None and not isinstance(content, str):
+            raise Refused(f"'content' must be the text of the reply rated, got {type(content).__name__}")
+        now = time.time()
+        with self.lock, self._transaction() as db:
+            msgs = [{"role": r, "content": c} for r, c in db.execute(
+                "SELECT role, content FROM messages WHERE conversation = ? AND position <= ? ORDER BY position",
+                (cid, position))]
+            if len(msgs) <= position:
+                self._must_exist(cid)
+                raise NotFound(f"conversation {cid!r} has no message {position}")
+            if msgs[position]["role"] != "assistant":
+                raise Refused(f"message {position} is the {msgs[position]['role']}'s: only the storyteller's replies "
+                              "are rated")
+            prefix, own = msgs[:position], msgs[position]["content"]
+            if content is None or content == own:
+                content = own
+                self._insert_reply(db, cid, prefix, own)
+            n = db.execute("UPDATE replies SET rating = ?, rated = ? WHERE conversation = ? AND prefix_key = ? "
+                           "AND content = ?", (rating, now, cid, prefix_keys(prefix)[-1], content)).rowcount
+            if n == 0:
+                raise NotFound(f"message {position} of conversation {cid!r} has no alternative reading "
+                               f"{content[:60]!r} (it may not be saved yet)")
+        return {"position": position, "content": content, "rating": rating, "rated": now}
+
+    def rated_replies(self) -> list[dict]:
+        """Every rated reply (rating 1 or -1) of every conversation, oldest rating first: {"conversation",
+        "prefix_key", "messages" (the messages before it), "content", "rating", "rated", "source"}."""
+        with self.lock:
+            rows = self.db.execute("SELECT conversation, prefix_key, prefix, content, rating, rated, source "
+                                   "FROM replies WHERE rating != 0 ORDER BY rated").fetchall()
+        return [{"conversation": c, "prefix_key": k, "messages": json.loads(p), "content": t, "rating": r,
+                 "rated": when, "source": s} for c, k, p, t, r, when, s in rows]
 
     def message(self, cid: str, position: int) -> dict:
         """One message {"role", "content"}; NotFound for an unknown conversation or position."""
@@ -257,6 +367,22 @@ class ConversationStore:
         with self.lock, self._transaction() as db:
             if db.execute("DELETE FROM conversations WHERE id = ?", (cid,)).rowcount == 0:
                 raise NotFound(f"no conversation {cid!r}")
+
+
+def _add_ratings(message: dict, replies: list[tuple]) -> None:
+    """get()'s view of a storyteller message that was ever rated or regenerated: "rating" (0: none or cleared) and
+    "rated" (when, else None), and "alternatives" [{"content", "rating", "rated"}] (other replies kept for the same
+    request, oldest first) if any; a message without either stays {"role", "content"}. `replies`: (content,
+    rating, rated) of every reply kept for its request."""
+    message["rating"], message["rated"] = 0, None
+    alternatives = []
+    for content, rating, rated in replies:
+        if content == message["content"]:
+            message["rating"], message["rated"] = rating, rated
+        else:
+            alternatives.append({"content": content, "rating": rating, "rated": rated})
+    if alternatives:
+        message["alternatives"] = alternatives
 
 
 def illustration_path(cid: str, position: int) -> str:
@@ -309,7 +435,7 @@ class Metrics:
 
 PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
 COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/images/generations", "/v1/models", "/health",
-                 "/metrics", "/api/conversations"}
+                 "/metrics", "/api/conversations", "/api/preferences"}
 
 
 class Guard:

@@ -541,3 +541,109 @@ def test_illustrate_finds_the_illustrator_through_the_environment(storyteller, i
     w = conversation(storyteller, None)
     w.handle({"type": "illustrate"})
     assert w.wait(30) and w.notice == "" and len(w.pictures) == 1, w.notice
+
+
+# ----------------------------------------------------------------------------- 👍 / 👎 (Chapter 15)
+
+
+def rating_chat(storyteller, tmp_path, **traits) -> StoryChat:
+    """A chat-mode StoryChat whose ratings go to tmp_path/feedback.sqlite3, one request answered (seed 1)."""
+    model, tok = storyteller
+    w = StoryChat(prompt=None, model=model, tokenizer=tok, temperature=1.0, max_tokens=12, seed=1,
+                  feedback_db=tmp_path / "feedback.sqlite3", **traits)
+    w.send = lambda content, buffers=None: None
+    w.handle({"type": "send", "text": REQUESTS[0]})
+    assert w.wait(60) and w.status == "done"
+    return w
+
+
+def test_thumbs_rate_replies_into_the_feedback_store_and_export_as_pairs(storyteller, tmp_path):
+    """👍 on a reply, Regenerate, 👎 on the new one: both kept in the widget's feedback file (the server's store,
+    source "widget"), the shown rating follows the reply, and the two make one preference pair."""
+    from storylib import prefs
+    from storylib.service import ConversationStore
+
+    db = tmp_path / "feedback.sqlite3"
+    w = rating_chat(storyteller, tmp_path)
+    assert not db.exists(), "no file until something is rated"
+    first = w.session.messages()[1]["content"]
+    w.handle({"type": "rate", "position": 1, "rating": 1})
+    assert w.ratings == {"1": 1} and w.notice == ""
+    w.handle({"type": "rate", "position": 1, "rating": 0})
+    assert w.ratings == {}, "cleared"
+    w.handle({"type": "rate", "position": 1, "rating": 1})
+
+    w.seed = 2
+    w.handle({"type": "refine", "cut": None, "text": ""})  # Regenerate
+    assert w.wait(60) and w.status == "done"
+    second = w.session.messages()[1]["content"]
+    assert second != first and w.ratings == {}, "the new reply is not rated"
+    w.handle({"type": "rate", "position": 1, "rating": -1})
+    assert w.ratings == {"1": -1}
+
+    pairs = prefs.preference_pairs(prefs.read_ratings([db]))
+    assert pairs == [{"messages": [{"role": "user", "content": REQUESTS[0]}], "chosen": first, "rejected": second,
+                      "source": "widget"}]
+    store = ConversationStore(db)
+    [conv] = store.conversations()
+    got = store.get(conv["id"])["messages"]
+    assert got[1]["content"] == second and got[1]["rating"] == -1
+    assert got[1]["alternatives"] == [{"content": first, "rating": 1, "rated": got[1]["alternatives"][0]["rated"]}]
+    store.close()
+
+    # the conversation goes on: the rating stays with its reply; New starts another conversation in the file
+    w.handle({"type": "send", "text": REQUESTS[1]})
+    assert w.wait(60) and w.ratings == {"1": -1}
+    w.handle({"type": "rate", "position": 3, "rating": 1})
+    assert w.ratings == {"1": -1, "3": 1}
+    w.handle({"type": "new"})
+    assert w.ratings == {}
+    w.handle({"type": "send", "text": REQUESTS[2]})
+    assert w.wait(60)
+    w.handle({"type": "rate", "position": 1, "rating": 1})
+    store = ConversationStore(db)
+    assert len(store.conversations()) == 2 and len(store.rated_replies()) == 4
+    store.close()
+
+
+@pytest.mark.parametrize("message, says", [
+    ({"type": "rate", "position": 0, "rating": 1}, "no reply 0"),      # your own message
+    ({"type": "rate", "position": 5, "rating": 1}, "no reply 5"),
+    ({"type": "rate", "position": "1", "rating": 1}, "no reply '1'"),
+    ({"type": "rate", "position": True, "rating": 1}, "no reply True"),
+    ({"type": "rate", "position": 1, "rating": 3}, "'rating' must be"),
+    ({"type": "rate", "position": 1, "rating": True}, "'rating' must be"),
+])
+def test_a_bad_rating_is_one_notice_and_changes_nothing(storyteller, tmp_path, message, says):
+    w = rating_chat(storyteller, tmp_path)
+    story = w.story
+    w.handle(message)
+    assert says in w.notice and w.notice.startswith("The rating was not saved")
+    assert w.story == story and w.ratings == {}
+    w.handle({"type": "rate", "position": 1, "rating": 1})
+    assert w.ratings == {"1": 1} and w.notice == "", "a rating that is saved clears the notice"
+
+
+def test_an_unwritable_feedback_file_is_a_notice(storyteller, tmp_path):
+    (tmp_path / "feedback.sqlite3").write_text("not a database\n")
+    w = rating_chat(storyteller, tmp_path)
+    story = w.story
+    w.handle({"type": "rate", "position": 1, "rating": 1})
+    assert "not an SQLite database" in w.notice and w.story == story and w.ratings == {}
+    assert (tmp_path / "feedback.sqlite3").read_text() == "not a database\n", "left untouched"
+
+
+def test_story_mode_has_no_ratings_and_the_default_file_follows_the_environment(storyteller, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM101N_FEEDBACK_DB", str(tmp_path / "env.sqlite3"))
+    model, tok = storyteller
+    w = StoryChat(prompt=None, model=model, tokenizer=tok, temperature=0.0, max_tokens=8)
+    w.send = lambda content, buffers=None: None
+    w.handle({"type": "send", "text": REQUESTS[0]})
+    assert w.wait(60)
+    w.handle({"type": "rate", "position": 1, "rating": -1})
+    assert w.ratings == {"1": -1} and (tmp_path / "env.sqlite3").is_file()
+    s, _ = make_chat(storyteller, feedback_db=tmp_path / "story.sqlite3", max_tokens=8)
+    s.handle({"type": "send", "text": PROMPT})
+    assert s.wait(60)
+    s.handle({"type": "rate", "position": 1, "rating": 1})
+    assert s.ratings == {} and not (tmp_path / "story.sqlite3").exists(), "a story is not a reply to rate"

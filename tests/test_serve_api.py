@@ -774,8 +774,9 @@ V1_SCHEMA = [  # the conversation database before pictures (SCHEMA_VERSION 1), a
 
 
 def test_a_version_1_database_is_migrated_in_place(tmp_path):
-    """A database from before pictures opens with every conversation and message, gains the images table (version
-    2), and then keeps pictures; a newer one than this server knows is refused and left untouched."""
+    """A database from before pictures opens with every conversation and message, gains the images table and the
+    replies table (version 3, in one go), and then keeps pictures and ratings; a newer one than this server knows
+    is refused and left untouched. (From version 2: tests/test_prefs.py.)"""
     db = tmp_path / "old.sqlite3"
     con = sqlite3.connect(db)
     for statement in V1_SCHEMA:
@@ -794,19 +795,21 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
         assert [(m["role"], m["content"]) for m in got["messages"]] == msgs
     store.set_illustration("c1", 1, STORY + " 1", DRAWN, I.caption_for(DRAWN), b"\x89PNG...")
     assert store.illustration_png("c1", 1) == b"\x89PNG..."
+    store.rate("c2", 1, -1)
     store.close()
     with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     store = ConversationStore(db)  # opened again: no second migration
     assert store.get("c1")["messages"][1]["illustration"]["sentence"] == DRAWN
+    assert store.get("c2")["messages"][1]["rating"] == -1
     store.delete("c1")
     assert store.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
     store.close()
     newer = tmp_path / "newer.sqlite3"
     with sqlite3.connect(newer) as con:
-        con.execute("PRAGMA user_version = 3")
+        con.execute("PRAGMA user_version = 4")
     before = newer.read_bytes()
-    with pytest.raises(StoreError, match="version 3"):
+    with pytest.raises(StoreError, match="version 4"):
         ConversationStore(newer)
     assert newer.read_bytes() == before
 

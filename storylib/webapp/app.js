@@ -5,6 +5,9 @@
 // context. Stop aborts the request: the server sees the client leave and frees its batch row.
 // Illustrate (Chapter 17) draws a storyteller message (its most drawable sentence, or the text selected in it) on
 // the server, which keeps the picture with the conversation; the conversation names it and the PNG is fetched once.
+// 👍 / 👎 (Chapter 15) rate a reply on the server (PUT .../messages/{i}/rating); Regenerate keeps the reply it
+// replaces as an "earlier try" of the new one, which can be rated too: a liked and a disliked reply to the same
+// request are a preference pair (`llm101n prefs export`, GET /api/preferences).
 "use strict";
 
 const MODEL = "storyteller";
@@ -14,6 +17,7 @@ const state = {
   conv: null,          // {id, title, messages: [{role, content}]}
   controller: null,    // AbortController of the reply being streamed
   editIndex: null,     // index of the user message being edited
+  saving: null,        // a Promise: the last save of the conversation, settled once the server has it
 };
 const pictures = new Map();  // a picture's url@created -> Promise of an image URL (fetched once, then kept)
 
@@ -123,8 +127,9 @@ function messageElement(m, index) {
     const box = document.createElement("div");
     box.className = "picture";
     if (m.illustration) box.append(figureElement(m.illustration));
-    tools.append(copy, illustrateButton(m, index, text, box));
+    tools.append(copy, illustrateButton(m, index, text, box), ratingButtons(m, index, false));
     extra.push(box);
+    if (m.alternatives && m.alternatives.length) extra.push(alternativesElement(m, index));
   } else if (m.role === "user") {
     const edit = document.createElement("button");
     edit.type = "button";
@@ -135,6 +140,99 @@ function messageElement(m, index) {
   }
   div.append(who, text, tools, ...extra);
   return div;
+}
+
+// -- thumbs up / down (Chapter 15) -----------------------------------------------------------------
+
+const THUMBS = [[1, "up", "Good reply", "rate-up"], [-1, "down", "Bad reply", "rate-down"]];
+// A thumb drawn in SVG (emoji need a font that many systems lack); thumb down is it turned around (CSS).
+const THUMB_PATH = "M2 10h4v11H2zM8 10l4-7c1.5 0 2.5 1 2 3l-1 4h6.5c1.4 0 2.3 1.3 1.9 2.6l-2.1 7c-.3.8-1 " +
+  "1.4-1.9 1.4H8z";
+
+function thumbIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [k, v] of Object.entries({ viewBox: "0 0 24 24", width: "14", height: "14", "aria-hidden": "true",
+    focusable: "false" })) svg.setAttribute(k, v);
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", THUMB_PATH);
+  path.setAttribute("fill", "currentColor");
+  svg.append(path);
+  return svg;
+}
+
+// Two toggle buttons (aria-pressed) for `target`: a message, or one of its alternatives ({content, rating}).
+function ratingButtons(target, index, alternative) {
+  const group = document.createElement("span");
+  group.className = "rating";
+  group.setAttribute("role", "group");
+  group.setAttribute("aria-label", alternative ? "Rate this earlier try" : "Rate this reply");
+  const buttons = THUMBS.map(([value, way, label, testid]) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "rate rate-" + way;
+    b.append(thumbIcon());
+    b.title = label + " (press again to clear)";
+    b.setAttribute("aria-label", label);
+    b.setAttribute("data-testid", testid);
+    b.dataset.value = String(value);
+    b.onclick = () => rate(target, index, value, buttons);
+    return b;
+  });
+  showRating(buttons, target.rating || 0);
+  group.append(...buttons);
+  return group;
+}
+
+function showRating(buttons, rating) {
+  for (const b of buttons) b.setAttribute("aria-pressed", String(Number(b.dataset.value) === rating));
+}
+
+// Pressing the pressed thumb clears the rating. The reply's text goes along: a reply not saved yet is refused by
+// the server, never mistaken for the one saved at its place. A failure is one line; nothing else changes.
+async function rate(target, index, value, buttons) {
+  if (!state.conv) return;
+  const conv = state.conv;
+  const rating = (target.rating || 0) === value ? 0 : value;
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    if (state.saving) await state.saving;  // a reply that just ended is being saved
+    const path = "/api/conversations/" + encodeURIComponent(conv.id) + "/messages/" + index + "/rating";
+    const got = await api("PUT", path, { rating, content: target.content });
+    target.rating = got.rating;
+    target.rated = got.rated;
+    showError("");
+  } catch (e) {
+    showError("The rating was not saved: " + e.message);
+  }
+  buttons.forEach((b) => { b.disabled = false; });
+  showRating(buttons, target.rating || 0);
+  if (!buttons[0].isConnected && state.conv === conv && !state.controller) renderMessages();  // redrawn meanwhile
+}
+
+// The replies that Regenerate replaced (kept on the server), each with its own thumbs.
+function alternativesElement(m, index) {
+  const details = document.createElement("details");
+  details.className = "alternatives";
+  details.setAttribute("data-testid", "alternatives");
+  const summary = document.createElement("summary");
+  const n = m.alternatives.length;
+  summary.textContent = n === 1 ? "1 earlier try" : n + " earlier tries";
+  details.append(summary);
+  for (const alt of m.alternatives) {
+    const item = document.createElement("div");
+    item.className = "alternative";
+    item.setAttribute("data-testid", "alternative");
+    const text = document.createElement("div");
+    text.className = "alt-text";  // not "text": that is the message's own
+    text.textContent = alt.content;
+    const tools = document.createElement("div");
+    tools.className = "tools";
+    tools.append(ratingButtons(alt, index, true));
+    item.append(text, tools);
+    details.append(item);
+  }
+  return details;
 }
 
 // -- pictures (Chapter 17) -------------------------------------------------------------------------
@@ -339,9 +437,19 @@ function newConversation() {
 
 async function save() {
   const c = state.conv;
-  const saved = await api("PUT", "/api/conversations/" + encodeURIComponent(c.id),
-    { title: c.title, messages: c.messages });
+  const saving = api("PUT", "/api/conversations/" + encodeURIComponent(c.id),
+    { title: c.title, messages: c.messages.map((m) => ({ role: m.role, content: m.content })) });
+  state.saving = saving.catch(() => {});  // a rating waits for it: the reply it rates must be on the server
+  const saved = await saving;
   c.updated = saved.updated;
+  // the server's ratings and earlier tries (a regenerated reply's predecessor) of the messages as saved
+  saved.messages.forEach((s, i) => {
+    const m = c.messages[i];
+    if (!m || m.role !== s.role || m.content !== s.content) return;
+    for (const key of ["rating", "rated", "alternatives"]) {
+      if (key in s) m[key] = s[key]; else delete m[key];
+    }
+  });
 }
 
 // -- a reply ---------------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ setting (none: 0). The picture shows under the paragraph it illustrates, with th
 stays there while the conversation goes on, goes when that sentence is cut away, and New clears it. Nothing to
 draw, or no illustrator, is one sentence in the conversation; the story is never changed.
 
+👍 / 👎 (Chapter 15) under each reply (chat mode) rate it: the conversation and the rating go into the widget's
+feedback file, a storylib.service.ConversationStore (the web app's kind of database, source "widget"): the
+`feedback_db` argument, else $LLM101N_FEEDBACK_DB, else ~/.local/share/llm101n/widget-feedback.sqlite3
+(storylib.service.default_feedback_path; created at the first rating, never by merely showing the widget).
+Regenerate and rate again: a liked and a disliked reply to the same request are a preference pair, and
+`llm101n prefs export` writes them with the web app's. A rating shows while its reply (and everything before
+it) stays as it was; one that cannot be saved is one notice, and the story is never changed.
+
 How it streams. The story lives in Python (storylib.storyteller.StorySession). A button sends a custom message
 to the kernel; `handle` starts the generation in a worker thread and returns at once, so the kernel stays free
 to receive the next message (Stop sets a threading.Event the worker checks after every piece). The worker
@@ -42,6 +50,7 @@ each page load), so saved state can never make a static page look live.
 from __future__ import annotations
 
 import base64
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +58,7 @@ from pathlib import Path
 import anywidget
 import traitlets
 
+from storylib.service import ConversationStore, StoreError, default_feedback_path, prefix_keys
 from storylib.storyteller import (
     FIRST_TURNS,
     MODES,
@@ -87,6 +97,9 @@ def place_pictures(pictures: list[dict], story: list[dict], chat: bool) -> list[
     return sorted(({**p, "at": paragraph_end(story, p["end"], chat)} for p in kept), key=lambda p: p["start"])
 
 
+NOT_SAVED = "The rating was not saved: "  # how a failed 👍 / 👎 notice starts
+
+
 class StoryChat(LiveWidget, anywidget.AnyWidget):
     """A story told in turns by you and a model, streamed token by token (see the module docstring)."""
 
@@ -111,17 +124,23 @@ class StoryChat(LiveWidget, anywidget.AnyWidget):
     # Illustrate's pictures: {"start", "end": the sentence drawn, as offsets into the story's text; "at": where the
     # picture goes (the end of its paragraph); "sentence", "caption", "src": the PNG as a data: URL}
     pictures = traitlets.List(traitlets.Dict()).tag(sync=True)
+    # 👍 / 👎: {"<i>": 1 | -1} for message i of the conversation (session.messages()), while that reply and all
+    # before it are as they were rated
+    ratings = traitlets.Dict().tag(sync=True)
 
     def __init__(self, prompt: str | Sequence[str] | None = ..., *, model=None, tokenizer=None,
                  story_seed: int | None = 0, illustrator: str | Path | None = None, illustrate: bool = False,
-                 **kwargs) -> None:
+                 feedback_db: str | Path | None = None, **kwargs) -> None:
         """prompt: your first turns, each answered right away (turn i with seed story_seed + i, so the book shows
         the same conversation at every build): a string, a list of strings, None (start empty) or, by default,
         the mode's FIRST_TURNS (chat: a story asked for, then changed). model, tokenizer: default the course's
         (the chat model, or the storyteller in story mode). illustrator: the illustrator's folder for Illustrate
         (default: $LLM101N_ILLUSTRATOR, else models/illustrator); illustrate: once the first turns are told, draw
-        a picture for the story as Illustrate does (the book's recorded story has one). Other keyword arguments set
-        traits (temperature=0.5, max_tokens=100, mode="story", ...)."""
+        a picture for the story as Illustrate does (the book's recorded story has one). feedback_db: where 👍 / 👎
+        are kept (default: storylib.service.default_feedback_path()). Other keyword arguments set traits
+        (temperature=0.5, max_tokens=100, mode="story", ...)."""
+        self.feedback_db, self._feedback, self._feedback_cid = feedback_db, None, None
+        self._rated: dict[int, tuple[str, int]] = {}  # message index -> (prefix_keys of it and before, rating)
         super().__init__(**kwargs)
         self.session = StorySession(model, tokenizer, mode=self.mode)
         self.illustrator_folder, self._illustrator = illustrator, None  # loaded by the first Illustrate
@@ -163,6 +182,7 @@ class StoryChat(LiveWidget, anywidget.AnyWidget):
             return
         self.halt()
         session.new()
+        self._forget_conversation()
         with self.hold_sync():
             self.story, self.stats, self.notice, self.status, self.pictures = [], {}, "", "idle", []
             try:
@@ -265,19 +285,67 @@ class StoryChat(LiveWidget, anywidget.AnyWidget):
         if self.pictures:
             self.pictures = place_pictures(self.pictures, change["new"], self.mode == "chat")
 
+    # -- 👍 / 👎 (Chapter 15)
+
+    def rate(self, position: int, rating: int) -> None:
+        """Rate the model's reply that is message `position` of the conversation (session.messages()): 1, -1 or 0
+        (cleared). The conversation as it is now and the rating go into the feedback store (one conversation there
+        per conversation here, made at its first rating). Chat mode only; ignored while a turn is told. A bad
+        position or rating, or a store that cannot be written: a notice; the story never changes."""
+        if self.busy or self.mode != "chat":
+            return
+        msgs = self.session.messages()
+        try:
+            if (not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < len(msgs)
+                    or msgs[position]["role"] != "assistant"):
+                raise ValueError(f"there is no reply {position!r} to rate")
+            if self._feedback is None:
+                self._feedback = ConversationStore(self.feedback_db or default_feedback_path(), source="widget")
+            title = " ".join(msgs[0]["content"].split())[:48] or "StoryChat"
+            if self._feedback_cid is None:
+                self._feedback_cid = self._feedback.create(title)["id"]
+            self._feedback.put(self._feedback_cid, title, msgs)
+            self._feedback.rate(self._feedback_cid, position, rating)
+        except (ValueError, KeyError, StoreError, sqlite3.Error, OSError) as e:
+            if isinstance(e, KeyError):  # its conversation was deleted from the file: the next rating makes another
+                self._feedback_cid = None
+            self.notice = f"{NOT_SAVED}{e}"
+            return
+        self._rated[position] = (prefix_keys(msgs[:position + 1])[-1], rating)
+        with self.hold_sync():
+            self._show_ratings()
+            if self.notice.startswith(NOT_SAVED):
+                self.notice = ""
+
+    @traitlets.observe("story")
+    def _show_ratings(self, change=None) -> None:
+        """`ratings`: the ratings whose reply, and everything before it, are still as they were rated."""
+        session = getattr(self, "session", None)  # None while __init__ sets traits
+        keys = prefix_keys(session.messages()) if self._rated and session else []
+        self._rated = {i: (k, r) for i, (k, r) in self._rated.items() if i + 1 < len(keys) and keys[i + 1] == k}
+        self.ratings = {str(i): r for i, (_, r) in sorted(self._rated.items()) if r}
+
+    def _forget_conversation(self) -> None:
+        """A new conversation here (New, a mode switch) is a new one in the feedback store."""
+        self._feedback_cid, self._rated = None, {}
+
     # -- messages from the front end
 
     def act(self, content: dict) -> None:
         """One message from the front end (hello aside): send {text}, continue, stop, new, refine {cut, text},
-        illustrate {text, start} (the words selected in the story and where they start; none: the best sentence)."""
+        illustrate {text, start} (the words selected in the story and where they start; none: the best sentence),
+        rate {position, rating}."""
         kind = content.get("type")
         if kind == "stop":
             self._stop.set()
         elif kind == "new":
             self.halt()
             self.session.new()
+            self._forget_conversation()
             with self.hold_sync():
                 self.story, self.stats, self.notice, self.status, self.pictures = [], {}, "", "idle", []
+        elif kind == "rate":
+            self.rate(content.get("position"), content.get("rating"))
         elif kind == "illustrate" and not self.busy:
             start = content.get("start")
             self.illustrate(str(content.get("text") or ""), start if isinstance(start, int) else None)

@@ -9,7 +9,8 @@ of the story the same settings give in this process (seeded), so the kernel real
 In chat mode (create_refine.ipynb, the default mode, the shipped chat model) it asks for a story, a happy ending
 and a new name for the cat, and checks each reply with storylib.conversations' rules. In illustrate.ipynb it tells a
 short story and presses Illustrate: a picture (the tiny untrained illustrator of tests/illustrator_model.py, which
-the lab's kernels find through LLM101N_ILLUSTRATOR) shows under the story.
+the lab's kernels find through LLM101N_ILLUSTRATOR) shows under the story. In rate.ipynb (chat mode) 👍 under a
+reply is pressed and kept in the widget's feedback file (LLM101N_FEEDBACK_DB, under the test's folder).
 Screenshot: docs/screenshots/chat_lab.png (the conversation; story mode's stopped story goes to tmp_path).
 """
 
@@ -42,6 +43,8 @@ CHAT_SETTINGS = {"temperature": 0.0}
 # Illustrate: a short greedy story (it ends long before HOLD_CHARS), told from a sentence with things to draw
 DRAWABLE = "Lily kicked her big red ball under the old tree."
 ILLUSTRATE_SETTINGS = {"mode": "story", "temperature": 0.0, "max_tokens": 16}
+# 👍 / 👎: a short greedy reply of the chat model
+RATE_SETTINGS = {"temperature": 0.0, "max_tokens": 16}
 
 
 def notebook(settings: dict) -> dict:
@@ -95,6 +98,7 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
     (root / "chat.ipynb").write_text(json.dumps(notebook(SETTINGS)), encoding="utf-8")
     (root / "create_refine.ipynb").write_text(json.dumps(notebook(CHAT_SETTINGS)), encoding="utf-8")
     (root / "illustrate.ipynb").write_text(json.dumps(notebook(ILLUSTRATE_SETTINGS)), encoding="utf-8")
+    (root / "rate.ipynb").write_text(json.dumps(notebook(RATE_SETTINGS)), encoding="utf-8")
     port, token = free_port(), "llm101n-chat-test"
     home = tmp_path_factory.mktemp("jupyter_home")  # config, runtime and lab settings of this server only
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -107,7 +111,8 @@ def lab(tmp_path_factory) -> tuple[str, Path]:
                JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"),
                TIKTOKEN_CACHE_DIR=str(ROOT / ".assets" / "tiktoken"),
-               LLM101N_ILLUSTRATOR=str(tiny_illustrator(home / "illustrator")))  # 16 × 16 noise, in milliseconds
+               LLM101N_ILLUSTRATOR=str(tiny_illustrator(home / "illustrator")),  # 16 × 16 noise, in milliseconds
+               LLM101N_FEEDBACK_DB=str(home / "feedback.sqlite3"))  # 👍 / 👎 here, never in the user's home
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log_path = home / "lab.log"
     log = log_path.open("w")
@@ -323,3 +328,36 @@ def test_illustrate_in_jupyterlab(page, lab, tmp_path):
         re.compile(r"^her big red ball drawn as"))
     assert model_text(chat) == story[len(DRAWABLE):] and not story_view.locator(".sc-cut").count()
     page.screenshot(path=str(tmp_path / "chat_lab_illustrate.png"))
+
+
+@pytest.mark.timeout(600)  # JupyterLab's start (up to 180 s) counts too
+def test_thumbs_up_in_jupyterlab(page, lab):
+    """Chat mode: a reply told, 👍 under it pressed (aria-pressed), pressed again to clear, 👎; the kernel keeps the
+    rating in the widget's feedback file (the server's kind of database), with the conversation rated."""
+    from storylib.service import ConversationStore
+
+    require_chat_model()
+    url, log_path = lab
+    own = url.replace("/lab/tree/chat.ipynb", "/lab/workspaces/rate/tree/rate.ipynb")
+    chat = open_chat(page, own, log_path)
+    expect(chat).to_have_attribute("data-mode", "chat")
+    chat.locator('[data-testid="chat-prompt"]').fill("Write a story about a dog named Max who finds a ball.")
+    chat.locator('[data-testid="chat-send"]').click()
+    expect(chat).to_have_attribute("data-status", "done", timeout=300_000)
+    up, down = chat.locator('[data-testid="chat-rate-up"]'), chat.locator('[data-testid="chat-rate-down"]')
+    expect(up).to_have_count(1)
+    expect(up).to_have_attribute("aria-pressed", "false")
+    up.click()
+    expect(up).to_have_attribute("aria-pressed", "true")
+    up.click()
+    expect(up).to_have_attribute("aria-pressed", "false")
+    down.focus()
+    page.keyboard.press("Enter")
+    expect(down).to_have_attribute("aria-pressed", "true")
+    expect(up).to_have_attribute("aria-pressed", "false")
+    reply = chat.locator('[data-testid="chat-message-model"]').text_content()
+    store = ConversationStore(log_path.parent / "feedback.sqlite3")
+    [rated] = store.rated_replies()
+    store.close()
+    assert (rated["content"], rated["rating"], rated["source"]) == (reply, -1, "widget")
+    assert rated["messages"] == [{"role": "user", "content": "Write a story about a dog named Max who finds a ball."}]

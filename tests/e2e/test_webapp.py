@@ -317,3 +317,73 @@ def test_illustrate_a_story_keep_it_and_say_why_not(page, illustrating_server, t
     assert len(refused) == 2, log.console_errors
     for e in refused:
         log.console_errors.remove(e)
+
+
+
+@pytest.fixture(scope="module")
+def tiny_app_server(tmp_path_factory):
+    """The server with a tiny random GPT (the chat model's tokenizer): replies of noise, in a moment."""
+    import torch
+
+    from storylib.gpt2 import GPT, GPTConfig
+
+    _, tok = require_chat_model()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
+    app = S.create_app(model, tok, db_path=tmp_path_factory.mktemp("webapp_tiny") / "conversations.sqlite3")
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def test_thumbs_up_is_kept_after_a_reload_and_regenerated_replies_are_rated_too(page, tiny_app_server):
+    """👍 / 👎 (Chapter 15) under a reply: pressed, kept on the server, still pressed after a reload; Regenerate
+    keeps the reply it replaces as an earlier try (its 👍 with it), the new one is rated with the keyboard, and the
+    two are a preference pair (GET /api/preferences); at phone width the thumbs are there without sideways
+    scrolling; a rating the server cannot keep is one clear line, and the story stays."""
+    url = tiny_app_server
+    page.goto(url + "/")
+    send(page, "Write a story about a fox named Red who finds a bell.")
+    message = page.get_by_test_id("assistant-message")
+    up = message.get_by_test_id("rate-up")
+    expect(up).to_be_visible(timeout=60_000)  # hidden while the reply streams
+    first = message.locator(".text").text_content()
+    expect(up).to_have_attribute("aria-pressed", "false")
+    up.click()
+    expect(up).to_have_attribute("aria-pressed", "true")
+    expect(message.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "false")
+    page.reload()
+    expect(page.get_by_test_id("assistant-message").get_by_test_id("rate-up")).to_have_attribute("aria-pressed", "true")
+
+    page.get_by_test_id("regenerate").click()
+    earlier = message.get_by_test_id("alternatives")
+    expect(earlier.locator("summary")).to_have_text("1 earlier try", timeout=60_000)  # once the new one is saved
+    second = message.locator(".text").text_content()
+    assert second != first
+    earlier.locator("summary").click()
+    assert earlier.locator(".alt-text").text_content() == first
+    expect(earlier.get_by_test_id("rate-up")).to_have_attribute("aria-pressed", "true")
+    own = message.locator(".tools").first
+    expect(own.get_by_test_id("rate-up")).to_have_attribute("aria-pressed", "false")
+    own.get_by_test_id("rate-down").focus()
+    page.keyboard.press("Enter")
+    expect(own.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "true")
+    pairs = [json.loads(line) for line in httpx.get(url + "/api/preferences").text.splitlines()]
+    ask = {"role": "user", "content": "Write a story about a fox named Red who finds a bell."}
+    assert pairs == [{"messages": [ask], "chosen": first, "rejected": second, "source": "web"}]
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    for thumb in (own.get_by_test_id("rate-up"), own.get_by_test_id("rate-down")):
+        thumb.scroll_into_view_if_needed()  # a long reply: the messages scroll, up and down only
+        expect(thumb).to_be_in_viewport()
+        box = thumb.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 20, box
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "nothing scrolls sideways"
+
+    cid = page.evaluate("location.hash.slice(1)")
+    httpx.delete(url + f"/api/conversations/{cid}").raise_for_status()  # gone meanwhile (another tab)
+    own.get_by_test_id("rate-up").click()
+    expect(page.get_by_test_id("error")).to_have_text(re.compile(r"^The rating was not saved: no conversation"))
+    assert message.locator(".text").text_content() == second
+    expect(own.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "true")
+    log = page_log(page)  # Chromium logs the expected 404 as a console error
+    log.console_errors[:] = [e for e in log.console_errors if "status of 404" not in e]

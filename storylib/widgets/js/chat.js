@@ -103,17 +103,63 @@ function render({ model, el: host }) {
     el("span", { class: "sc-figure-caption" }, line, ` drawn as “${pic.caption}”`);
   }
 
+  // 👍 / 👎 under the reply that is message `position` of the conversation (a sibling after its bubble, so the
+  // bubble's text stays the reply's); the kernel keeps the rating (Python's `ratings`)
+  // (drawn in SVG: emoji need a font that many systems lack; thumb down is thumb up turned around, in CSS)
+  const THUMBS = [[1, "up", "good reply", "chat-rate-up"], [-1, "down", "bad reply", "chat-rate-down"]];
+  const THUMB_PATH = "M2 10h4v11H2zM8 10l4-7c1.5 0 2.5 1 2 3l-1 4h6.5c1.4 0 2.3 1.3 1.9 2.6l-2.1 7c-.3.8-1 " +
+    "1.4-1.9 1.4H8z";
+  function thumbIcon(parent) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    for (const [k, v] of Object.entries({ viewBox: "0 0 24 24", width: "13", height: "13", "aria-hidden": "true",
+      focusable: "false" })) svg.setAttribute(k, v);
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", THUMB_PATH);
+    path.setAttribute("fill", "currentColor");
+    svg.append(path);
+    parent.append(svg);
+  }
+  function thumbs(bubble, position) {
+    const row = el("div", { class: "sc-rate", role: "group", "aria-label": "rate this reply",
+                            "data-position": String(position) });
+    for (const [value, way, label, testid] of THUMBS) {
+      const b = el("button", { type: "button", class: `sc-thumb sc-thumb-${way}`, "data-testid": testid,
+                               "data-value": String(value), "aria-label": label,
+                               title: `${label} (press again to clear)` }, row);
+      thumbIcon(b);
+      b.addEventListener("click", () => {
+        const now = (model.get("ratings") || {})[String(position)] || 0;
+        post("rate", { position, rating: now === value ? 0 : value });
+      });
+    }
+    bubble.after(row);
+  }
+  function drawThumbs() {
+    const ratings = model.get("ratings") || {}, st = model.get("status");
+    const busy = st === "generating" || st === "drawing";
+    for (const row of view.querySelectorAll(".sc-rate")) {
+      const rating = ratings[row.dataset.position] || 0;
+      for (const b of row.querySelectorAll("button")) {
+        b.setAttribute("aria-pressed", String(Number(b.dataset.value) === rating));
+        b.disabled = !kernel || busy;
+      }
+    }
+  }
+
   function drawStory() {
     view.replaceChildren();
     live = null;
     const story = model.get("story"), chat = model.get("mode") === "chat";
     const pictures = [...(model.get("pictures") || [])].sort((a, b) => a.at - b.at);
+    const bubbles = [];
     let offset = 0, bubble = null, next = 0;
     story.forEach((seg, i) => {
       // chat: one bubble per message (parts of one role in a row, e.g. a reply continued, are one message)
       if (chat && (!bubble || bubble.dataset.role !== seg.role)) {
         bubble = el("div", { class: `sc-bubble sc-bubble-${seg.role}`, "data-role": seg.role,
                              "data-testid": `chat-message-${seg.role}` }, view);
+        bubbles.push(bubble);
       }
       const parent = chat ? bubble : view;
       const span = () => el("span", { class: `sc-seg sc-${seg.role}`, "data-role": seg.role,
@@ -148,6 +194,10 @@ function render({ model, el: host }) {
         live = { seg: s, offset };
       }
     });
+    bubbles.forEach((b, position) => {  // a reply being told is rated once it is told
+      if (b.dataset.role === "model" && !(live && position === bubbles.length - 1)) thumbs(b, position);
+    });
+    drawThumbs();
     if (!story.length) el("span", { class: "sc-empty" }, view, MODE_TEXT[chat ? "chat" : "story"].empty);
     const notice = model.get("notice");
     if (notice) el("div", { class: "sc-notice", "data-testid": "chat-notice" }, view, notice);
@@ -186,6 +236,7 @@ function render({ model, el: host }) {
     }
     status.textContent = line;
     footer.textContent = model.get("footer");
+    drawThumbs();
   }
 
   function post(type, extra) {
@@ -258,6 +309,7 @@ function render({ model, el: host }) {
   });
   model.on("change:mode", () => { cut = null; drawStory(); drawState(); });
   for (const t of ["status", "stats", "footer", "chat_unavailable"]) model.on(`change:${t}`, drawState);
+  model.on("change:ratings", drawThumbs);
   drawStory();
   drawState();
   greetKernel(model, () => { kernel = true; drawState(); });
