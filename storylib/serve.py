@@ -23,7 +23,8 @@ pieces, in the order the book builds them:
 What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
 server in a thread or a process) is in storylib/service.py.
 
-By default the server runs Chapter 14's chat model (models/storyteller-chat) with chat_format="template":
+By default the server runs the chat model (Chapter 15's models/storyteller-rl, else Chapter 14's) with
+chat_format="template":
 /v1/chat/completions renders a conversation through Chapter 11's chat template (role tokens, <|end|>) and the
 reply is what follows <|assistant|>, up to <|end|>; /v1/completions continues plain text. A model trained on
 stories only (`--model models/storyteller`) is served with chat_format="story": a conversation is rendered as the
@@ -1236,7 +1237,7 @@ def add_arguments(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--model", dest="model_dir", default=None,
-                   help="a model folder (default: the chat model, models/storyteller-chat)")
+                   help="a model folder (default: the chat model, models/storyteller-rl, else models/storyteller-chat)")
     p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (1: no batching)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429")
     p.add_argument("--api-key", default=os.environ.get("LLM101N_API_KEY"),

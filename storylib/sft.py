@@ -567,9 +567,19 @@ def _result(model: GPT, tok: RegexTokenizer, conversations: Sequence[dict], reco
 # ----------------------------------------------------------------------------- the chat model
 
 
-def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | torch.device = "cpu",
+# The chat model the product runs: Chapter 15's (GRPO on top of Chapter 14's; bench/results/rl_h100.json) where the
+# course has it, else Chapter 14's
+CHAT_MODELS = ("models/storyteller-rl", "models/storyteller-chat")
+
+
+def default_chat_folder() -> str:
+    """The first of CHAT_MODELS that exists (here or in the course), else Chapter 14's name."""
+    return next((name for name in CHAT_MODELS if resolve_course_path(name).exists()), CHAT_MODELS[-1])
+
+
+def load_chat_model(path: str | Path | None = None, device: str | torch.device = "cpu",
                     ) -> tuple[GPT, RegexTokenizer]:
-    """(model, tokenizer) of a chat model folder, in eval mode on `device`:
+    """(model, tokenizer) of a chat model folder (default: default_chat_folder()), in eval mode on `device`:
       - an adapter (adapter_config.json, storylib.lora's files): its base model (config "base_model", e.g.
         models/storyteller; relative paths are tried beside the folder's parent, then as course files) is loaded,
         the adapter injected and loaded with storylib.lora, the chat role tokens' embedding rows put in
@@ -582,7 +592,7 @@ def load_chat_model(path: str | Path = "models/storyteller-chat", device: str | 
     from storylib.checkpoint import CheckpointError, load_model
     from storylib.lora import load_adapter, read_adapter, remove_lora
 
-    path = resolve_course_path(str(path))
+    path = resolve_course_path(str(path or default_chat_folder()))
     if (path / "adapter_config.json").exists():
         doc, _ = read_adapter(path)
         base_name = doc.get("config", {}).get("base_model") or doc["base"].get("path")

@@ -204,7 +204,8 @@ def check_mode(mode: str) -> None:
 
 
 def default_chat_model():
-    """Chapter 14's chat model (models/storyteller-chat), checked by rendering a one-line conversation (a
+    """The chat model (storylib.sft.default_chat_folder: Chapter 15's models/storyteller-rl, else Chapter 14's
+    models/storyteller-chat), checked by rendering a one-line conversation (a
     learner's unfinished template or windowing fails here, before anyone types). Raises what fails (see
     chat_unavailable)."""
     from storylib.sft import load_chat_model as load
@@ -666,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "else models/illustrator)")
     p.add_argument("--images", default=".", help="where /illustrate saves its pictures (default: this folder)")
     p.add_argument("--model", help="an exported model folder (llm101n train export), for both modes; default "
-                                   "models/storyteller-chat (chat), models/storyteller (story)")
+                                   "models/storyteller-rl, else -chat (chat), models/storyteller (story)")
     args = p.parse_args(argv)
     sampling = Sampling(args.temperature, args.max_tokens, args.top_k, None if args.top_p == 1 else args.top_p,
                         args.seed)

@@ -532,7 +532,7 @@ model cannot take either request: it gets its best chance instead, a story *open
 (`story_prompt`: "Once upon a time, there was a cat named Tom.") to continue, checked by the same rules.
 """)
 code("""
-chat, _ = sft.load_chat_model()
+chat, _ = sft.load_chat_model("models/storyteller-chat")
 
 def brief(checks):
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in checks.items() if v is not None}
