@@ -36,6 +36,7 @@ def check_static_chat(page, story: list[dict] | None = None) -> None:
         expect(chat).to_have_attribute("data-mode", "chat")
         assert user == list(FIRST_TURNS["chat"]), (
             f"the book should show the chat model's conversation (is models/storyteller-chat there?): {user}")
+        told = chat.locator('[data-testid="chat-message-model"]').all_text_contents()  # a picture splits a reply's text
         assert len(told) == 2 and all(len(t) > 50 for t in told), told
         # and the picture drawn for it at build time (StoryChat(illustrate=True)), under the story's words
         picture = chat.locator('[data-testid="chat-picture"] img')
