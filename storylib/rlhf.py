@@ -98,9 +98,7 @@ def reply_batch(prompts: Sequence[Sequence[int]], replies: Sequence[Reply], end_
 
 def reply_logprobs(model: GPT, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(y[b, t] | x[b, :t+1]) (B, T) in float32, from the logits / temperature (rl.token_logprobs)."""
-    with amp(x.device):
-        logits, _ = model(x)
-    return rl.token_logprobs(logits.float() / temperature, y)
+    return rl.token_logprobs(_logits(model, x, temperature), y)
 
 
 def pair_rows(pair: dict, tok: RegexTokenizer, block_size: int) -> tuple[list[int], Reply, Reply] | None:

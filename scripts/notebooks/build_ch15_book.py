@@ -709,9 +709,10 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
 
     The reward model is the weak link here. It fits its training pairs, but on held-out pairs it does little
     better than a coin, and its scores on fresh replies hardly follow the rules' reward (the correlations printed
-    above). A reward model needs many more pairs than our {n} to learn what a rule sees at once, such as whether a
-    word is in the story; on the toy, where the reward model could see the words, it learnt them in fifty steps.
-    """.replace("{n}", "few thousand"))
+    above). A reward model needs many more pairs than the ones printed above to learn what a rule sees at once,
+    such as whether a word is in the story; on the toy, where the reward model could see the words, it learnt them
+    in fifty steps.
+    """)
     code("""
     best = R["best"]
     if best:
