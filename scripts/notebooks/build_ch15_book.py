@@ -661,7 +661,7 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
     The same methods, at the storyteller's size, ran on one GPU (`bench/rl.py`; its results are
     `bench/results/rl_h100.json`). The policy is the chat storyteller with a fresh LoRA adapter (Chapter 14), the
     reference is the chat storyteller itself, every reply is sampled with Chapter 12's KV cache, and every update
-    is Chapter 7's AdamW step. Preferences came from the rules of §15.1: four replies to each of the training
+    is Chapter 7's AdamW step. Preferences came from the rules of §15.1: k sampled replies to each of the training
     requests, made from training stories.
     """)
     code("""
