@@ -99,6 +99,13 @@ class KVCache:
         view.k, view.v, view.lengths = self.k[:, :n], self.v[:, :n], self.lengths[:n]
         return view
 
+    def select(self, index: torch.Tensor) -> KVCache:
+        """A new cache holding only the rows `index` (B',) of this one, in that order (copies, not views):
+        generate_batch keeps decoding only the rows that have not stopped."""
+        out = copy.copy(self)
+        out.k, out.v, out.lengths = self.k[:, index], self.v[:, index], self.lengths[index]
+        return out
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write new keys and values into one layer; return its filled prefix.  (exercise ch12.cache_update)
 
@@ -433,7 +440,9 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
 
     The prompts are right-padded with pad_id (the storyteller's <|pad|>; any id works, pads are never attended)
     into one (B, max_len) batch and prefilled together; each row then decodes from its own length. Greedy
-    (temperature 0), every row gets the tokens it would get alone. Needs max(len) + max_new_tokens <= block_size.
+    (temperature 0), every row gets the tokens it would get alone. Once half the rows have stopped, the cache
+    keeps only the others (KVCache.select): a stopped row would cost as much work as a live one. Needs
+    max(len) + max_new_tokens <= block_size.
     """
     _check_sampling(temperature, top_k, top_p, repetition_penalty)
     B, lens = len(prompts), [len(p) for p in prompts]
@@ -464,10 +473,11 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
     ### END SOLUTION
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
+    live = list(range(B))  # the prompt each row of the batch (and of the cache) belongs to
     for step in range(max_new_tokens):
         nxt = sample(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, generator=generator)
-        for i, t in enumerate(nxt.tolist()):
+        for i, t in zip(live, nxt.tolist(), strict=True):
             if not done[i]:
                 done[i] = t in stop_ids
                 if not done[i]:
@@ -475,7 +485,12 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
         if all(done) or step == max_new_tokens - 1:
             break
         if seen is not None:
-            seen[torch.arange(B, device=device), nxt] = True
+            seen[torch.arange(len(live), device=device), nxt] = True
+        going = [j for j, i in enumerate(live) if not done[i]]
+        if len(going) <= len(live) // 2:  # a stopped row costs as much as a live one: drop them, halving the work
+            keep = torch.tensor(going, device=device)
+            cache, nxt, live = cache.select(keep), nxt[keep], [live[j] for j in going]
+            seen = seen[keep] if seen is not None else None
         logits = forward_cached(model, nxt[:, None], cache)[:, -1]  # every row decodes from its own length
     return out
 
