@@ -6,8 +6,8 @@ reward (and PPO without KL: reward hacking), on held-out prompts, on one GPU.
     RL_PPO_STEPS=60 ... python bench/rl.py  # any size in SIZES, by name, from the environment
 
 Stages (each prints its progress and seconds, writes its files into $OUT at once, and reads what earlier stages
-wrote there, so a run can be split over calls: on an H100 `--stages prefs,rm,ppo` (~5-7 min), then
-`--stages dpo,grpo,hack,eval` (~5-7 min) with $OUT's files carried over; PPO, GRPO and the hacking run also stop
+wrote there, so a run can be split over calls: on an H100 `--stages prefs,rm,dpo,ppo` (~8 min), then
+`--stages grpo,hack,eval` (~7 min) with $OUT's files carried over; PPO, GRPO and the hacking run also stop
 at RL_PPO_SECONDS / RL_GRPO_SECONDS / RL_HACK_SECONDS of training):
   prefs  training prompts (the create/refine turns of conversations made from TRAINING stories, storylib.
          conversations.split_conversations) and held-out prompts (the conversations of the first N validation
@@ -43,16 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SIZES = {  # the GPU run; RL_SCALE=tiny: the CPU smoke run
-    "full": dict(seed=0, n_train_stories=1400, n_train_tasks=2000, k=4, min_gap=0.1, n_heldout=300, n_plain=500,
-                 gen_batch=512, eval_batch=128, max_new_tokens=480, rollout_tokens=384, rl_max_prompt=256,
-                 rm_steps=400, rm_batch=32, rm_lr=5e-5,
+    "full": dict(seed=0, n_train_stories=2000, n_train_tasks=3000, k=4, min_gap=0.1, n_heldout=300, n_plain=500,
+                 gen_batch=1024, eval_batch=128, max_new_tokens=480, rollout_tokens=384, rl_max_prompt=256,
+                 rm_steps=500, rm_batch=32, rm_lr=5e-5,
                  dpo_steps=250, dpo_batch=32, dpo_lr=2e-4, dpo_beta=0.1,
                  lora_r=8, lora_alpha=16.0,
-                 ppo_steps=50, ppo_prompts=128, ppo_minibatch=32, ppo_epochs=2, ppo_lr=2e-4, ppo_kl=0.05,
-                 ppo_seconds=180,
-                 grpo_steps=40, grpo_prompts=48, grpo_group=4, grpo_minibatch=32, grpo_epochs=2, grpo_lr=2e-4,
-                 grpo_kl=0.04, grpo_seconds=180,
-                 hack_steps=40, hack_prompts=64, hack_lr=6e-4, hack_seconds=110,
+                 ppo_steps=60, ppo_prompts=256, ppo_minibatch=64, ppo_epochs=2, ppo_lr=2e-4, ppo_kl=0.05,
+                 ppo_seconds=100,
+                 grpo_steps=60, grpo_prompts=64, grpo_group=8, grpo_minibatch=64, grpo_epochs=2, grpo_lr=3e-4,
+                 grpo_kl=0.05, grpo_seconds=220,
+                 hack_steps=40, hack_prompts=128, hack_lr=6e-4, hack_seconds=45,
                  kl_budget=10.0, bpb_drift=0.05),
     "tiny": dict(seed=0, n_train_stories=16, n_train_tasks=6, k=2, min_gap=0.0, n_heldout=3, n_plain=3,
                  gen_batch=16, eval_batch=8, max_new_tokens=20, rollout_tokens=16, rl_max_prompt=256,
@@ -393,6 +393,96 @@ def stage_eval(b: Bench) -> None:
     b.stage("eval", {"best": best, "n_heldout_tasks": len(tasks), "n_plain_stories": len(plain)}, time.time() - t)
 
 
+# ----------------------------------------------------------------------------- the shipped model's card
+
+LABELS = {"sft": "SFT (models/storyteller-chat)", "dpo": "DPO", "ppo": "PPO on the reward model",
+          "grpo": "GRPO on the rules", "ppo_no_kl": "PPO on the reward model, no KL (not shipped)"}
+METHOD_TEXT = {
+    "grpo": "trained by **GRPO** (`storylib.rlhf.train_grpo`) on the programmatic reward of "
+            "`storylib.preferences.reward` (Chapter 14's rules as one number in [0, 1])",
+    "ppo": "trained by **PPO** (`storylib.rlhf.train_ppo`) on Chapter 15's learned reward model, with a KL leash",
+    "dpo": "trained by **DPO** (`storylib.rlhf.train_dpo`) on preference pairs ranked by the programmatic reward",
+}
+
+FILES = ("`adapter.safetensors`, `adapter_config.json` (rank, α, layers, `base_model` = `models/storyteller-chat`), "
+         "`SHA256SUMS` (checked on every load)")
+LOAD = ("`storylib.sft.load_chat_model(\"models/storyteller-rl\")`: the chat model (its adapter merged), then this "
+        "adapter, merged (safetensors only)")
+
+
+def model_card(results: dict) -> str:
+    """MODEL_CARD.md of the shipped RL adapter (results["best"]), every number from the results file."""
+    best, table, S = results["best"], results["table"], results["settings"]
+    stage = results["stages"][best]
+    if best == "grpo":
+        how = (f"GRPO ran {stage['steps_done']} steps of {S['grpo_prompts']} training requests × {S['grpo_group']} "
+               f"replies (temperature 1, up to {S['rollout_tokens']} tokens), KL coefficient {S['grpo_kl']} ($k_3$ in "
+               f"the loss), lr {S['grpo_lr']}, {stage['train_seconds']:.0f} s.")
+    elif best == "ppo":
+        how = (f"PPO ran {stage['steps_done']} steps of {S['ppo_prompts']} training requests (temperature 1, up to "
+               f"{S['rollout_tokens']} tokens), KL coefficient {S['ppo_kl']} ($k_1$ in the reward), lr {S['ppo_lr']}, "
+               f"{stage['train_seconds']:.0f} s.")
+    else:
+        pr = results["stages"]["prefs"]["train"]
+        how = (f"DPO ran {S['dpo_steps']} steps of {S['dpo_batch']} pairs, β = {S['dpo_beta']}, lr {S['dpo_lr']}, "
+               f"{stage['train_seconds']:.0f} s, on {pr['pairs']:,} preference pairs: {S['k']} replies of the SFT "
+               f"model to each of {pr['tasks']:,} training requests, every two at least {S['min_gap']} apart in "
+               f"programmatic reward.")
+    rows = ["| method | mean reward | vs SFT | all rules met | KL / reply | plain bits/byte (drift) | GPU min |",
+            "|---|---|---|---|---|---|---|"]
+    for name, ev in table.items():
+        label = f"**{LABELS[name]} (this model)**" if name == best else LABELS[name]
+        rows.append(f"| {label} | {ev['reward']:.3f} | {100 * ev['reward_gain_rel']:+.1f}% | {ev['ok_rate']:.3f} | "
+                    f"{ev['kl_reply']:.2f} | {ev['plain_bpb']:.4f} ({ev['bpb_drift']:+.4f}) | "
+                    f"{ev['gpu_minutes']:.2f} |")
+    rules = ["| rule (pass rate) | SFT | this model |", "|---|---|---|"]
+    rules += [f"| {k} | {v:.3f} | {table[best]['rules'][k]:.3f} |" for k, v in table["sft"]["rules"].items()]
+    ev, base = table[best], table["sft"]
+    worse = [f"{k} {base['rules'][k]:.3f} → {ev['rules'][k]:.3f}" for k in base["rules"]
+             if k != "repeated_ngram_rate" and ev["rules"][k] < base["rules"][k] - 0.02]
+    met = "meets" if ev["goal_met"] else "does not meet"
+    worse_text = f" Some rules got worse: {', '.join(worse)}." if worse else ""
+    lora = results["settings"]
+    return f"""# The chat storyteller after RL ({best.upper()}) — model card
+
+Chapter 15's chat storyteller: Chapter 14's chat model (`models/storyteller-chat`, itself a LoRA adapter on
+`models/storyteller`) with a second **LoRA adapter of rank {lora['lora_r']}** (α = {lora['lora_alpha']}, every `c_attn`,
+`c_proj`, `c_fc` of the blocks) {METHOD_TEXT[best]}. It is the course's default chat model
+(`storylib.sft.default_chat_folder`): the chat widget, `llm101n chat`, the web app and the API run it.
+
+| | |
+|---|---|
+| files | {FILES} |
+| load | {LOAD} |
+| licence | **CDLA-Sharing-1.0** (derived from TinyStories). Code: MIT |
+
+## How it was trained
+
+`python bench/rl.py` on one {results['card']} ({results['date'][:10]}, torch {results['torch']}), in two calls
+(`--stages prefs,rm,dpo,ppo`, then `--stages grpo,hack,eval`; the card: `python bench/rl.py --card DIR`). {how}
+The training requests are turns of conversations made by Chapter 14's rules from training stories.
+
+## Evaluation
+
+`storylib.rlhf.evaluate_policy` on {ev['n']} held-out requests (conversations made by the same rules from the first
+{S['n_heldout']} **validation** stories; no training step saw them), one reply each, sampled as users get them
+(`storylib.sft.CHAT_SAMPLING`). KL per reply: $k_3$ to the SFT model on the policy's own replies, in nats. Bits per
+byte on {S['n_plain']} plain validation stories. Everything: `bench/results/rl_h100.json`.
+
+{chr(10).join(rows)}
+
+{chr(10).join(rules)}
+
+## Limitations — read this first
+
+This model {met} the course's goal for the run (+20% mean reward over SFT, or half the gap to a perfect reward,
+within {S['kl_budget']:.0f} nats of KL per reply and {S['bpb_drift']} bits/byte of drift):
+{100 * ev['reward_gain_rel']:+.1f}% and {100 * ev['gap_closed']:.0f}% of the gap.{worse_text}
+Its English is TinyStories', it repeats itself and loses track of who is who, like the models it starts from. Not for
+any use beyond learning.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
@@ -400,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the TinyStories folder (default: $STORYLIB_DATA, else shared/data/tinystories)")
     p.add_argument("--chat", default="models/storyteller-chat", help="the SFT chat model (Chapter 14's)")
     p.add_argument("--out", default=os.environ.get("OUT") or "_build/rl")
+    p.add_argument("--card", metavar="DIR", help="only write DIR/MODEL_CARD.md from bench/results/rl_h100.json")
     args = p.parse_args(argv)
+    if args.card:
+        results = json.loads((ROOT / "bench" / "results" / "rl_h100.json").read_text())
+        (Path(args.card) / "MODEL_CARD.md").write_text(model_card(results))
+        return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad:

@@ -567,7 +567,7 @@ def _result(model: GPT, tok: RegexTokenizer, conversations: Sequence[dict], reco
 # ----------------------------------------------------------------------------- the chat model
 
 
-# The chat model the product runs: Chapter 15's (GRPO on top of Chapter 14's; bench/results/rl_h100.json) where the
+# The chat model the product runs: Chapter 15's (DPO on top of Chapter 14's; bench/results/rl_h100.json) where the
 # course has it, else Chapter 14's
 CHAT_MODELS = ("models/storyteller-rl", "models/storyteller-chat")
 
