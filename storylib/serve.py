@@ -5,9 +5,10 @@ slow readers, people who leave mid-answer, malformed or hostile requests, more r
 pieces, in the order the book builds them:
 
     sse_event           one server-sent event, as the bytes on the wire                    (exercise ch16.sse)
-    read_json_body      the request body: size limit, strict UTF-8, JSON, an object
+    read_json_body      the request body: size limit, strict UTF-8, JSON, an object, no lone surrogates
     check_sampling      the sampling parameters of a request, checked and normalised      (exercise ch16.validate)
     check_messages      a chat's messages, checked
+    check_generation    the rest of a request: the seed's range, OpenAI's fields this server cannot honour (refused)
     GenRequest, Engine  continuous batching over the Chapter 12 KV cache: one thread owns the model; requests
                         wait in a bounded queue, join a free row of the batch cache between decode steps and
                         leave it when done           (exercises ch16.admit and ch16.step)
@@ -21,7 +22,12 @@ pieces, in the order the book builds them:
                         the ratings of their replies), /api/preferences and the web app at /
 
 What a service needs around the lesson (the conversations in SQLite, /metrics' counters, the API key, starting a
-server in a thread or a process) is in storylib/service.py.
+server in a thread or a process) is in storylib/service.py. There too, what keeps pages on other sites out: a
+request must name this server (an IP address, localhost, --host or --allowed-host: else 421), a POST, PUT, PATCH or
+DELETE from a browser must come from its own page or a --cors-origin (else 403), and a body must be
+application/json (else 415); every response says Content-Security-Policy, nosniff and no framing. With
+`--users FILE` each user has a key of their own (kept hashed) and conversations of their own: another user's
+conversation answers 404 (owned_conversation); an admin may list the users (GET /api/users).
 
 By default the server runs the chat model (Chapter 15's models/storyteller-rl, else Chapter 14's) with
 chat_format="template":
@@ -38,6 +44,13 @@ request may ask for truncation "auto" (as in OpenAI's Responses API; the web app
 do not fit are dropped first (storylib.storyteller.fit_for_reply), and without max_tokens the reply may use what is
 left of the context (up to Limits.max_tokens).
 
+Errors have OpenAI's shape everywhere, {"error": {"message", "type", "param", "code"}}: a field out of range (a seed
+is an integer in 0..2^63-1), text that is not text (a lone surrogate escaped in the JSON) or an OpenAI parameter this
+server does not implement (tools, response_format other than text, echo, logit_bias, ...: refused, never ignored) is
+a 400 naming the field; unknown routes are 404, wrong methods 405; a bug is a 500 that says no more (the traceback
+goes to the server's log). A chat reply that is not streamed can carry logprobs (top_logprobs: 0 to 5), those of the
+distribution each token was drawn from.
+
 Pictures (Chapter 17): POST /v1/images/generations is OpenAI's Images API for the illustrator: a sentence or a whole
 story in, the most drawable sentence drawn (storylib.illustrate), the PNG back as b64_json with the caption drawn
 as revised_prompt. POST /api/conversations/{id}/messages/{position}/illustration draws a stored storyteller message
@@ -51,7 +64,7 @@ storyteller reply 👍 / 👎 (0 clears); the conversation's JSON gives each rat
 regenerated one, the "alternatives" it replaced (kept, and rated the same way with "content"). GET
 /api/preferences downloads them as preference pairs (JSONL, as `llm101n prefs export` writes; storylib.prefs).
 
-    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY] [--db PATH] [--illustrator PATH]
+    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY | --users FILE] [--db PATH] [--illustrator PATH]
                                                                                    (see `llm101n serve --help`)
 """
 
@@ -76,14 +89,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storylib.chat_template import check_conversation, render_chat
 from storylib.fastbpe import encode_ordinary
-from storylib.kvcache import KVCache, StreamDecoder, forward_cached, sample
-from storylib.service import ConversationStore, Guard, Metrics, NotFound, Refused, StoreError, default_db_path
+from storylib.kvcache import KVCache, StreamDecoder, forward_cached, process_logits, sample
+from storylib.service import (
+    ConversationStore,
+    Guard,
+    Metrics,
+    NotFound,
+    Refused,
+    StoreError,
+    Users,
+    UsersError,
+    default_db_path,
+)
 from storylib.tokenizer import eot_id
 
 WEBAPP = Path(__file__).resolve().parent / "webapp"  # index.html, app.js, style.css: found next to this file
@@ -132,8 +157,8 @@ class RequestError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
-                503: "server_error"}.get(self.status, "invalid_request_error")
+        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+        kind = kinds.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -161,7 +186,7 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_number(x: Any) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+    return _is_int(x) or (isinstance(x, float) and math.isfinite(x))  # an int is finite (isfinite(10**400) raises)
 
 
 def check_sampling(body: dict, limits: Limits) -> dict:
@@ -239,6 +264,103 @@ def check_messages(body: dict, limits: Limits) -> list[dict]:
     return out
 
 
+def _only(*values: Any) -> Callable[[Any], bool]:
+    """A field's values that ask for nothing this server does not do (of the same JSON type: false is not 0)."""
+    return lambda v: any(type(v) is type(x) and v == x for x in values)
+
+
+_NEVER, _TOOLS = _only(), "function calling is not implemented: the storyteller answers with text"
+_PENALTIES = (_only(0, 0.0), "repetition penalties are not implemented (0 is accepted)")
+_LOGIT_BIAS = (_only({}), "logit_bias is not implemented ({} is accepted)")
+# OpenAI's fields that this server cannot honour, per endpoint: name -> (the values accepted as no-ops, why not).
+CHAT_UNSUPPORTED = {
+    "tools": (_NEVER, _TOOLS), "tool_choice": (_NEVER, _TOOLS), "parallel_tool_calls": (_NEVER, _TOOLS),
+    "functions": (_NEVER, _TOOLS), "function_call": (_NEVER, _TOOLS),
+    "response_format": (_only({"type": "text"}), 'the storyteller cannot promise JSON ({"type": "text"} is accepted)'),
+    "logit_bias": _LOGIT_BIAS, "frequency_penalty": _PENALTIES, "presence_penalty": _PENALTIES,
+    "audio": (_NEVER, "the storyteller writes, it does not speak"),
+    "modalities": (_only(["text"]), 'the storyteller writes text only (["text"] is accepted)'),
+    "prediction": (_NEVER, "predicted outputs are not implemented"),
+    "reasoning_effort": (_NEVER, "the storyteller is not a reasoning model"),
+    "verbosity": (_NEVER, "not implemented"),
+    "web_search_options": (_NEVER, "the storyteller cannot search the web"),
+    "service_tier": (_only("auto", "default"), 'this server has one tier ("auto" and "default" are accepted)'),
+}
+COMPLETION_UNSUPPORTED = {
+    "echo": (_only(False), "echoing the prompt is not implemented (false is accepted)"),
+    "best_of": (_only(1), "one completion is generated per request (1 is accepted)"),
+    "suffix": (_only(""), "inserting text before a suffix is not implemented"),
+    "logprobs": (_NEVER, "log-probabilities are not implemented on /v1/completions"),
+    "logit_bias": _LOGIT_BIAS, "frequency_penalty": _PENALTIES, "presence_penalty": _PENALTIES,
+}
+IMAGE_UNSUPPORTED = {
+    "quality": (_only("auto", "standard"), 'the illustrator has one quality ("auto" and "standard" are accepted)'),
+    "style": (_NEVER, "the illustrator has one style"),
+    "background": (_only("auto"), 'transparent backgrounds are not implemented ("auto" is accepted)'),
+    "output_format": (_only("png"), 'pictures are PNG ("png" is accepted)'),
+    "output_compression": (_NEVER, "pictures are PNG, not compressed"),
+    "moderation": (_only("auto", "low"), 'this server has no moderation levels ("auto" and "low" are accepted)'),
+    "partial_images": (_only(0), "pictures are sent whole (0 is accepted)"),
+    "stream": (_only(False), "pictures are sent whole (false is accepted)"),
+}
+NO_OPS = {"user": str, "metadata": dict, "store": bool, "prompt_cache_key": str, "safety_identifier": str}
+
+
+def check_openai_fields(body: dict, unsupported: dict) -> None:
+    """Refuse what a request asks for that this server does not do, rather than ignore it: a 400 naming the first
+    of `unsupported`'s fields given (not null) with a value other than its no-ops (code "unsupported_parameter").
+    The fields OpenAI accepts and this server ignores (NO_OPS: user, metadata, store, ...) must have their type.
+    Other fields, OpenAI's own ones that are checked elsewhere or unknown ones, are left to the caller."""
+    for name, (accepted, why) in unsupported.items():
+        value = body.get(name)
+        if value is not None and not accepted(value):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise RequestError(400, f"'{name}' is not supported by this server: {why}; got {shown}", name,
+                               "unsupported_parameter")
+    for name, kind in NO_OPS.items():
+        if body.get(name) is not None and not isinstance(body[name], kind):
+            what = {str: "a string", dict: "an object", bool: "true or false"}[kind]
+            raise RequestError(400, f"'{name}' must be {what}", name)
+
+
+MAX_TOP_LOGPROBS = 5  # as OpenAI's chat models (0..20 there)
+
+
+def check_logprobs(body: dict, stream: bool) -> int | None:
+    """A chat request's logprobs (a bool) and top_logprobs (an int in 0..MAX_TOP_LOGPROBS, only with logprobs):
+    how many alternatives to give with each token, or None when logprobs are not asked for. Streamed replies have
+    none (a 400: the streaming chunks carry text only)."""
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError(400, f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
+    if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise RequestError(400, f"'top_logprobs' must be an integer in 0..{MAX_TOP_LOGPROBS}, got {top!r}",
+                           "top_logprobs")
+    if top is not None and not logprobs:
+        raise RequestError(400, "'top_logprobs' needs logprobs: true", "top_logprobs")
+    if logprobs and stream:
+        raise RequestError(400, "'logprobs' are given with whole replies only (stream: false)", "logprobs")
+    return (top or 0) if logprobs else None
+
+
+def check_generation(body: dict, limits: Limits, unsupported: dict) -> dict:
+    """check_sampling(body, limits), and what a request to generate needs beyond it, all before anything starts (a
+    stream included): the fields in `unsupported` refused (check_openai_fields), the seed in 0..MAX_SEED (a torch
+    generator's seed is 64 bits), stream_options an object ({"include_usage": bool}) and only with stream: true."""
+    check_openai_fields(body, unsupported)
+    params = check_sampling(body, limits)
+    if params["seed"] is not None and not 0 <= params["seed"] <= MAX_SEED:
+        raise RequestError(400, f"'seed' must be an integer in 0..{MAX_SEED}, got {params['seed']!r}", "seed")
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
+            raise RequestError(400, "'stream_options' must be an object {\"include_usage\": true or false}",
+                               "stream_options")
+        if not params["stream"]:
+            raise RequestError(400, "'stream_options' is only allowed with stream: true", "stream_options")
+    return params
+
+
 async def read_json_body(receive_chunks: AsyncIterator[bytes], content_length: str | None, limits: Limits) -> dict:
     """A request body as a JSON object: 413 if larger than limits.max_body_bytes (by its Content-Length or while
     reading), 400 for bytes that are not UTF-8, text that is not JSON (NaN and Infinity included) or not an object.
@@ -264,7 +386,34 @@ async def read_json_body(receive_chunks: AsyncIterator[bytes], content_length: s
         raise RequestError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    where = invalid_text(body)
+    if where is not None:
+        raise RequestError(400, f"{where} is not valid text: it holds a lone UTF-16 surrogate (a JSON escape "
+                                "\\ud800 to \\udfff that is not half of a pair), which is no character", where)
     return body
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def invalid_text(value: Any, path: str = "") -> str | None:
+    """Where a parsed JSON value holds a string (or an object's key) with a lone surrogate, e.g. "messages[0].content"
+    ("body" for the body itself), else None. JSON may escape one ("\\ud800"); it is no character, so no UTF-8 can
+    encode it and nothing downstream (the tokenizer, SQLite, the JSON answer) could take it. Valid UTF-8 bytes never
+    decode to one, and an escaped pair (an emoji) decodes to its character. Iterative: as deep as json.loads went."""
+    todo = [(value, path)]
+    while todo:
+        v, where = todo.pop()
+        if isinstance(v, str) and _SURROGATE.search(v):
+            return where or "body"
+        if isinstance(v, dict):
+            for k, x in reversed(v.items()):
+                if _SURROGATE.search(k):  # a key: named with its surrogates escaped, so the answer can say it
+                    return f"{where}.{ascii(k)[1:-1]}" if where else ascii(k)[1:-1]
+                todo.append((x, f"{where}.{k}" if where else k))
+        elif isinstance(v, list):
+            todo.extend((x, f"{where}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
 
 
 # ----------------------------------------------------------------------------- continuous batching
@@ -279,7 +428,8 @@ class GenRequest:
     """One generation: prompt ids in, events out through emit (called from the engine's thread).
 
     Events are ("text", piece) as the text becomes certain, then one ("done", finish_reason) with finish_reason
-    "stop" (an end token or a stop string), "length" (max_tokens) or "cancelled".
+    "stop" (an end token or a stop string), "length" (max_tokens) or "cancelled". With logprobs = k (0..5), each
+    new token's log-probability and its k likeliest alternatives go to token_logprobs (Engine._logprobs).
     """
 
     prompt_ids: list[int]
@@ -294,6 +444,8 @@ class GenRequest:
     finish_reason: str | None = None
     submitted: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    logprobs: int | None = None  # None: not asked for
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # one per token
 
 
 @dataclass
@@ -304,6 +456,7 @@ class Row:
     decoder: StreamDecoder
     generator: torch.Generator
     last: int = -1
+    logprobs: tuple | None = None  # the newest sampled token's (Engine._logprobs), until _deliver keeps it
 
 
 class Engine:
@@ -386,6 +539,8 @@ class Engine:
             req.finish_reason = "stop"
             return
         req.tokens.append(token)
+        if req.logprobs is not None:
+            req.token_logprobs.append(row.logprobs)
         self.stats["tokens"] += 1
         row.last = token
         piece = row.decoder.push(token)
@@ -397,11 +552,28 @@ class Engine:
             req.finish_reason = "length"
 
     def _sample(self, logits: torch.Tensor, row: Row) -> int:
-        """The next token of one row from its logits (1, V), with the row's own settings and generator."""
+        """The next token of one row from its logits (1, V), with the row's own settings and generator (and its
+        log-probabilities in row.logprobs when the request asks for them)."""
         req = row.req
         top_p = req.top_p if req.top_p < 1 else None
         logits = logits.masked_fill(self.banned, float("-inf"))
-        return int(sample(logits, temperature=req.temperature, top_p=top_p, generator=row.generator)[0])
+        token = int(sample(logits, temperature=req.temperature, top_p=top_p, generator=row.generator)[0])
+        if req.logprobs is not None:
+            row.logprobs = self._logprobs(logits, req, token)
+        return token
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, req: GenRequest, token: int) -> tuple[float, list[tuple[int, float]]]:
+        """(log-probability of token, [(id, log-probability)] of the req.logprobs likeliest tokens, likeliest first)
+        under the distribution the token was drawn from: softmax(process_logits) of logits (1, V), with the
+        request's temperature and top_p (tokens top_p cut have none and are not listed). A greedy pick (temperature
+        0) has no distribution: it is scored under the model's own, temperature 1."""
+        top_p = req.top_p if req.top_p < 1 else None
+        z = logits if req.temperature == 0 else process_logits(logits, temperature=req.temperature, top_p=top_p)
+        logp = z[0].double().log_softmax(-1)
+        values, ids = logp.topk(min(req.logprobs, logp.numel()))
+        top = [(int(i), float(v)) for i, v in zip(ids, values, strict=True) if math.isfinite(v)]
+        return float(logp[token]), top
 
     def _new_row(self, req: GenRequest) -> Row:
         generator = torch.Generator(device=self.device)
@@ -662,10 +834,10 @@ class Reply:
             if event[0] in ("done", "error"):
                 return
 
-    def json_body(self, text: str, reason: str) -> dict:
-        """The whole reply as OpenAI's JSON (a chat.completion or a text_completion)."""
+    def json_body(self, text: str, reason: str, logprobs: dict | None = None) -> dict:
+        """The whole reply as OpenAI's JSON (a chat.completion or a text_completion), with a chat's logprobs."""
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                   "logprobs": None} if self.chat else
+                   "logprobs": logprobs} if self.chat else
                   {"index": 0, "text": text, "finish_reason": reason, "logprobs": None})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage()}
@@ -683,7 +855,7 @@ def start_reply(engine: Engine, prompt_ids: list[int], max_tokens: int, params: 
             pass
 
     req = GenRequest(prompt_ids, max_tokens, params["temperature"], params["top_p"], params["stop"], params["seed"],
-                     emit=emit)
+                     emit=emit, logprobs=params.get("logprobs"))
     try:
         engine.submit(req)
     except QueueFull:
@@ -704,26 +876,50 @@ async def sse_reply(reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
         reply.req.cancelled = reply.req.cancelled or reply.req.finish_reason is None
 
 
+async def _client_left(request: Request, reply: Reply) -> None:
+    """Wait until the client of a whole reply leaves, then cancel its generation (the engine retires the row before
+    its next decode step) and tell whole_reply. The body is read already: the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    reply.req.cancelled = True
+    reply.events.put_nowait(("gone", None))
+
+
 async def whole_reply(request: Request, reply: Reply) -> Response | dict:
-    """The reply in one JSON response once it is done; a client that leaves meanwhile ends the generation (499)."""
+    """The reply in one JSON response once it is done; a client that leaves meanwhile ends the generation at once
+    (499), as a stream's does."""
     text, reason = [], None
+    watcher = asyncio.create_task(_client_left(request, reply))
     try:
         while reason is None:
-            try:
-                kind, value = await asyncio.wait_for(reply.events.get(), timeout=0.5)
-            except TimeoutError:  # no event for a while: is anyone still waiting for it?
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                continue
+            kind, value = await reply.events.get()
+            if kind == "gone":
+                return Response(status_code=499)
             if kind == "error":
-                return JSONResponse({"error": {"message": value, "type": "server_error"}}, status_code=500)
+                return _error(500, value)
             if kind == "text":
                 text.append(value)
             else:
                 reason = value
     finally:
+        watcher.cancel()
         reply.req.cancelled = reply.req.cancelled or reason is None
-    return reply.json_body("".join(text), reason)
+    return reply.json_body("".join(text), reason, logprobs_json(reply.req, request.app.state.tokenizer))
+
+
+def logprobs_json(req: GenRequest, tokenizer) -> dict | None:
+    """A chat reply's logprobs as OpenAI gives them: {"content": [{"token", "logprob", "bytes", "top_logprobs":
+    [{"token", "logprob", "bytes"}]}], "refusal": None}, one entry per new token; None when not asked for. A token
+    that is part of a character (a byte of an emoji) has its bytes, and U+FFFD in its text."""
+    if req.logprobs is None:
+        return None
+
+    def entry(token: int, logprob: float) -> dict:
+        raw = tokenizer.vocab[token]
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]}
+                        for t, (lp, top) in zip(req.tokens, req.token_logprobs, strict=True)], "refusal": None}
 
 
 async def respond(request: Request, body: dict, prompt_ids: list[int], params: dict, chat: bool):
@@ -766,7 +962,9 @@ def check_image_request(body: dict, limits: Limits) -> dict:
     """An Images API request (POST /v1/images/generations): prompt (required: a sentence or a whole story, at most
     limits.max_content_chars characters), n (1 only), size (IMAGE_SIZES, default 256x256), response_format
     ("b64_json" only: this server keeps no files to link to), model ("illustrator" if given), and check_drawing's
-    fields. Returns {"prompt", "size": int, "seed", "steps", "guidance"}; a 400 (404 for another model) otherwise."""
+    fields; OpenAI's fields it cannot honour are refused (IMAGE_UNSUPPORTED). Returns {"prompt", "size": int, "seed",
+    "steps", "guidance"}; a 400 (404 for another model) otherwise."""
+    check_openai_fields(body, IMAGE_UNSUPPORTED)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError(400, "'prompt' must be a non-empty string (a sentence or a story)", "prompt")
@@ -870,8 +1068,8 @@ _SAMPLING = {
     "stream_options": {"type": ["object", "null"]},
 }
 CHAT_SCHEMA = _schema({**_SAMPLING, "messages": {"type": "array", "items": {"type": "object", "properties": {
-    "role": {"type": "string"}, "content": {"type": "string"}}}}, "truncation": {"type": ["string", "null"]}},
-    ["messages"])
+    "role": {"type": "string"}, "content": {"type": "string"}}}}, "truncation": {"type": ["string", "null"]},
+    "logprobs": {"type": ["boolean", "null"]}, "top_logprobs": {"type": ["integer", "null"]}}, ["messages"])
 COMPLETION_SCHEMA = _schema({**_SAMPLING, "prompt": {"anyOf": [{"type": "string"},
                                                                {"type": "array", "items": {"type": "string"}}]}},
                             ["prompt"])
@@ -913,7 +1111,9 @@ async def chat_completions(request: Request):
     it ends at a special token (<|end|>, <|endoftext|>, ...) or a stop string."""
     state, body = request.app.state, await read_body(request)
     check_model(body, state.model_id)
-    params, messages = check_sampling(body, state.limits), check_messages(body, state.limits)
+    params = check_generation(body, state.limits, CHAT_UNSUPPORTED)
+    params["logprobs"] = check_logprobs(body, params["stream"])
+    messages = check_messages(body, state.limits)
     truncation = body.get("truncation")
     if truncation not in (None, "auto", "disabled"):
         raise RequestError(400, f"'truncation' must be \"auto\" or \"disabled\", got {truncation!r}", "truncation")
@@ -945,7 +1145,7 @@ async def completions(request: Request):
     text (a "<|end|>" typed in a prompt is seven characters, never the special token)."""
     state, body = request.app.state, await read_body(request)
     check_model(body, state.model_id)
-    params, prompt = check_sampling(body, state.limits), body.get("prompt")
+    params, prompt = check_generation(body, state.limits, COMPLETION_UNSUPPORTED), body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):
@@ -1001,15 +1201,34 @@ async def prometheus(request: Request):
 # in its thread pool; SQLite locks. Its NotFound and Refused become 404 and 400 (EXCEPTION_HANDLERS).
 
 
+async def owned_conversation(request: Request) -> None:
+    """Every route with a conversation's id ({cid}) serves its owner only: another user's id is 404, as if it did
+    not exist (create_app gives the routes this dependency)."""
+    cid = request.path_params.get("cid")
+    if cid is not None and request.app.state.store.owner(cid) != request.user.name:
+        raise NotFound(f"no conversation {cid!r}")
+
+
+@routes.get("/api/users")
+def list_users(request: Request):
+    """The users of this server (--users), [{"name", "admin"}], for an admin (else 403); without --users the one
+    user, "default"."""
+    if not request.user.admin:
+        raise RequestError(403, "only an admin may list the users", code="permission_denied")
+    users = request.app.state.users
+    return {"data": users.describe() if users is not None else [{"name": request.user.name, "admin": True}]}
+
+
 @routes.get("/api/conversations")
 def list_conversations(request: Request):
-    return {"data": request.app.state.store.conversations()}
+    return {"data": request.app.state.store.conversations(owner=request.user.name)}
 
 
 @routes.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
 async def create_conversation(request: Request):
     body = await read_body(request)
-    return await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"))
+    return await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"),
+                                   owner=request.user.name)
 
 
 @routes.get("/api/conversations/{cid}")
@@ -1096,7 +1315,7 @@ def preferences(request: Request, ratings: bool = False):
     ?ratings=true: every rated reply {"messages", "reply", "rating", "source"} (KTO-style)."""
     from storylib.prefs import preference_pairs, rated_examples, to_jsonl
 
-    rows = request.app.state.store.rated_replies()
+    rows = request.app.state.store.rated_replies(None if request.user.admin else request.user.name)  # admin: all
     name = "ratings.jsonl" if ratings else "preferences.jsonl"
     return Response(to_jsonl(rated_examples(rows) if ratings else preference_pairs(rows)),
                     media_type="application/x-ndjson",
@@ -1149,8 +1368,41 @@ async def on_unwritten_exercise(request: Request, e: NotImplementedError) -> JSO
     return _error(501, f"this server runs your storylib, which is not finished: {e}", code="not_implemented")
 
 
+async def on_http_exception(request: Request, e: StarletteHTTPException) -> Response:
+    """Starlette's own refusals in OpenAI's shape: no such route (404), a method the route does not take (405, its
+    Allow header kept), ..."""
+    if e.status_code in (204, 304):  # no body allowed
+        return Response(status_code=e.status_code, headers=e.headers)
+    where = f"{request.method} {request.scope.get('path', '')[:200]}"  # not request.url: a bad Host breaks it
+    if e.status_code == 404 and e.detail == "Not Found":  # the router's own: no route matched
+        message, code = f"Invalid URL ({where}): this server has no such route", "unknown_url"
+    elif e.status_code == 405:
+        allowed = (e.headers or {}).get("Allow", "")
+        message = f"Method not allowed ({where}): this route takes {allowed or 'other methods'}"
+        code = "method_not_allowed"
+    else:
+        message, code = str(e.detail), None
+    return _error(e.status_code, message, code=code, headers=e.headers)
+
+
+async def on_validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    """FastAPI's checks of a route's declared parameters (e.g. ?ratings=maybe): a 400 naming the first one."""
+    first = (e.errors() or [{}])[0]
+    param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None  # loc: ("query" | "path" | ..., name, ...)
+    return _error(400, f"'{param}': {first.get('msg', 'invalid')}", param)
+
+
+async def on_unexpected(request: Request, e: Exception) -> JSONResponse:
+    """Any other exception: a bug. A 500 in OpenAI's shape that shows nothing of the server's insides; Starlette
+    raises the exception again after it, so uvicorn logs it with its traceback, then closes the connection (so the
+    response says Connection: close)."""
+    return _error(500, "the server failed on this request (an internal error, logged on the server)",
+                  code="internal_error", headers={"Connection": "close"})
+
+
 EXCEPTION_HANDLERS = {RequestError: on_request_error, NotFound: on_not_found, Refused: on_refused,
-                      NotImplementedError: on_unwritten_exercise}
+                      NotImplementedError: on_unwritten_exercise, StarletteHTTPException: on_http_exception,
+                      RequestValidationError: on_validation_error, Exception: on_unexpected}
 
 
 @asynccontextmanager
@@ -1167,11 +1419,17 @@ async def lifespan(app: FastAPI):
 def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
                api_key: str | None = None, db_path: str | os.PathLike | None = None,
                cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "template",
-               illustrator: str | os.PathLike | None = None) -> FastAPI:
+               illustrator: str | os.PathLike | None = None, allowed_hosts: Sequence[str] = (),
+               users: Users | None = None) -> FastAPI:
     """The FastAPI app. The engine thread starts and stops with the app (its lifespan); the database is opened
     here, so a corrupt one fails now (StoreError), before anything is served. The illustrator (`illustrator`,
-    else $LLM101N_ILLUSTRATOR, else models/illustrator) loads at the first picture. ValueError for a chat_format
-    not in CHAT_FORMATS or limits of another block_size than the model's."""
+    else $LLM101N_ILLUSTRATOR, else models/illustrator) loads at the first picture. Requests may name as their
+    Host an IP address, localhost or one of `allowed_hosts`, and come from this server's page or one of
+    `cors_origins` (storylib.service.Guard). With `users` (--users) each user's key is theirs and their
+    conversations only theirs (owned_conversation). ValueError for a chat_format not in CHAT_FORMATS, limits of
+    another block_size than the model's, or both api_key and users."""
+    if api_key is not None and users is not None:
+        raise ValueError("a server has one API key (api_key) or users with keys of their own (users), not both")
     if chat_format not in CHAT_FORMATS:
         raise ValueError(f"chat_format must be one of {CHAT_FORMATS}, got {chat_format!r}")
     limits = limits or Limits(block_size=model.config.block_size)
@@ -1184,11 +1442,13 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
     s.engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     s.store, s.metrics = ConversationStore(db_path or default_db_path()), Metrics()
     s.tokenizer, s.limits, s.model_id, s.chat_format = tokenizer, limits, model_id, chat_format
-    s.illustrations = Illustrations(illustrator)
-    app.include_router(routes)
+    s.illustrations, s.users = Illustrations(illustrator), users
+    app.include_router(routes, dependencies=[Depends(owned_conversation)])
     if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
-    app.add_middleware(Guard, api_key=api_key, metrics=s.metrics)  # added last: the outermost layer
+    # Added last: the outermost layer (Host, Origin, the key, JSON bodies, security headers; storylib.service).
+    app.add_middleware(Guard, api_key=api_key, metrics=s.metrics, allowed_hosts=allowed_hosts,
+                       cors_origins=cors_origins, users=users)
     return app
 
 
@@ -1198,15 +1458,28 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
 def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None, max_batch: int = 32,
           max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
           cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
-          chat_format: str = "template", illustrator: str | None = None) -> int:
-    """Load the model (default: Chapter 14's chat model; where it cannot load, e.g. in a workspace whose Chapter 14
-    is unfinished, the storyteller with chat_format "story", saying why), check the database, serve until Ctrl-C.
-    Returns the exit status (2: a bad database)."""
+          chat_format: str = "template", illustrator: str | None = None, allowed_hosts: Sequence[str] = (),
+          users_file: str | None = None) -> int:
+    """Load the users (--users; their keys hashed now), the model (default: Chapter 14's chat model; where it
+    cannot load, e.g. in a workspace whose Chapter 14 is unfinished, the storyteller with chat_format "story",
+    saying why), check the database, serve until Ctrl-C. Returns the exit status (2: a bad database or users
+    file, or both --users and --api-key)."""
     import uvicorn
 
     from storylib.checkpoint import default_storyteller, load_model
     from storylib.storyteller import chat_unavailable, default_chat_model
 
+    users = None
+    if users_file:
+        if api_key:
+            print("llm101n serve: --users gives each user a key of their own: leave out --api-key (and "
+                  "$LLM101N_API_KEY)", file=sys.stderr)
+            return 2
+        try:
+            users = Users.load(users_file)
+        except UsersError as e:
+            print(f"llm101n serve: {e}", file=sys.stderr)
+            return 2
     if threads:
         torch.set_num_threads(threads)
     which = "the model"
@@ -1221,15 +1494,29 @@ def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = 
     db = Path(db_path) if db_path else default_db_path()
     try:
         app = create_app(model, tok, max_batch=max_batch, max_queue=max_queue, api_key=api_key, db_path=db,
-                         cors_origins=cors_origins, chat_format=chat_format, illustrator=illustrator)
+                         cors_origins=cors_origins, chat_format=chat_format, illustrator=illustrator,
+                         allowed_hosts=[host, *allowed_hosts], users=users)
     except StoreError as e:
         print(f"llm101n serve: {e}", file=sys.stderr)
         return 2
     print(f"llm101n serve: {which} ({model.num_params() / 1e6:.1f} M parameters) on http://{host}:{port}/ "
           f"(API: http://{host}:{port}/v1, max batch {max_batch}, queue {max_queue}, conversations in {db}"
-          f"{', API key required' if api_key else ''})", flush=True)
+          f"{', API key required' if api_key else ''}{f', {len(users.hashes)} users' if users else ''})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     return 0
+
+
+def _host_name(text: str) -> str:
+    """--allowed-host's value, checked now (NAME or NAME:PORT), so a typo is an error at start."""
+    import argparse
+
+    from storylib.service import split_host
+
+    try:
+        split_host(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_arguments(p) -> None:
@@ -1242,9 +1529,16 @@ def add_arguments(p) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429")
     p.add_argument("--api-key", default=os.environ.get("LLM101N_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLM101N_API_KEY; none: no key)")
+    p.add_argument("--users", dest="users_file", default=None,
+                   help='a JSON file {"name": {"key": "...", "admin": false}, ...}: each user has an API key and '
+                        "conversations of their own; admins may list the users (GET /api/users). Keys written in "
+                        "plain text are hashed and the file rewritten. Default: one user, no key or --api-key")
     p.add_argument("--db", dest="db_path", default=None, help=f"conversations database (default {default_db_path()})")
     p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[],
-                   help="allow browser pages from this origin (repeatable; default: none)")
+                   help="allow browser pages from this origin, e.g. https://example.org (repeatable; default: none)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], type=_host_name,
+                   help="also answer requests for this host name (NAME or NAME:PORT, repeatable; default: only IP "
+                        "addresses, localhost and --host; '*': any), e.g. behind a proxy or a DNS name")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--illustrator", default=None,

@@ -9,7 +9,10 @@ needs and the book only describes:
                         schema is migrated in place. Bad input: Refused (a ValueError); an unknown id: NotFound (a
                         KeyError). The chat widget keeps its ratings in a store of its own (default_feedback_path)
     Metrics             counters for /metrics, in Prometheus' text format
-    Guard               ASGI middleware: the API key on every path but PUBLIC_PATHS, and the response counters
+    Users               `llm101n serve --users FILE`: users and their API keys (kept hashed, scrypt); each owns
+                        their conversations
+    Guard               ASGI middleware: the API key on every path but PUBLIC_PATHS; Host, Origin and JSON checks
+                        (DNS rebinding, CSRF); security headers (CSP, nosniff, no framing); the response counters
     serve_in_thread     an app on a free port in a background thread (tests, notebooks)
     start_server_subprocess   `python -m storylib.serve` in a child process (bench/serve_load.py)
 """
@@ -27,7 +30,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 # ----------------------------------------------------------------------------- conversations in SQLite
@@ -45,6 +49,7 @@ class Refused(ValueError):
     """A title or messages the store will not keep (the app answers 400; any other ValueError stays a 500)."""
 
 
+DEFAULT_USER = "default"  # who owns the conversations of a server without --users (and those made before it)
 SCHEMA_VERSION = 3  # 1: conversations and messages; 2: + images (Chapter 17's pictures); 3: + replies (ratings)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ROLES = ("system", "user", "assistant")
@@ -82,7 +87,9 @@ class ConversationStore:
     another schema -> StoreError naming the file; it is never overwritten or "repaired". A file of the previous
     schema (version 1, before pictures) is migrated in one transaction: the images table is added, every
     conversation and message kept. The methods raise KeyError for a conversation that does not exist and
-    ValueError for a title or messages they refuse.
+    ValueError for a title or messages they refuse. A new file is created readable by its owner only (0600).
+    Every conversation has an owner (a user's name, DEFAULT_USER without --users): conversations() and
+    rated_replies() take one to filter by, create() one to give, owner() tells.
 
     A storyteller message may have one picture (images: the sentence drawn, its caption, the PNG). A picture
     belongs to the message at its position: it is kept while put() leaves that message as it was and dropped
@@ -104,8 +111,11 @@ class ConversationStore:
         self.max_title_chars = max_title_chars
         self.lock = threading.Lock()
         fresh = not self.path.exists() or self.path.stat().st_size == 0
-        if fresh:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh:  # only its owner may read it (SQLite gives its -wal, -shm and -journal files the same mode)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            with suppress(OSError):  # an empty file that was there already (not ours: left as it is)
+                os.chmod(self.path, 0o600)
         else:
             with open(self.path, "rb") as f:
                 if f.read(16) != SQLITE_MAGIC:
@@ -117,10 +127,21 @@ class ConversationStore:
                 self._create_schema()
             else:
                 self._check_existing()
+            self._add_owners()
             self.db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} cannot be read as the conversation database ({e}); "
                              "it was left untouched") from None
+
+    def _add_owners(self) -> None:
+        """Give conversations an owner (--users) if the file has none yet: the conversations already there belong
+        to DEFAULT_USER, the one user of a server without --users. A column, not a schema version: a server
+        that knows no owners still reads the file (and sees every conversation)."""
+        if "owner" in [r[1] for r in self.db.execute("PRAGMA table_info(conversations)")]:
+            return
+        with self._transaction() as db:
+            db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT '{DEFAULT_USER}'")
+            db.execute("CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations (owner, updated)")
 
     def _check_existing(self) -> None:
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
@@ -199,10 +220,11 @@ class ConversationStore:
     def close(self) -> None:
         self.db.close()
 
-    def conversations(self) -> list[dict]:
-        """Every conversation, without its messages, the latest changed first."""
+    def conversations(self, owner: str | None = None) -> list[dict]:
+        """Every conversation of `owner` (None: of everyone), without its messages, the latest changed first."""
         with self.lock:
-            rows = self.db.execute("SELECT id, title, created, updated FROM conversations ORDER BY updated DESC")
+            rows = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE ? IS NULL OR "
+                                   "owner = ? ORDER BY updated DESC", (owner, owner))
             return [dict(zip(("id", "title", "created", "updated"), r, strict=True)) for r in rows]
 
     def get(self, cid: str) -> dict:
@@ -233,13 +255,22 @@ class ConversationStore:
                     _add_ratings(m, replies[keys[i]])
             return out
 
-    def create(self, title: str) -> dict:
-        """A new, empty conversation (ValueError for a bad title)."""
+    def create(self, title: str, owner: str = DEFAULT_USER) -> dict:
+        """A new, empty conversation of `owner` (ValueError for a bad title)."""
         self._check_title(title)
         cid, now = uuid.uuid4().hex, time.time()
         with self.lock, self._transaction() as db:
-            db.execute("INSERT INTO conversations VALUES (?, ?, ?, ?)", (cid, title, now, now))
+            db.execute("INSERT INTO conversations (id, title, created, updated, owner) VALUES (?, ?, ?, ?, ?)",
+                       (cid, title, now, now, owner))
         return self.get(cid)
+
+    def owner(self, cid: str) -> str:
+        """Whose conversation this is; NotFound for an unknown id."""
+        with self.lock:
+            row = self.db.execute("SELECT owner FROM conversations WHERE id = ?", (cid,)).fetchone()
+        if row is None:
+            raise NotFound(f"no conversation {cid!r}")
+        return row[0]
 
     def put(self, cid: str, title: str, messages: list[dict]) -> dict:
         """Replace a conversation's title and messages, in one transaction. ValueError for a bad title or
@@ -312,12 +343,15 @@ class ConversationStore:
                                f"{content[:60]!r} (it may not be saved yet)")
         return {"position": position, "content": content, "rating": rating, "rated": now}
 
-    def rated_replies(self) -> list[dict]:
-        """Every rated reply (rating 1 or -1) of every conversation, oldest rating first: {"conversation",
-        "prefix_key", "messages" (the messages before it), "content", "rating", "rated", "source"}."""
+    def rated_replies(self, owner: str | None = None) -> list[dict]:
+        """Every rated reply (rating 1 or -1) of every conversation (of `owner`'s only, unless None), oldest
+        rating first: {"conversation", "prefix_key", "messages" (the messages before it), "content", "rating",
+        "rated", "source"}."""
         with self.lock:
             rows = self.db.execute("SELECT conversation, prefix_key, prefix, content, rating, rated, source "
-                                   "FROM replies WHERE rating != 0 ORDER BY rated").fetchall()
+                                   "FROM replies WHERE rating != 0 AND (? IS NULL OR conversation IN "
+                                   "(SELECT id FROM conversations WHERE owner = ?)) ORDER BY rated",
+                                   (owner, owner)).fetchall()
         return [{"conversation": c, "prefix_key": k, "messages": json.loads(p), "content": t, "rating": r,
                  "rated": when, "source": s} for c, k, p, t, r, when, s in rows]
 
@@ -430,20 +464,202 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- the API key
+# ----------------------------------------------------------------------------- users (--users FILE)
+
+
+@dataclass(frozen=True)
+class User:
+    """Who sends a request: a name (the owner of the conversations it makes) and whether it may list users."""
+
+    name: str
+    admin: bool = False
+
+
+SINGLE_USER = User(DEFAULT_USER, admin=True)  # a server without --users: one user, everything is theirs
+NOBODY = User("", admin=False)  # a public path (the web app's files, /health) on a server with --users
+
+
+class UsersError(ValueError):
+    """A users file that cannot be used (the message names the file and what is wrong)."""
+
+
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~50 ms and 16 MiB a hash: slow to guess a key from the file
+SCRYPT_PREFIX = "scrypt$"
+
+
+def hash_key(key: str, salt: bytes, n: int = SCRYPT["n"], r: int = SCRYPT["r"], p: int = SCRYPT["p"]) -> str:
+    """'scrypt$n$r$p$salt$hash' (hex) of an API key, as a users file keeps it."""
+    digest = hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"{SCRYPT_PREFIX}{n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def _split_hash(stored: str) -> tuple[tuple[int, int, int, bytes], bytes]:
+    """((n, r, p, salt), hash) of a hash_key string; ValueError if it is not one."""
+    n, r, p, salt, digest = stored[len(SCRYPT_PREFIX):].split("$")
+    params = (int(n), int(r), int(p), bytes.fromhex(salt))
+    if not (2 <= params[0] <= 2**20 and params[0] & (params[0] - 1) == 0 and 1 <= params[1] <= 32
+            and 1 <= params[2] <= 16 and params[3] and digest):
+        raise ValueError(f"scrypt parameters out of range: {stored[:40]}")
+    return params, bytes.fromhex(digest)
+
+
+class Users:
+    """The users of `llm101n serve --users FILE`: a JSON object {name: {"key": KEY, "admin": false}}.
+
+    Keys are kept hashed (hashlib.scrypt, hash_key): a key written in plain text is hashed when the file is
+    loaded and the file rewritten (readable by its owner only), so the teacher writes the keys once, hands them
+    out, and the file no longer shows them. One salt per file, so a key is checked with one scrypt whoever it
+    belongs to; a key seen before is known from a cache (its SHA-256, in memory only). Two users with one key are
+    refused. Users' names own their conversations (ConversationStore); admins may list the users."""
+
+    def __init__(self, hashes: dict[str, str], admins: Sequence[str] = ()):
+        self.hashes, self.admins = dict(hashes), set(admins)
+        self.by_hash: dict[tuple, dict[bytes, str]] = {}  # (n, r, p, salt) -> {hash: name}
+        for name, stored in self.hashes.items():
+            params, digest = _split_hash(stored)
+            self.by_hash.setdefault(params, {})[digest] = name
+        self.seen: dict[bytes, User | None] = {}  # sha256(key) -> who (None: nobody), at most 4096
+        self.hashing = threading.Lock()  # one scrypt at a time: wrong keys sent in a loop take one core, not all
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Users:
+        """Read a users file, hashing (and rewriting) keys found in plain text. UsersError for what is wrong."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsersError(f"{path}: cannot read the users file ({e})") from None
+        if not isinstance(raw, dict) or not raw:
+            raise UsersError(f'{path}: must be a JSON object {{"name": {{"key": "...", "admin": false}}, ...}}')
+        hashes, admins, plain, salt = {}, [], 0, None
+        for name, entry in raw.items():
+            if not name or len(name) > 64 or not name.isprintable():
+                raise UsersError(f"{path}: a user's name must be 1 to 64 printable characters, got {name!r}")
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or \
+                    not isinstance(entry.get("admin", False), bool):
+                raise UsersError(f'{path}: user {name!r} must be {{"key": "...", "admin": true|false}}')
+            key = entry["key"]
+            if key.startswith(SCRYPT_PREFIX):
+                try:
+                    salt = salt or _split_hash(key)[0][3]
+                    _split_hash(key)
+                except ValueError:
+                    raise UsersError(f"{path}: user {name!r} has a key hash that is not scrypt$n$r$p$salt$hash") \
+                        from None
+            elif len(key) < 8:
+                raise UsersError(f"{path}: user {name!r}'s key is shorter than 8 characters")
+            hashes[name], plain = key, plain + (not key.startswith(SCRYPT_PREFIX))
+            if entry.get("admin", False):
+                admins.append(name)
+        salt = salt or secrets.token_bytes(16)
+        hashes = {n: k if k.startswith(SCRYPT_PREFIX) else hash_key(k, salt) for n, k in hashes.items()}
+        if len(set(hashes.values())) < len(hashes):
+            raise UsersError(f"{path}: two users have the same key")
+        if plain:  # the keys in plain text go: the file keeps their hashes, readable by its owner only
+            data = {n: {"key": hashes[n], "admin": n in admins} for n in hashes}
+            tmp = path.with_name(path.name + ".tmp")
+            with suppress(FileNotFoundError):
+                tmp.unlink()  # made anew, so it has our mode
+            with os.fdopen(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as f:
+                json.dump(data, f, indent=2)
+            os.replace(tmp, path)
+            print(f"llm101n serve: hashed {plain} key(s) in {path}", file=sys.stderr)
+        return cls(hashes, admins)
+
+    def describe(self) -> list[dict]:
+        """[{"name", "admin"}] of every user, by name (never their keys)."""
+        return [{"name": n, "admin": n in self.admins} for n in sorted(self.hashes)]
+
+    def check(self, key: bytes) -> User | None:
+        """The user whose key this is, or None: one scrypt per salt (a file has one), compared in constant time."""
+        found = None
+        for (n, r, p, salt), names in self.by_hash.items():
+            with self.hashing:
+                digest = hashlib.scrypt(key, salt=salt, n=n, r=r, p=p, dklen=32)
+            for stored, name in names.items():
+                if secrets.compare_digest(digest, stored):
+                    found = User(name, admin=name in self.admins)
+        return found
+
+    async def who(self, key: bytes) -> User | None:
+        """check(), remembered: the scrypt runs in a worker thread, and once per key."""
+        import asyncio
+
+        seen = hashlib.sha256(key).digest()
+        if seen not in self.seen:
+            if len(self.seen) >= 4096:
+                self.seen.clear()
+            self.seen[seen] = await asyncio.to_thread(self.check, key)
+        return self.seen[seen]
+
+
+# ----------------------------------------------------------------------------- the API key, Host, Origin, headers
 
 
 PUBLIC_PATHS = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.svg"}  # no key needed
 COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/images/generations", "/v1/models", "/health",
                  "/metrics", "/api/conversations", "/api/preferences"}
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}  # a page on another origin may not send these
+WITH_BODY = {"POST", "PUT", "PATCH"}  # their body must be JSON (no form or text/plain "simple request")
+LOOPBACK_NAMES = {"localhost"}
+# The web app loads only its own files; pictures come as data: or blob: URLs. No page may frame it.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+
+
+def split_host(netloc: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """'Example.org:8080' -> ('example.org', 8080); '[::1]:80' -> ('::1', 80); no port -> default_port.
+    ValueError for a port that is not a number from 0 to 65535."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):  # an IPv6 literal
+        host, _, rest = netloc[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = netloc.partition(":")
+    if port and not (port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{netloc!r}: the port must be a number from 0 to 65535")
+    return host.rstrip("."), int(port) if port else default_port
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 class Guard:
-    """ASGI middleware: the API key (every path but PUBLIC_PATHS) and the response counters of /metrics."""
+    """ASGI middleware, the outermost layer: what every request passes before the app, and the response counters
+    of /metrics. In order, each refusal in OpenAI's error shape:
 
-    def __init__(self, app, api_key: str | None, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-        self.expected = f"Bearer {api_key}".encode() if api_key is not None else None
+    - Host (DNS rebinding): a Host that is a name must be localhost, the --host served or one of `allowed_hosts`
+      ("name" any port, "name:port" that port; "*": any); an IP address always passes (a page cannot rebind
+      one). Else 421.
+    - Origin (CSRF): POST, PUT, PATCH and DELETE sent with an Origin header must come from the served origin
+      (the Origin's host:port is the Host) or one of `cors_origins` ("*": any). Else 403.
+    - the API key, when set, or with `users` (--users) a user's key: `Authorization: Bearer KEY` (the scheme in
+      any case) on every path but PUBLIC_PATHS. Else 401. scope["user"] (request.user) is who sent it: the user,
+      or SINGLE_USER without `users`.
+    - Content-Type: a POST, PUT or PATCH with a body (or a Content-Type) must send application/json, so a page on
+      another origin cannot send one as a form or text/plain "simple request". Else 415.
+
+    Preflight requests (OPTIONS) pass to CORS, Host aside. Every response, refusals included, gets
+    SECURITY_HEADERS; refusals of a request from one of `cors_origins` carry Access-Control-Allow-Origin, so the
+    page can read why."""
+
+    def __init__(self, app, api_key: str | None, metrics: Metrics, *, allowed_hosts: Sequence[str] = (),
+                 cors_origins: Sequence[str] = (), users: Users | None = None):
+        self.app, self.metrics, self.api_key = app, metrics, api_key.encode() if api_key is not None else None
+        self.users = users
+        self.any_host = "*" in allowed_hosts
+        self.hosts = [split_host(h) for h in allowed_hosts if h and h != "*" and not _is_ip(h)]  # IPs pass anyway
+        self.cors_origins = {o.rstrip("/").lower() for o in cors_origins}
 
     @staticmethod
     def label(path: str) -> str:  # a bounded set of labels: ids are not labels
@@ -451,40 +667,115 @@ class Guard:
             return "/api/conversations/{id}"
         return path if path in COUNTED_PATHS or path in PUBLIC_PATHS else "other"
 
-    def authorized(self, scope) -> bool:
-        if self.expected is None or scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+    def host_allowed(self, host_header: str | None) -> bool:
+        """No Host (HTTP/1.0, not a browser), an IP address, localhost, or a name allowed (any port unless given)."""
+        if host_header is None or self.any_host:
             return True
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        return secrets.compare_digest(given, self.expected)  # constant time: no timing hints at the key
+        try:
+            host, port = split_host(host_header)
+        except ValueError:
+            return False
+        if _is_ip(host) or host in LOOPBACK_NAMES:
+            return True
+        return any(host == h and (p is None or port == p) for h, p in self.hosts)
+
+    def origin_allowed(self, origin: str, host_header: str | None) -> bool:
+        """The served origin (the Origin's host and port are the Host's) or one of cors_origins."""
+        origin = origin.strip().rstrip("/").lower()
+        if origin in self.cors_origins or "*" in self.cors_origins:
+            return True
+        scheme, sep, netloc = origin.partition("://")
+        if not sep or host_header is None or scheme not in ("http", "https"):
+            return False  # "null" (a sandboxed frame, a file://), or no Host to compare with
+        default = 443 if scheme == "https" else 80
+        try:
+            return split_host(netloc, default) == split_host(host_header, default)
+        except ValueError:
+            return False
+
+    async def user(self, scope, headers: dict) -> User | None:
+        """Who sends the request: with --users, the user whose key it bears; else DEFAULT_USER (with --api-key:
+        if it bears the key). None: not allowed (401). PUBLIC_PATHS and preflights need no key (NOBODY)."""
+        if scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+            return NOBODY if self.users is not None else SINGLE_USER
+        scheme, _, given = headers.get(b"authorization", b"").strip().partition(b" ")
+        given, bearer = given.strip(), scheme.lower() == b"bearer"
+        if self.users is not None:
+            who = await self.users.who(given) if bearer and given else None
+            return who
+        if self.api_key is None:
+            return SINGLE_USER
+        # constant time: no timing hints at the key (compare_digest runs even when the scheme is wrong)
+        return SINGLE_USER if secrets.compare_digest(given, self.api_key) & bearer else None
+
+    @staticmethod
+    def json_body(scope, headers: dict) -> bool:
+        """False for a POST, PUT or PATCH with a body or a Content-Type other than application/json."""
+        if scope["method"] not in WITH_BODY:
+            return True
+        kind = headers.get(b"content-type")
+        has_body = headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+        if kind is None:
+            return not has_body
+        return kind.split(b";")[0].strip().lower() == b"application/json"
+
+    async def refusal(self, scope, headers: dict) -> tuple[int, str, str, str, list] | None:
+        """(status, message, type, code, extra headers) of the first check the request fails, or None; sets
+        scope["user"] (request.user) to who sends it."""
+        host = headers[b"host"].decode("latin-1") if b"host" in headers else None
+        if not self.host_allowed(host):
+            return (421, f"this server does not answer for the host {host!r}; if you reach it by this name, start "
+                    "it with --allowed-host NAME", "invalid_request_error", "invalid_host", [])
+        origin = headers[b"origin"].decode("latin-1") if b"origin" in headers else None
+        if origin is not None and scope["method"] in STATE_CHANGING and not self.origin_allowed(origin, host):
+            return (403, f"requests from the page at {origin!r} are not allowed: only this server's own page, or "
+                    "an origin given with --cors-origin", "permission_error", "origin_not_allowed", [])
+        scope["user"] = await self.user(scope, headers)
+        if scope["user"] is None:
+            return (401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error",
+                    "invalid_api_key", [(b"www-authenticate", b"Bearer")])
+        if not self.json_body(scope, headers):
+            return (415, "the body must be JSON, sent with 'Content-Type: application/json'",
+                    "invalid_request_error", "unsupported_media_type", [])
+        return None
+
+    def cors_headers(self, headers: dict) -> list:
+        origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+        if origin and (origin in self.cors_origins or "*" in self.cors_origins):
+            return [(b"access-control-allow-origin", headers[b"origin"].strip()), (b"vary", b"Origin")]
+        return []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, status = scope["path"], 500
-        if not self.authorized(scope):
-            await _refuse(send)
-            self.metrics.count(self.label(path), 401)
-            return
 
-        async def send_counted(message):
+        async def send_secured(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *(h for h in SECURITY_HEADERS if h[0] not in names)]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_counted)
+            headers = dict(scope["headers"])
+            refused = await self.refusal(scope, headers)
+            if refused is not None:
+                code, message, kind, error_code, extra = refused
+                await _refuse(send_secured, code, message, kind, error_code, extra + self.cors_headers(headers))
+                return
+            await self.app(scope, receive, send_secured)
         finally:
             self.metrics.count(self.label(path), status)
 
 
-async def _refuse(send) -> None:
-    """A 401 with an OpenAI-style error body, as an ASGI response."""
-    body = json.dumps({"error": {"message": "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                 "type": "authentication_error", "param": None, "code": "invalid_api_key"}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b"Bearer")]})
+async def _refuse(send, status: int, message: str, kind: str, code: str, headers: Sequence = ()) -> None:
+    """A refusal with an OpenAI-style error body, as an ASGI response."""
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

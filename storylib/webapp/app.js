@@ -8,6 +8,9 @@
 // 👍 / 👎 (Chapter 15) rate a reply on the server (PUT .../messages/{i}/rating); Regenerate keeps the reply it
 // replaces as an "earlier try" of the new one, which can be rated too: a liked and a disliked reply to the same
 // request are a preference pair (`llm101n prefs export`, GET /api/preferences).
+// Replies are shown as Markdown built from DOM nodes and text only (markdown(): nothing is ever parsed as HTML).
+// A reply that breaks off (server gone, network down) keeps its words; the page says why and Send comes back.
+// Conversations are renamed in the list (PUT with their messages as they are) and deleted after a yes in the list.
 "use strict";
 
 const MODEL = "storyteller";
@@ -17,6 +20,9 @@ const state = {
   conv: null,          // {id, title, messages: [{role, content}]}
   controller: null,    // AbortController of the reply being streamed
   editIndex: null,     // index of the user message being edited
+  renaming: null,      // id of the conversation whose title is being edited in the list
+  renameValue: null,   // what has been typed there (kept if the list is redrawn meanwhile)
+  confirming: null,    // id of the conversation whose deletion waits for a yes
   saving: null,        // a Promise: the last save of the conversation, settled once the server has it
 };
 const pictures = new Map();  // a picture's url@created -> Promise of an image URL (fetched once, then kept)
@@ -40,7 +46,12 @@ async function errorText(resp) {
 }
 
 async function api(method, path, body) {
-  const resp = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
+  } catch (e) {  // no answer at all (a TypeError: "Failed to fetch"): say which way it failed
+    throw new Error("The server cannot be reached: " + e.message);
+  }
   if (resp.status === 401) {
     const key = window.prompt("This server needs an API key (llm101n serve --api-key):");
     if (key) { localStorage.setItem("llm101n-api-key", key); return api(method, path, body); }
@@ -79,29 +90,108 @@ function showError(message) {
 
 function setStatus(text) { $("status").textContent = text; }
 
+// The sidebar on a phone (style.css, max-width 640px): hidden until the menu button opens it over the chat; a
+// conversation chosen, the scrim or Escape closes it. On a wide screen it is always there and this changes nothing.
+function showSidebar(open) {
+  document.body.classList.toggle("sidebar-open", open);
+  $("menu").setAttribute("aria-expanded", String(open));
+  document.querySelector("main").inert = open;  // the chat behind the scrim: not reachable with Tab meanwhile
+  if (open) $("new-chat").focus();
+}
+
+function closeSidebar() {
+  if (document.body.classList.contains("sidebar-open")) showSidebar(false);
+}
+
+// The list, redrawn: an item whose title and state (plain, being renamed, asking to delete) did not change stays the
+// same element, so a click on it is never lost to a redraw, and a field being typed in keeps its focus.
 function renderList() {
   const ul = $("conversations");
-  ul.replaceChildren();
-  for (const c of state.list) {
-    const li = document.createElement("li");
-    li.dataset.id = c.id;
+  const old = new Map([...ul.children].map((li) => [li.dataset.id, li]));
+  const items = state.list.map((c) => {
+    const mode = state.renaming === c.id ? "rename" : state.confirming === c.id ? "confirm" : "plain";
+    let li = old.get(c.id);
+    if (li && li.dataset.mode === mode && (mode === "rename" || li.dataset.title === c.title)) {
+      old.delete(c.id);
+    } else {
+      li = document.createElement("li");
+      li.dataset.id = c.id;
+      li.append(...(mode === "rename" ? [renameInput(c)] : mode === "confirm" ? confirmDelete(c) : listButtons(c)));
+    }
+    li.dataset.mode = mode;
+    li.dataset.title = c.title;
     li.className = "conversation" + (state.conv && state.conv.id === c.id ? " active" : "");
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    open.textContent = c.title || "New story";
-    open.title = c.title;
-    open.onclick = () => openConversation(c.id);
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "delete";
-    del.textContent = "×";
-    del.title = "Delete this conversation";
-    del.setAttribute("aria-label", "Delete " + c.title);
-    del.onclick = () => deleteConversation(c.id);
-    li.append(open, del);
-    ul.append(li);
-  }
+    return li;
+  });
+  for (const li of old.values()) li.remove();  // first: the items kept then only move if the order changed
+  items.forEach((li, k) => { if (ul.children[k] !== li) ul.insertBefore(li, ul.children[k] || null); });
+}
+
+function button(className, label, testid, onclick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  b.setAttribute("data-testid", testid);
+  b.onclick = onclick;
+  return b;
+}
+
+// A conversation in the list: its title (click: open it, double-click: rename it), ✎ rename, × delete.
+function listButtons(c) {
+  const name = c.title || "New story";
+  const open = button("open", name, "open", () => openConversation(c.id));
+  open.title = name;
+  open.ondblclick = () => startRename(c.id);
+  const rename = button("rename", "✎", "rename", () => startRename(c.id));
+  rename.title = "Rename this conversation";
+  rename.setAttribute("aria-label", "Rename " + name);
+  const del = button("delete", "×", "delete", () => askDelete(c.id));
+  del.title = "Delete this conversation";
+  del.setAttribute("aria-label", "Delete " + name);
+  return [open, rename, del];
+}
+
+// Renaming in place: Enter (or leaving the field) saves, Escape cancels.
+function renameInput(c) {
+  const input = document.createElement("input");
+  input.type = "text";
+  input.className = "rename-input";
+  input.setAttribute("data-testid", "rename-input");
+  input.setAttribute("aria-label", "New title");
+  input.maxLength = 200;
+  input.value = state.renameValue !== null ? state.renameValue : c.title;
+  input.oninput = () => { state.renameValue = input.value; };
+  let done = false;  // Enter saves, then the field goes away and blurs: once is enough
+  const finish = (keep) => {
+    if (done) return;
+    done = true;
+    if (keep) renameConversation(c.id, input.value); else { stopRename(); renderList(); }
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); finish(true); }
+    if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); finish(false); }
+  });
+  input.addEventListener("blur", () => finish(true));
+  return input;
+}
+
+// Deleting asks first, in the list itself: "Delete “title”?" with Delete and Cancel (focused; Escape cancels too).
+function confirmDelete(c) {
+  const box = document.createElement("div");
+  box.className = "confirm";
+  box.setAttribute("role", "group");
+  box.setAttribute("data-testid", "confirm-delete");
+  const question = document.createElement("span");
+  question.className = "question";
+  question.textContent = "Delete “" + (c.title || "New story") + "”?";
+  const yes = button("yes", "Delete", "confirm-delete-yes", () => deleteConversation(c.id));
+  const no = button("cancel", "Cancel", "confirm-delete-no", () => { state.confirming = null; renderList(); });
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.stopPropagation(); state.confirming = null; renderList(); }
+  });
+  box.append(question, yes, no);
+  return [box];
 }
 
 function messageElement(m, index) {
@@ -114,7 +204,7 @@ function messageElement(m, index) {
   who.textContent = m.role === "user" ? "You" : m.role === "assistant" ? "Storyteller" : "System";
   const text = document.createElement("div");
   text.className = "text";
-  text.textContent = m.content;
+  if (m.role === "assistant") text.append(markdown(m.content)); else text.textContent = m.content;
   const tools = document.createElement("div");
   tools.className = "tools";
   const extra = [];
@@ -123,7 +213,7 @@ function messageElement(m, index) {
     copy.type = "button";
     copy.textContent = "Copy";
     copy.setAttribute("data-testid", "copy");
-    copy.onclick = () => copyText(text.textContent, copy);
+    copy.onclick = () => copyText(m.content, copy);  // the words as written, Markdown and all
     const box = document.createElement("div");
     box.className = "picture";
     if (m.illustration) box.append(figureElement(m.illustration));
@@ -140,6 +230,79 @@ function messageElement(m, index) {
   }
   div.append(who, text, tools, ...extra);
   return div;
+}
+
+// -- the storyteller's words as Markdown, safely ----------------------------------------------------
+
+// Blocks: "# " to "###### " headings, "- " / "* " / "+ " and "1. " lists, paragraphs (between blank lines; a single
+// newline stays one). Inline: `code`, **bold**, *italic* / _italic_. Everything else is text, HTML and links
+// included: the page is built from createElement and text nodes only, never innerHTML, so a reply (or anything a
+// user stored) cannot inject markup or script, whatever it holds.
+const HEADING = /^(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
+const ITEM = /^\s{0,3}(?:([-*+])|(\d{1,9})[.)])\s+(.*)$/;
+const INLINE = new RegExp([
+  "`([^`\n]+)`",  // code
+  "\\*\\*([^\\s*](?:[^\\n]*?[^\\s*])?)\\*\\*",  // bold
+  "\\*([^\\s*](?:[^\\n*]*?[^\\s*])?)\\*",  // italic
+  "(?<![\\p{L}\\p{N}_])_([^\\s_](?:[^\\n_]*?[^\\s_])?)_(?![\\p{L}\\p{N}_])",  // italic, not inside a word
+].join("|"), "u");
+
+function markdown(text) {
+  const out = document.createDocumentFragment();
+  const lines = text.split("\n");
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    const heading = HEADING.exec(line);
+    const item = ITEM.exec(line);
+    if (!line.trim()) {
+      i++;
+    } else if (heading) {
+      const h = document.createElement("h" + Math.min(6, heading[1].length + 2));  // below the page's own h1
+      inline(h, heading[2]);
+      out.append(h);
+      i++;
+    } else if (item) {
+      const ordered = item[2] !== undefined;
+      const list = document.createElement(ordered ? "ol" : "ul");
+      if (ordered && item[2] !== "1") list.start = Number(item[2]);
+      let next = item;
+      while (next && (next[2] !== undefined) === ordered) {
+        const li = document.createElement("li");
+        inline(li, next[3]);
+        list.append(li);
+        next = ++i < lines.length ? ITEM.exec(lines[i]) : null;
+      }
+      out.append(list);
+    } else {
+      const para = [];
+      const plain = (l) => l.trim() && !HEADING.test(l) && !ITEM.test(l);
+      while (i < lines.length && plain(lines[i])) para.push(lines[i++]);
+      const p = document.createElement("p");
+      inline(p, para.join("\n"));
+      out.append(p);
+    }
+  }
+  return out;
+}
+
+// `text` with its inline marks into `parent`: strings become text nodes (append never parses HTML).
+function inline(parent, text) {
+  let rest = text;
+  for (let m = INLINE.exec(rest); m; m = INLINE.exec(rest)) {
+    if (m.index) parent.append(rest.slice(0, m.index));
+    if (m[1] !== undefined) {
+      const code = document.createElement("code");
+      code.textContent = m[1];
+      parent.append(code);
+    } else {
+      const mark = document.createElement(m[2] !== undefined ? "strong" : "em");
+      inline(mark, m[2] !== undefined ? m[2] : m[3] !== undefined ? m[3] : m[4]);
+      parent.append(mark);
+    }
+    rest = rest.slice(m.index + m[0].length);
+  }
+  if (rest) parent.append(rest);
 }
 
 // -- thumbs up / down (Chapter 15) -----------------------------------------------------------------
@@ -225,7 +388,7 @@ function alternativesElement(m, index) {
     item.setAttribute("data-testid", "alternative");
     const text = document.createElement("div");
     text.className = "alt-text";  // not "text": that is the message's own
-    text.textContent = alt.content;
+    text.append(markdown(alt.content));
     const tools = document.createElement("div");
     tools.className = "tools";
     tools.append(ratingButtons(alt, index, true));
@@ -401,6 +564,7 @@ async function refreshList() {
 
 async function openConversation(id) {
   if (state.controller) return;
+  closeSidebar();
   showError("");
   cancelEdit();
   try {
@@ -414,18 +578,74 @@ async function openConversation(id) {
   renderMessages();
 }
 
-async function deleteConversation(id) {
+function startRename(id) {
   if (state.controller) return;
+  state.renaming = id;
+  state.renameValue = null;
+  state.confirming = null;
+  renderList();
+  const input = $("conversations").querySelector(".rename-input");
+  if (input) { input.focus(); input.select(); }
+}
+
+function stopRename() {
+  state.renaming = null;
+  state.renameValue = null;
+}
+
+// A new title, kept on the server (PUT with the conversation's messages as they are). Blank or unchanged: nothing.
+async function renameConversation(id, title) {
+  stopRename();
+  title = title.replace(/\s+/g, " ").trim();
+  const item = state.list.find((c) => c.id === id);
+  if (!title || !item || item.title === title || state.controller) { renderList(); return; }
+  const was = item.title;
+  item.title = title;  // shown at once; the server's list replaces it below
+  renderList();
+  const path = "/api/conversations/" + encodeURIComponent(id);
+  const open = state.conv && state.conv.id === id ? state.conv : null;
+  try {
+    if (open) {
+      if (state.saving) await state.saving;
+      open.title = title;
+      $("title").textContent = title;
+      await save();
+    } else {
+      const c = await api("GET", path);
+      await api("PUT", path, { title, messages: c.messages.map((m) => ({ role: m.role, content: m.content })) });
+    }
+  } catch (e) {
+    if (open) open.title = was;  // not kept: the page says what the server has
+    showError("Could not rename: " + e.message);
+  }
+  try { await refreshList(); } catch { /* the error above says enough */ }
+  if (state.conv && state.conv.id === id) $("title").textContent = state.conv.title;
+}
+
+function askDelete(id) {
+  if (state.controller) return;
+  stopRename();
+  state.confirming = id;
+  renderList();
+  const no = $("conversations").querySelector(".confirm .cancel");
+  if (no) no.focus();
+}
+
+async function deleteConversation(id) {
+  state.confirming = null;
+  if (state.controller) { renderList(); return; }
   try {
     await api("DELETE", "/api/conversations/" + encodeURIComponent(id));
+    if (state.conv && state.conv.id === id) { state.conv = null; history.replaceState(null, "", "#"); }
+    showError("");
   } catch (e) { showError("Could not delete: " + e.message); }
-  if (state.conv && state.conv.id === id) { state.conv = null; history.replaceState(null, "", "#"); }
-  await refreshList();
+  try { await refreshList(); } catch { renderList(); }
   renderMessages();
 }
 
 function newConversation() {
   if (state.controller) return;
+  closeSidebar();
   state.conv = null;
   cancelEdit();
   showError("");
@@ -487,28 +707,33 @@ async function reply() {
   bubble.classList.add("streaming");
   const text = bubble.querySelector(".text");
   let finish = null;
+  let broke = "";  // why the stream ended early: kept, shown after anything that fails later
+  let done = false;  // the server's [DONE]: a stream that just stops before it was cut
   try {
     for await (const data of sseEvents(resp)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") { done = true; break; }
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
       if (choice.delta && choice.delta.content) {
         assistant.content += choice.delta.content;
-        text.textContent = assistant.content;
+        text.replaceChildren(markdown(assistant.content));
         $("messages").scrollTop = $("messages").scrollHeight;
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
   } catch (e) {
-    if (e.name !== "AbortError") showError("The reply broke off: " + e.message);
+    if (e.name !== "AbortError") broke = "The reply broke off: " + e.message;
   }
+  if (!done && !broke && !controller.signal.aborted) broke = "The reply broke off: the server stopped sending it.";
   state.controller = null;
   bubble.classList.remove("streaming");
   const stopped = controller.signal.aborted;
   setStatus(stopped ? "Stopped." : finish === "length" ? "Stopped at the length limit." : "");
-  return { ok: true };
+  updateButtons();  // Send back, Stop gone, whatever happens next
+  if (broke) showError(broke);
+  return { ok: true, error: broke };
 }
 
 async function send(event) {
@@ -517,6 +742,7 @@ async function send(event) {
   const content = $("prompt").value.trim();
   if (!content) return;
   showError("");
+  let problem = "";
   try {
     if (!state.conv) {
       const title = content.replace(/\s+/g, " ").slice(0, 48);
@@ -528,23 +754,42 @@ async function send(event) {
     state.editIndex = null;
     state.conv.messages.push({ role: "user", content });
     $("prompt").value = "";
-    await save();
-    await refreshList();
+    try {
+      await save();
+    } catch (e) {  // not kept: the message goes back in the box
+      state.conv.messages = before;
+      $("prompt").value = content;
+      throw e;
+    }
+    await refreshList().catch(() => {});  // the list shows the new conversation; done again at the end
     const r = await reply();
+    problem = r.error;
     if (!r.ok) {  // nothing was answered: take the message back, keep what it replaced
       state.conv.messages = before;
       $("prompt").value = content;
-      await save();
-      renderMessages();
-      if (r.error) showError(r.error);
-      return;
     }
     await save();
   } catch (e) {
-    showError(e.message);
+    problem = unsaved(problem, e);
   }
-  await refreshList();
+  await afterReply(problem);
+}
+
+// What went wrong first, and that the save after it failed too (the page keeps it: the next message saves it).
+function unsaved(problem, e) {
+  return problem ? problem + " Not saved yet: " + e.message : e.message;
+}
+
+// The end of send() and regenerate(), whatever happened: the list and messages redrawn, Send back, and the first
+// thing that went wrong shown (a reply that broke off, not the "Failed to fetch" of the save after it).
+async function afterReply(problem) {
+  try {
+    await refreshList();
+  } catch (e) {
+    problem = problem || "The server cannot be reached: " + e.message;
+  }
   renderMessages();
+  showError(problem || "");
 }
 
 async function regenerate() {
@@ -552,12 +797,10 @@ async function regenerate() {
   if (state.controller || !msgs || !msgs.length || msgs[msgs.length - 1].role !== "assistant") return;
   const previous = msgs.pop();
   const r = await reply();
-  if (!r.ok) {
-    msgs.push(previous);
-    if (r.error) showError(r.error);
-  }
-  try { await save(); } catch (e) { showError(e.message); }
-  renderMessages();
+  let problem = r.error;
+  if (!r.ok) msgs.push(previous);
+  try { await save(); } catch (e) { problem = unsaved(problem, e); }
+  await afterReply(problem);
 }
 
 // -- wiring ----------------------------------------------------------------------------------------
@@ -570,6 +813,12 @@ $("prompt").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
 $("regenerate").addEventListener("click", regenerate);
 $("new-chat").addEventListener("click", newConversation);
+$("menu").addEventListener("click", () => showSidebar(!document.body.classList.contains("sidebar-open")));
+$("scrim").addEventListener("click", closeSidebar);
+window.matchMedia("(min-width: 641px)").addEventListener("change", closeSidebar);  // wide again: no overlay
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && document.body.classList.contains("sidebar-open")) { closeSidebar(); $("menu").focus(); }
+});
 $("temperature").addEventListener("input", () => { $("temperature-value").textContent = $("temperature").value; });
 
 (async function start() {
@@ -579,7 +828,7 @@ $("temperature").addEventListener("input", () => { $("temperature-value").textCo
     if (id && state.list.some((c) => c.id === id)) await openConversation(id);
     else renderMessages();
   } catch (e) {
-    showError("The server cannot be reached: " + e.message);
+    showError(e.message);
     renderMessages();
   }
 })();
