@@ -41,8 +41,11 @@ cannot move to a new position (Chapter 12). The rule here: a prompt (after the t
 tokens, or a max_tokens that does not fit after the prompt, is refused with 400 `context_length_exceeded`; nothing
 is truncated behind the caller's back. Without max_tokens, a reply gets min(default_max_tokens, what fits). A chat
 request may ask for truncation "auto" (as in OpenAI's Responses API; the web app does): the oldest whole turns that
-do not fit are dropped first (storylib.storyteller.fit_for_reply), and without max_tokens the reply may use what is
-left of the context (up to Limits.max_tokens).
+do not fit are dropped first (storylib.storyteller.fit_for_reply; the system message, the last request and the
+story it refers to stay), and without max_tokens the reply may use what is left of the context (up to
+Limits.max_tokens). Its usage then says how many messages were left out, "dropped_messages" (an extension of
+OpenAI's usage; in a stream, in the usage chunk of stream_options.include_usage), so a conversation of hundreds of
+messages (Limits.max_messages) goes on, reading its latest turns, and the client can tell its user.
 
 Errors have OpenAI's shape everywhere, {"error": {"message", "type", "param", "code"}}: a field out of range (a seed
 is an integer in 0..2^63-1), text that is not text (a lone surrogate escaped in the JSON) or an OpenAI parameter this
@@ -59,10 +62,22 @@ caption, url) and GET on that url gives the PNG, so the JSON stays small and the
 The illustrator's folder: --illustrator, else $LLM101N_ILLUSTRATOR, else models/illustrator; when it is missing or
 cannot load, pictures are refused with 503 and one sentence why, and everything else goes on.
 
+Conversations have a version, bumped by every write and sent as their ETag (and "version" in their JSON): a PUT with
+If-Match of an older version (another tab or client wrote meanwhile) is refused with 409 `conflict` and writes
+nothing; a PUT without If-Match replaces the conversation, as it always did. A streamed chat request may name
+one of the caller's conversations ("conversation": id, this server's extension): its new user message and the reply
+are then stored as the reply streams (every 0.5 s at most), the reply marked "interrupted": true until it ends
+normally, so a reply cut by a dead server or network is not lost (KeptReply). "continue_final_message": true (as
+vLLM names it) writes more of a last storyteller message that was cut: its words end the prompt.
+
 Ratings (Chapter 15): PUT /api/conversations/{id}/messages/{position}/rating {"rating": 1 | -1 | 0} rates a
 storyteller reply 👍 / 👎 (0 clears); the conversation's JSON gives each rated reply its "rating" and, for a
 regenerated one, the "alternatives" it replaced (kept, and rated the same way with "content"). GET
 /api/preferences downloads them as preference pairs (JSONL, as `llm101n prefs export` writes; storylib.prefs).
+
+On SIGTERM (or Ctrl-C) the server stops gracefully (drain_on_signals): the replies in flight end with what they
+have, finish_reason "length" (a stream with its final chunk and [DONE], not a cut connection), requests still
+waiting and new ones get a 503 `server_shutting_down` (a stream: an error event), then the process exits.
 
     llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY | --users FILE] [--db PATH] [--illustrator PATH]
                                                                                    (see `llm101n serve --help`)
@@ -76,6 +91,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -99,6 +115,7 @@ from storylib.chat_template import check_conversation, render_chat
 from storylib.fastbpe import encode_ordinary
 from storylib.kvcache import KVCache, StreamDecoder, forward_cached, process_logits, sample
 from storylib.service import (
+    Conflict,
     ConversationStore,
     Guard,
     Metrics,
@@ -169,11 +186,11 @@ class Limits:
     block_size: int = 256
     max_tokens: int = 256  # the largest max_tokens accepted (it must also fit after the prompt)
     default_max_tokens: int = 160  # max_tokens when the request gives none (capped by what fits)
-    max_messages: int = 64
+    max_messages: int = 512  # a long conversation is sent whole (truncation "auto"); the store keeps 500
     max_content_chars: int = 8000  # one message, one prompt
     max_stop: int = 4  # stop strings, as OpenAI
     max_stop_chars: int = 64
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024  # room for those messages
     max_temperature: float = 2.0
 
     @property
@@ -291,6 +308,7 @@ COMPLETION_UNSUPPORTED = {
     "best_of": (_only(1), "one completion is generated per request (1 is accepted)"),
     "suffix": (_only(""), "inserting text before a suffix is not implemented"),
     "logprobs": (_NEVER, "log-probabilities are not implemented on /v1/completions"),
+    "conversation": (_NEVER, "only /v1/chat/completions keeps a reply in a conversation"),
     "logit_bias": _LOGIT_BIAS, "frequency_penalty": _PENALTIES, "presence_penalty": _PENALTIES,
 }
 IMAGE_UNSUPPORTED = {
@@ -423,6 +441,13 @@ class QueueFull(Exception):
     """The engine's queue is full: the caller should come back later (HTTP 429)."""
 
 
+class ShuttingDown(Exception):
+    """The engine takes no more requests: the server is stopping (HTTP 503)."""
+
+
+SHUTTING_DOWN = "the server is shutting down; send the request again in a moment"
+
+
 @dataclass
 class GenRequest:
     """One generation: prompt ids in, events out through emit (called from the engine's thread).
@@ -491,21 +516,33 @@ class Engine:
         self.pending = 0  # requests submitted and not finished: in a row, waiting, or being admitted
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining = False  # drain(): end every reply at the next step, take no more
 
     # -- from any thread
 
     def submit(self, req: GenRequest) -> None:
-        """Queue a request (QueueFull when max_queue requests already wait) and wake the engine."""
+        """Queue a request (QueueFull when max_queue requests already wait, ShuttingDown after drain()) and wake
+        the engine."""
         if not req.prompt_ids or len(req.prompt_ids) + req.max_tokens > self.block_size or req.max_tokens < 1:
             raise ValueError(f"prompt ({len(req.prompt_ids)}) + max_tokens ({req.max_tokens}) must fit in "
                              f"1..{self.block_size}")
         with self.wake:
+            if self._draining:  # under the lock: drain() cannot slip in between
+                raise ShuttingDown(SHUTTING_DOWN)
             if self.pending >= self.max_batch + self.max_queue:  # every row taken, max_queue waiting
                 self.stats["rejected"] += 1
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
             self.pending += 1
             self.waiting.append(req)
             self.wake.notify()
+
+    def drain(self) -> None:
+        """The server is stopping (SIGTERM): before its next step the engine ends every reply in a row with what
+        it has so far, finish_reason "length" (OpenAI's "cut short"), and every waiting request with an
+        ("error", SHUTTING_DOWN); submit() refuses from now on. Returns at once; the engine thread goes on."""
+        with self.wake:
+            self._draining = True
+            self.wake.notify_all()
 
     def load(self) -> dict:
         return {"active": len(self.rows), "waiting": len(self.waiting), "max_batch": self.max_batch,
@@ -653,6 +690,8 @@ class Engine:
     def run_once(self) -> bool:
         """Between two steps: retire done rows, admit waiting requests into free rows, decode one step.
         Returns False when there was nothing to do."""
+        if self._draining:
+            self._end_all()
         for i in reversed(range(len(self.rows))):  # backwards: retire moves the last row into i
             if self.rows[i].req.cancelled or self.rows[i].req.finish_reason is not None:
                 self.retire(i)
@@ -680,6 +719,18 @@ class Engine:
             return False
         self.step()
         return True
+
+    def _end_all(self) -> None:
+        """drain()'s work, in the engine's thread: the rows' replies are cut here (retired just after), the
+        waiting requests are told the server is going."""
+        for row in self.rows:
+            if row.req.finish_reason is None:
+                row.req.finish_reason = "length"
+        with self.wake:
+            waiting, self.waiting = list(self.waiting), deque()
+        for req in waiting:
+            self._release()
+            req.emit(("error", SHUTTING_DOWN))
 
     def start(self) -> None:
         """Run the engine in its own thread (daemon) until stop()."""
@@ -818,16 +869,23 @@ class Reply:
     model: str
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    dropped: int | None = None  # messages that truncation "auto" left out; None: no truncation asked for
+    on_event: Callable[[tuple], None] | None = None  # sees every event first (KeptReply: the reply kept as it comes)
 
     def usage(self) -> dict:
+        """OpenAI's token counts, and with truncation "auto" dropped_messages (this server's: how many of the
+        oldest messages did not fit the context and were not read)."""
         p, n = len(self.req.prompt_ids), len(self.req.tokens)
-        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        extra = {} if self.dropped is None else {"dropped_messages": self.dropped}
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n, **extra}
 
     async def until_done(self, usage: dict | None = None) -> AsyncIterator[tuple[str, Any]]:
         """The events up to ("done", reason) or ("error", message). At "done" the token counts are final: they
         are written into `usage` (for stream_chunks, which reads it after "done") before "done" is passed on."""
         while True:
             event = await self.events.get()
+            if self.on_event is not None:
+                self.on_event(event)
             if event[0] == "done" and usage is not None:
                 usage.update(self.usage())
             yield event
@@ -858,6 +916,8 @@ def start_reply(engine: Engine, prompt_ids: list[int], max_tokens: int, params: 
                      emit=emit, logprobs=params.get("logprobs"))
     try:
         engine.submit(req)
+    except ShuttingDown as e:
+        raise RequestError(503, str(e), code="server_shutting_down", headers={"Retry-After": "5"}) from None
     except QueueFull:
         retry = max(1, math.ceil(len(engine.waiting) / max(1, engine.max_batch)))
         raise RequestError(429, f"the server is busy ({engine.max_queue} requests are waiting); retry in {retry} s",
@@ -895,6 +955,8 @@ async def whole_reply(request: Request, reply: Reply) -> Response | dict:
             kind, value = await reply.events.get()
             if kind == "gone":
                 return Response(status_code=499)
+            if kind == "error" and value == SHUTTING_DOWN:  # the server stopped before this request had a row
+                return _error(503, value, code="server_shutting_down", headers={"Retry-After": "5"})
             if kind == "error":
                 return _error(500, value)
             if kind == "text":
@@ -922,16 +984,23 @@ def logprobs_json(req: GenRequest, tokenizer) -> dict | None:
                         for t, (lp, top) in zip(req.tokens, req.token_logprobs, strict=True)], "refusal": None}
 
 
-async def respond(request: Request, body: dict, prompt_ids: list[int], params: dict, chat: bool):
-    """Generate a reply to prompt_ids and send it: streamed as SSE (params["stream"]) or whole."""
+async def respond(request: Request, body: dict, prompt_ids: list[int], params: dict, chat: bool,
+                  dropped: int | None = None, keeper: KeptReply | None = None):
+    """Generate a reply to prompt_ids and send it: streamed as SSE (params["stream"]) or whole. `dropped`: how
+    many of the conversation's messages truncation "auto" left out (its usage says so), None without it.
+    `keeper`: the conversation the streamed reply is kept in as it comes (conversation_keeper)."""
     state = request.app.state
     max_tokens = fit(prompt_ids, params["max_tokens"], state.limits, "messages" if chat else "prompt")
     reply = start_reply(state.engine, prompt_ids, max_tokens, params, chat, state.model_id)
+    reply.dropped = dropped
     if not params["stream"]:
         return await whole_reply(request, reply)
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-    return StreamingResponse(sse_reply(reply, include_usage), media_type="text/event-stream",
+    stream = sse_reply(reply, include_usage)
+    if keeper is not None:
+        reply.on_event, stream = keeper.on_event, keeper.kept(stream)
+    return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -1114,7 +1183,10 @@ async def chat_completions(request: Request):
     params = check_generation(body, state.limits, CHAT_UNSUPPORTED)
     params["logprobs"] = check_logprobs(body, params["stream"])
     messages = check_messages(body, state.limits)
-    truncation = body.get("truncation")
+    messages, so_far = continued(body, messages)  # continue_final_message: more of the last reply
+    keeper = await conversation_keeper(request, body, messages, params, so_far)  # "conversation": kept there
+    tail = encode_ordinary(state.tokenizer, so_far) if so_far else []
+    truncation, dropped = body.get("truncation"), None
     if truncation not in (None, "auto", "disabled"):
         raise RequestError(400, f"'truncation' must be \"auto\" or \"disabled\", got {truncation!r}", "truncation")
     try:
@@ -1123,8 +1195,10 @@ async def chat_completions(request: Request):
 
             check_conversation(messages, add_generation_prompt=True)
             reserve, block = params["max_tokens"] or state.limits.default_max_tokens, state.limits.block_size
+            reserve += len(tail)  # the reply so far (continue_final_message) is part of the prompt
             try:
-                messages = fit_for_reply(messages, state.tokenizer, block, reserve)
+                kept = fit_for_reply(messages, state.tokenizer, block, reserve)
+                dropped, messages = len(messages) - len(kept), kept
             except ValueError as e:  # the last request (and the story it refers to) alone are too long
                 raise RequestError(400, f"the conversation does not fit the {block}-token context: {e}", "messages",
                                    "context_length_exceeded") from None
@@ -1132,11 +1206,12 @@ async def chat_completions(request: Request):
             ids = render_story(messages, state.tokenizer)
         else:
             ids, _ = render_chat(messages, state.tokenizer, add_generation_prompt=True)
+        ids = ids + tail
     except ValueError as e:  # a conversation the template refuses (roles out of order, ...)
         raise RequestError(400, str(e), "messages") from None
     if truncation == "auto" and params["max_tokens"] is None:  # what is left of the context, up to the limit
         params = {**params, "max_tokens": max(1, min(state.limits.max_tokens, state.limits.block_size - len(ids)))}
-    return await respond(request, body, ids, params, chat=True)
+    return await respond(request, body, ids, params, chat=True, dropped=dropped, keeper=keeper)
 
 
 @routes.post("/v1/completions", openapi_extra=COMPLETION_SCHEMA, responses=GENERATION_ERRORS)
@@ -1209,6 +1284,101 @@ async def owned_conversation(request: Request) -> None:
         raise NotFound(f"no conversation {cid!r}")
 
 
+class KeptReply:
+    """A streamed chat reply kept in its conversation as it comes (`"conversation": id` on /v1/chat/completions):
+    the request's messages and the reply so far are written at most every SAVE_EVERY seconds with the reply
+    marked interrupted, and once more at its end: whole and unmarked before the stream's [DONE], or marked after
+    an error. When the client leaves (Stop, a network gone) nothing more is written: the page saves the words it
+    got (a later write here would undo that). A server killed mid-reply loses at most SAVE_EVERY seconds of
+    words. Another write to the conversation meanwhile (Conflict), or its deletion, ends the keeping; the stream
+    goes on."""
+
+    SAVE_EVERY = 0.5  # seconds
+
+    def __init__(self, store: ConversationStore, cid: str, title: str, messages: list[dict], version: int,
+                 so_far: str = ""):
+        self.store, self.cid, self.title, self.messages, self.version = store, cid, title, messages, version
+        self.text: list[str] = [so_far]  # a reply continued (continue_final_message) starts with its words so far
+        self.saved_at, self.done, self.stopped = -math.inf, False, False
+
+    def on_event(self, event: tuple) -> None:
+        kind, value = event
+        if kind == "text":
+            self.text.append(value)
+            if time.monotonic() - self.saved_at >= self.SAVE_EVERY:
+                self.write(interrupted=True)
+        elif kind == "done":
+            self.done = True
+            self.write(interrupted=False)
+
+    async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream as it is; when it ends before its last token (an error), the words so far are written,
+        marked interrupted. A client that leaves closes this generator: nothing is written then."""
+        async for chunk in stream:
+            yield chunk
+        if not self.done:
+            self.write(interrupted=True)
+
+    def write(self, interrupted: bool) -> None:
+        if self.stopped:
+            return
+        reply = {"role": "assistant", "content": "".join(self.text)}
+        try:
+            self.version = self.store.put(self.cid, self.title, [*self.messages, reply], self.version,
+                                          interrupted=interrupted)["version"]
+        except (Conflict, NotFound, Refused):  # written elsewhere meanwhile, deleted, or too long: keep no more
+            self.stopped = True
+        self.saved_at = time.monotonic()
+
+
+def continued(body: dict, messages: list[dict]) -> tuple[list[dict], str | None]:
+    """`"continue_final_message": true` (as vLLM names it): the last message is a storyteller's reply that was cut
+    off, and the model writes more of it (the stream gives the new words only). Returns the messages before it
+    and its text; (messages, None) without the field. A 400 when the last message is not the storyteller's."""
+    flag = body.get("continue_final_message")
+    if flag is None or flag is False:
+        return messages, None
+    if flag is not True:
+        raise RequestError(400, f"'continue_final_message' must be true or false, got {flag!r}",
+                           "continue_final_message")
+    if messages[-1]["role"] != "assistant":
+        raise RequestError(400, "'continue_final_message' continues the storyteller's last message: the last "
+                                f"message is the {messages[-1]['role']}'s", "continue_final_message")
+    return messages[:-1], messages[-1]["content"]
+
+
+async def conversation_keeper(request: Request, body: dict, messages: list[dict], params: dict,
+                              so_far: str | None = None) -> KeptReply | None:
+    """`"conversation": id` on a streamed chat request: the reply is kept in that conversation of the caller's
+    (another user's id: 404) as it comes (KeptReply). The request's messages must be the stored ones, the stored
+    ones and one new user message, or the stored ones but their last reply (Regenerate: the new reply replaces it,
+    which is kept as its alternative); else 409 conflict (the conversation changed since the page loaded it).
+    `so_far`: the reply being continued (continued()): the stored messages must be `messages` and it. None
+    without the field."""
+    cid = body.get("conversation")
+    if cid is None:
+        return None
+    if not isinstance(cid, str) or not re.fullmatch(r"[0-9a-f]{32}", cid):
+        raise RequestError(400, "'conversation' must be the id of one of your conversations", "conversation")
+    if not params["stream"]:
+        raise RequestError(400, "'conversation' keeps a streamed reply as it comes: it needs \"stream\": true",
+                           "conversation")
+    store = request.app.state.store
+    if await asyncio.to_thread(store.owner, cid) != request.user.name:
+        raise NotFound(f"no conversation {cid!r}")
+    stored = await asyncio.to_thread(store.get, cid)
+    asked = [{"role": m["role"], "content": m["content"]} for m in messages]
+    had = [{"role": m["role"], "content": m["content"]} for m in stored["messages"]]
+    appended = asked[:-1] == had and asked[-1]["role"] == "user"
+    regenerated = asked == had[:-1] and bool(had) and had[-1]["role"] == "assistant"
+    if so_far is not None:  # only the reply being continued may follow
+        appended, regenerated = False, had == [*asked, {"role": "assistant", "content": so_far}]
+    if (asked != had or so_far is not None) and not appended and not regenerated:
+        raise RequestError(409, f"conversation {cid!r} is not the one these messages continue (it changed "
+                                "meanwhile?): load it again", "conversation", "conflict")
+    return KeptReply(store, cid, stored["title"], asked, stored["version"], so_far or "")
+
+
 @routes.get("/api/users")
 def list_users(request: Request):
     """The users of this server (--users), [{"name", "admin"}], for an admin (else 403); without --users the one
@@ -1225,22 +1395,56 @@ def list_conversations(request: Request):
 
 
 @routes.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
-async def create_conversation(request: Request):
+async def create_conversation(request: Request, response: Response):
     body = await read_body(request)
-    return await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"),
-                                   owner=request.user.name)
+    return _versioned(await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"),
+                                              owner=request.user.name), response)
+
+
+def etag(version: int) -> str:
+    """A conversation's version as an HTTP entity tag ("3"): GET and PUT send it, PUT's If-Match names one."""
+    return f'"{version}"'
+
+
+def if_match_version(request: Request) -> int | None:
+    """The version a PUT was made from: its If-Match header, one entity tag of a version ("3", as etag() writes
+    it). None without the header or with "*" (no check: clients that know no versions write as before). Anything
+    else (a list, a weak tag, not a version) is a 400 naming If-Match."""
+    value = request.headers.get("if-match")
+    if value is None or value.strip() == "*":
+        return None
+    m = re.fullmatch(r'\s*"(\d{1,15})"\s*', value)
+    if m is None:
+        raise RequestError(400, f"'If-Match' must be one version of the conversation as its ETag gives it (\"3\"), "
+                                f"got {value[:40]!r}", "If-Match")
+    return int(m.group(1))
+
+
+def _versioned(conversation: dict, response: Response) -> dict:
+    response.headers["ETag"] = etag(conversation["version"])
+    return conversation
 
 
 @routes.get("/api/conversations/{cid}")
-def get_conversation(cid: str, request: Request):
-    return request.app.state.store.get(cid)
+def get_conversation(cid: str, request: Request, response: Response):
+    """One conversation with its messages and version (also its ETag)."""
+    return _versioned(request.app.state.store.get(cid), response)
 
 
 @routes.put("/api/conversations/{cid}", openapi_extra=CONVERSATION_SCHEMA)
-async def put_conversation(cid: str, request: Request):
+async def put_conversation(cid: str, request: Request, response: Response):
+    """Replace a conversation's title and messages. With If-Match (the ETag of the version the change was made
+    from) the write happens only if nobody wrote since: else 409 `conflict`, nothing written, the ETag of the
+    stored version in the answer. A last message with "interrupted": true (a reply that did not end) is marked so;
+    without it, a mark stays while its message is unchanged. Returns the conversation as stored, with its new
+    version (and ETag)."""
     body = await read_body(request)
-    return await asyncio.to_thread(request.app.state.store.put, cid, body.get("title", "New story"),
-                                   body.get("messages", []))
+    expected, messages = if_match_version(request), body.get("messages", [])
+    cut = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and \
+        messages[-1].get("interrupted") is True  # the page's reply that did not end: stays marked
+    saved = await asyncio.to_thread(request.app.state.store.put, cid, body.get("title", "New story"), messages,
+                                    expected, True if cut else None)
+    return _versioned(saved, response)
 
 
 @routes.delete("/api/conversations/{cid}")
@@ -1364,6 +1568,10 @@ async def on_refused(request: Request, e: Refused) -> JSONResponse:  # the store
     return _error(400, str(e))
 
 
+async def on_conflict(request: Request, e: Conflict) -> JSONResponse:  # the store: written meanwhile (If-Match)
+    return _error(409, str(e), "If-Match", "conflict", headers={"ETag": etag(e.version)})
+
+
 async def on_unwritten_exercise(request: Request, e: NotImplementedError) -> JSONResponse:  # a workspace's storylib
     return _error(501, f"this server runs your storylib, which is not finished: {e}", code="not_implemented")
 
@@ -1401,17 +1609,50 @@ async def on_unexpected(request: Request, e: Exception) -> JSONResponse:
 
 
 EXCEPTION_HANDLERS = {RequestError: on_request_error, NotFound: on_not_found, Refused: on_refused,
-                      NotImplementedError: on_unwritten_exercise, StarletteHTTPException: on_http_exception,
-                      RequestValidationError: on_validation_error, Exception: on_unexpected}
+                      Conflict: on_conflict, NotImplementedError: on_unwritten_exercise,
+                      StarletteHTTPException: on_http_exception, RequestValidationError: on_validation_error,
+                      Exception: on_unexpected}
+
+
+def drain_on_signals(engine: Engine) -> Callable[[], None]:
+    """SIGTERM and SIGINT (Ctrl-C) drain the engine (Engine.drain: the replies in flight end with what they have),
+    then do what they did before: under `llm101n serve`, uvicorn's graceful shutdown, which lets those last
+    responses go out before the connections close. Only in the main thread, where signals arrive (a server in a
+    thread is stopped by its owner). Returns what puts the handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(sig: int, frame) -> None:
+        engine.drain()
+        before = previous[sig]
+        if callable(before):
+            before(sig, frame)
+        elif before == signal.SIG_DFL:  # nobody handled it: what it does by default (the process ends)
+            signal.signal(sig, before)
+            signal.raise_signal(sig)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)
+
+    return restore
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    """The engine's thread runs while the app is served; the database closes after it."""
+    """The engine's thread runs while the app is served (a SIGTERM drains it first: drain_on_signals); the database
+    closes after it."""
     app.state.engine.start()
+    restore = drain_on_signals(app.state.engine)
     try:
         yield
     finally:
+        restore()
         app.state.engine.stop()
         app.state.store.close()
 
@@ -1445,7 +1686,8 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
     s.illustrations, s.users = Illustrations(illustrator), users
     app.include_router(routes, dependencies=[Depends(owned_conversation)])
     if cors_origins:  # off unless asked for: a browser page from another origin cannot call this server
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["ETag"])  # a conversation's version (If-Match)
     # Added last: the outermost layer (Host, Origin, the key, JSON bodies, security headers; storylib.service).
     app.add_middleware(Guard, api_key=api_key, metrics=s.metrics, allowed_hosts=allowed_hosts,
                        cors_origins=cors_origins, users=users)

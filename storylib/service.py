@@ -49,6 +49,15 @@ class Refused(ValueError):
     """A title or messages the store will not keep (the app answers 400; any other ValueError stays a 500)."""
 
 
+class Conflict(Exception):
+    """A write that names a version of the conversation older than the stored one (another tab or client wrote
+    meanwhile): nothing was written. `version` is the stored one (the app answers 409 with it as the ETag)."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version
+
+
 DEFAULT_USER = "default"  # who owns the conversations of a server without --users (and those made before it)
 SCHEMA_VERSION = 3  # 1: conversations and messages; 2: + images (Chapter 17's pictures); 3: + replies (ratings)
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -89,7 +98,9 @@ class ConversationStore:
     conversation and message kept. The methods raise KeyError for a conversation that does not exist and
     ValueError for a title or messages they refuse. A new file is created readable by its owner only (0600).
     Every conversation has an owner (a user's name, DEFAULT_USER without --users): conversations() and
-    rated_replies() take one to filter by, create() one to give, owner() tells.
+    rated_replies() take one to filter by, create() one to give, owner() tells. Every conversation has a version
+    (1 when created, +1 at every write: put, rate, set_illustration): put(expected=N) writes only if it is still
+    N (else Conflict, nothing written), so two tabs appending to one conversation cannot undo each other.
 
     A storyteller message may have one picture (images: the sentence drawn, its caption, the PNG). A picture
     belongs to the message at its position: it is kept while put() leaves that message as it was and dropped
@@ -128,6 +139,7 @@ class ConversationStore:
             else:
                 self._check_existing()
             self._add_owners()
+            self._add_versions()
             self.db.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} cannot be read as the conversation database ({e}); "
@@ -142,6 +154,33 @@ class ConversationStore:
         with self._transaction() as db:
             db.execute(f"ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT '{DEFAULT_USER}'")
             db.execute("CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations (owner, updated)")
+
+    def _add_versions(self) -> None:
+        """Give conversations a version if the file has none yet (every conversation there starts at 1): a
+        counter bumped by every write to the conversation, so that a write made from an older copy is refused
+        (put(expected=...)); and `interrupted`, the position of a reply whose stream did not end (NULL: none).
+        Columns, as the owner: a server that knows neither still reads the file."""
+        columns = [r[1] for r in self.db.execute("PRAGMA table_info(conversations)")]
+        if "version" in columns and "interrupted" in columns:
+            return
+        with self._transaction() as db:
+            if "version" not in columns:
+                db.execute("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+            if "interrupted" not in columns:  # the position of a reply whose stream was cut (put(interrupted=))
+                db.execute("ALTER TABLE conversations ADD COLUMN interrupted INTEGER")
+
+    def _bump(self, db: sqlite3.Connection, cid: str, expected: int | None = None) -> int:
+        """The conversation changes: its version goes up by one (in the caller's transaction; returns the new one).
+        NotFound for an unknown id; Conflict when `expected` is given and is not the stored version."""
+        row = db.execute("SELECT version FROM conversations WHERE id = ?", (cid,)).fetchone()
+        if row is None:
+            raise NotFound(f"no conversation {cid!r}")
+        if expected is not None and expected != row[0]:
+            raise Conflict(f"conversation {cid!r} was changed elsewhere (it is at version {row[0]}, this write was "
+                           f"made from version {expected}); nothing was written: load it again and redo the change",
+                           row[0])
+        db.execute("UPDATE conversations SET version = version + 1 WHERE id = ?", (cid,))
+        return row[0] + 1
 
     def _check_existing(self) -> None:
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
@@ -223,15 +262,15 @@ class ConversationStore:
     def conversations(self, owner: str | None = None) -> list[dict]:
         """Every conversation of `owner` (None: of everyone), without its messages, the latest changed first."""
         with self.lock:
-            rows = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE ? IS NULL OR "
-                                   "owner = ? ORDER BY updated DESC", (owner, owner))
-            return [dict(zip(("id", "title", "created", "updated"), r, strict=True)) for r in rows]
+            rows = self.db.execute("SELECT id, title, created, updated, version FROM conversations WHERE ? IS NULL "
+                                   "OR owner = ? ORDER BY updated DESC", (owner, owner))
+            return [dict(zip(("id", "title", "created", "updated", "version"), r, strict=True)) for r in rows]
 
     def get(self, cid: str) -> dict:
         """One conversation with its messages; KeyError if there is none with this id."""
         with self.lock:
-            row = self.db.execute("SELECT id, title, created, updated FROM conversations WHERE id = ?",
-                                  (cid,)).fetchone()
+            row = self.db.execute("SELECT id, title, created, updated, version, interrupted FROM conversations "
+                                  "WHERE id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {cid!r}")
             msgs = self.db.execute("SELECT role, content FROM messages WHERE conversation = ? ORDER BY position",
@@ -243,8 +282,10 @@ class ConversationStore:
                     "SELECT prefix_key, content, rating, rated FROM replies WHERE conversation = ? ORDER BY created",
                     (cid,)):
                 replies.setdefault(key, []).append((content, rating, rated))
-            out = dict(zip(("id", "title", "created", "updated"), row, strict=True))
+            out = dict(zip(("id", "title", "created", "updated", "version"), row[:5], strict=True))
             out["messages"] = [{"role": a, "content": b} for a, b in msgs]
+            if row[5] is not None and row[5] < len(msgs) and msgs[row[5]][0] == "assistant":
+                out["messages"][row[5]]["interrupted"] = True  # its stream was cut: the words that came
             for i, (sentence, caption, created) in pictures.items():
                 if i < len(out["messages"]):
                     out["messages"][i]["illustration"] = {"sentence": sentence, "caption": caption,
@@ -272,21 +313,27 @@ class ConversationStore:
             raise NotFound(f"no conversation {cid!r}")
         return row[0]
 
-    def put(self, cid: str, title: str, messages: list[dict]) -> dict:
-        """Replace a conversation's title and messages, in one transaction. ValueError for a bad title or
-        message (nothing is written), KeyError for an unknown id."""
+    def put(self, cid: str, title: str, messages: list[dict], expected: int | None = None,
+            interrupted: bool | None = None) -> dict:
+        """Replace a conversation's title and messages, in one transaction, and bump its version. ValueError for
+        a bad title or message (nothing is written), KeyError for an unknown id. `expected`: the version the
+        change was made from (If-Match); another stored version -> Conflict, nothing written. None: no check.
+        `interrupted`: True marks the last message (a storyteller's reply) as cut before its end (get() says
+        "interrupted": true on it), False clears the mark, None keeps it while that message is unchanged."""
         self._check_title(title)
         self._check_messages(messages)
         with self.lock, self._transaction() as db:
-            n = db.execute("UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
-                           (title, time.time(), cid)).rowcount
-            if n == 0:
-                raise NotFound(f"no conversation {cid!r}")
+            self._bump(db, cid, expected)
+            was = db.execute("SELECT interrupted FROM conversations WHERE id = ?", (cid,)).fetchone()[0]
             before = db.execute("SELECT position, role, content FROM messages WHERE conversation = ? "
                                 "ORDER BY position", (cid,)).fetchall()
             kept = [i for i, role, content in before
                     if i < len(messages) and (messages[i]["role"], messages[i]["content"]) == (role, content)]
-            self._keep_replaced_reply(db, cid, [{"role": r, "content": c} for _, r, c in before], messages)
+            cut = (len(messages) - 1 if interrupted and messages and messages[-1]["role"] == "assistant" else
+                   was if interrupted is None and was in kept else None)
+            db.execute("UPDATE conversations SET title = ?, updated = ?, interrupted = ? WHERE id = ?",
+                       (title, time.time(), cut, cid))
+            self._keep_replaced_reply(db, cid, [{"role": r, "content": c} for _, r, c in before], messages, was)
             db.execute(f"DELETE FROM images WHERE conversation = ? AND position NOT IN ({','.join('?' * len(kept))})",
                        (cid, *kept))
             db.execute("DELETE FROM messages WHERE conversation = ?", (cid,))
@@ -295,14 +342,19 @@ class ConversationStore:
         return self.get(cid)
 
     def _keep_replaced_reply(self, db: sqlite3.Connection, cid: str, before: list[dict],
-                             after: list[dict]) -> None:
+                             after: list[dict], cut: int | None = None) -> None:
         """The reply that `after` replaces or drops while keeping every message before it (a regenerated reply)
         stays in replies, unrated unless it was rated. Only the first difference can be such a reply: an edit
-        further up changes the request of every reply after it."""
+        further up changes the request of every reply after it. Not the reply at `cut` (interrupted: words of
+        a reply still coming, or cut off, not a reply of its own), nor one that the new reply goes on from (a reply
+        continued)."""
         d = next((i for i, (a, b) in enumerate(zip(before, after, strict=False))
                   if (a["role"], a["content"]) != (b["role"], b["content"])), min(len(before), len(after)))
-        if d < len(before) and before[d]["role"] == "assistant":
-            self._insert_reply(db, cid, before[:d], before[d]["content"])
+        if d < len(before) and before[d]["role"] == "assistant" and d != cut:
+            grown = d < len(after) and after[d]["role"] == "assistant" and after[d]["content"].startswith(
+                before[d]["content"])
+            if not grown:
+                self._insert_reply(db, cid, before[:d], before[d]["content"])
 
     def _insert_reply(self, db: sqlite3.Connection, cid: str, prefix: list[dict], content: str) -> None:
         prefix = [{"role": m["role"], "content": m["content"]} for m in prefix]
@@ -316,7 +368,7 @@ class ConversationStore:
         rated, when it is one of the message's alternatives (get() lists them); None or the message's own text:
         the message itself. Refused for a rating not in RATINGS or a message that is not the storyteller's;
         NotFound for an unknown conversation, position or alternative. Returns {"position", "content", "rating",
-        "rated"}."""
+        "rated", "version"} (the conversation's new version)."""
         if not isinstance(rating, int) or isinstance(rating, bool) or rating not in RATINGS:
             raise Refused(f"'rating' must be 1 (thumbs up), -1 (thumbs down) or 0 (cleared), got {rating!r}")
         if content is not None and not isinstance(content, str):
@@ -341,7 +393,8 @@ class ConversationStore:
             if n == 0:
                 raise NotFound(f"message {position} of conversation {cid!r} has no alternative reading "
                                f"{content[:60]!r} (it may not be saved yet)")
-        return {"position": position, "content": content, "rating": rating, "rated": now}
+            version = self._bump(db, cid)
+        return {"position": position, "content": content, "rating": rating, "rated": now, "version": version}
 
     def rated_replies(self, owner: str | None = None) -> list[dict]:
         """Every rated reply (rating 1 or -1) of every conversation (of `owner`'s only, unless None), oldest
@@ -369,7 +422,8 @@ class ConversationStore:
                          png: bytes) -> dict:
         """Keep the picture of the storyteller's message at `position` (replacing one it had), if that message
         still reads `content` (what was drawn from): Refused otherwise (it changed meanwhile; nothing is written),
-        NotFound if it is gone. Returns the picture's description, as get() gives it."""
+        NotFound if it is gone. Returns the picture's description, as get() gives it, and the conversation's new
+        "version"."""
         now = time.time()
         with self.lock, self._transaction() as db:
             row = db.execute("SELECT role, content FROM messages WHERE conversation = ? AND position = ?",
@@ -381,7 +435,9 @@ class ConversationStore:
                 raise Refused(f"message {position} changed while it was being illustrated; try again")
             db.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
                        (cid, position, sentence, caption, png, now))
-        return {"sentence": sentence, "caption": caption, "created": now, "url": illustration_path(cid, position)}
+            version = self._bump(db, cid)
+        return {"sentence": sentence, "caption": caption, "created": now, "url": illustration_path(cid, position),
+                "version": version}
 
     def illustration_png(self, cid: str, position: int) -> bytes:
         """The PNG of a message's picture; NotFound if it has none."""

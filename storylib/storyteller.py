@@ -219,16 +219,50 @@ def fit_for_reply(messages: list[dict], tokenizer, block_size: int, reserve: int
     """The conversation's last whole turns that leave `reserve` tokens of a block_size context free for the reply
     (storylib.conversations.fit_conversation: the oldest turns go first; the last request and the story it refers
     to always stay). Where those alone leave less room, the reserve is halved until they fit: the reply gets what
-    is left. Raises ValueError if even they do not fit."""
+    is left. Raises ValueError if even they do not fit. Linear in the conversation's length: pairs that cannot
+    fit are dropped by counting tokens first (_surely_out), so a 500-message conversation costs no more than its
+    window."""
     from storylib.conversations import fit_conversation
 
     while True:
         try:
-            return fit_conversation(messages, tokenizer, block_size, reserve=reserve)
+            return fit_conversation(_surely_out(messages, tokenizer, block_size - reserve), tokenizer, block_size,
+                                    reserve=reserve)
         except ValueError:
             if reserve == 0:
                 raise
             reserve //= 2
+
+
+def _surely_out(messages: list[dict], tokenizer, budget: int) -> list[dict]:
+    """`messages` without the oldest (user, assistant) pairs that fit_conversation would drop anyway: those before
+    the newest pairs that alone fill more than `budget` tokens (each message counted as its content's tokens + 2,
+    its role token and <|end|>, as the chat template renders it). fit_conversation keeps what it always keeps
+    (a system message, the last request, the pair it refers to), and this leaves those too; it then drops what
+    else must go, rendering each time, which over hundreds of messages would take seconds."""
+    from storylib.conversations import reference_index
+    from storylib.fastbpe import encode_ordinary
+
+    def size(i: int) -> int:
+        return len(encode_ordinary(tokenizer, messages[i]["content"])) + 2
+
+    generation = bool(messages) and messages[-1]["role"] == "user"
+    last_user = len(messages) - (1 if generation else 2)
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    if last_user - head < 4:  # nothing to gain
+        return messages
+    ref = reference_index(messages, last_user)
+    keep = {*range(head), *range(last_user, len(messages))} | ({ref - 1, ref} if ref is not None else set())
+    used = sum(size(i) for i in keep)
+    drop = set()
+    for i in range(last_user - 2, head - 1, -2):  # the user index of each pair, newest first
+        if i in keep:
+            continue
+        if used > budget:  # already full without this pair: it and every older one go
+            drop |= {i, i + 1}
+        else:
+            used += size(i) + size(i + 1)
+    return [m for j, m in enumerate(messages) if j not in drop]
 
 
 def chat_prompt(model, tokenizer, messages: list[dict], reserve: int) -> list[int]:

@@ -2,7 +2,8 @@
 // Conversations live on the server (SQLite, /api/conversations); replies stream from /v1/chat/completions as
 // server-sent events, from the chat model through the chat template (Chapter 14): ask for a story, then for
 // changes. A long conversation is sent whole with truncation "auto": the server keeps the last turns that fit the
-// context. Stop aborts the request: the server sees the client leave and frees its batch row.
+// context, and the page says so once per conversation when the oldest no longer do (usage.dropped_messages).
+// Stop aborts the request: the server sees the client leave and frees its batch row.
 // Illustrate (Chapter 17) draws a storyteller message (its most drawable sentence, or the text selected in it) on
 // the server, which keeps the picture with the conversation; the conversation names it and the PNG is fetched once.
 // 👍 / 👎 (Chapter 15) rate a reply on the server (PUT .../messages/{i}/rating); Regenerate keeps the reply it
@@ -11,6 +12,10 @@
 // Replies are shown as Markdown built from DOM nodes and text only (markdown(): nothing is ever parsed as HTML).
 // A reply that breaks off (server gone, network down) keeps its words; the page says why and Send comes back.
 // Conversations are renamed in the list (PUT with their messages as they are) and deleted after a yes in the list.
+// Every save names the version it was made from (If-Match): when another tab wrote meanwhile (409), the page loads
+// the conversation again and adds its new turn after the other tab's; a change it cannot re-apply is said, not forced.
+// The server keeps each reply in the conversation as it streams (a reply cut off is there after a reload, marked
+// interrupted); a reply that did not end shows Continue, which asks for more of the same reply.
 "use strict";
 
 const MODEL = "storyteller";
@@ -45,18 +50,20 @@ async function errorText(resp) {
   return resp.status + " " + resp.statusText;
 }
 
-async function api(method, path, body) {
+// `extra`: more headers (If-Match). A refusal throws an Error with the server's message and its `status`.
+async function api(method, path, body, extra) {
   let resp;
   try {
-    resp = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });
+    resp = await fetch(path, { method, headers: { ...headers(), ...extra },
+      body: body ? JSON.stringify(body) : undefined });
   } catch (e) {  // no answer at all (a TypeError: "Failed to fetch"): say which way it failed
     throw new Error("The server cannot be reached: " + e.message);
   }
   if (resp.status === 401) {
     const key = window.prompt("This server needs an API key (llm101n serve --api-key):");
-    if (key) { localStorage.setItem("llm101n-api-key", key); return api(method, path, body); }
+    if (key) { localStorage.setItem("llm101n-api-key", key); return api(method, path, body, extra); }
   }
-  if (!resp.ok) throw new Error(await errorText(resp));
+  if (!resp.ok) throw Object.assign(new Error(await errorText(resp)), { status: resp.status });
   return resp.json();
 }
 
@@ -220,6 +227,7 @@ function messageElement(m, index) {
     tools.append(copy, illustrateButton(m, index, text, box), ratingButtons(m, index, false));
     extra.push(box);
     if (m.alternatives && m.alternatives.length) extra.push(alternativesElement(m, index));
+    if (m.interrupted && index === state.conv.messages.length - 1) extra.push(interruptedNote());
   } else if (m.role === "user") {
     const edit = document.createElement("button");
     edit.type = "button";
@@ -364,6 +372,7 @@ async function rate(target, index, value, buttons) {
     const got = await api("PUT", path, { rating, content: target.content });
     target.rating = got.rating;
     target.rated = got.rated;
+    wroteOnTop(conv, got.version);
     showError("");
   } catch (e) {
     showError("The rating was not saved: " + e.message);
@@ -483,6 +492,7 @@ async function illustrate(m, index, sentence, button, box) {
     // The first picture of a sentence is the same on every machine (seed 0); drawing it again gives another one
     if (m.illustration) body.seed = Math.floor(Math.random() * 2 ** 31);
     const got = await api("POST", path, body);
+    wroteOnTop(conv, got.version);
     const ill = { sentence: got.sentence, caption: got.caption, created: got.created, url: got.url };
     pictures.set(ill.url + "@" + ill.created, Promise.resolve("data:image/png;base64," + got.b64_json));
     m.illustration = ill;
@@ -568,7 +578,7 @@ async function openConversation(id) {
   showError("");
   cancelEdit();
   try {
-    state.conv = await api("GET", "/api/conversations/" + encodeURIComponent(id));
+    state.conv = remember(await api("GET", "/api/conversations/" + encodeURIComponent(id)));
     history.replaceState(null, "", "#" + id);
   } catch (e) {
     state.conv = null;
@@ -611,8 +621,15 @@ async function renameConversation(id, title) {
       $("title").textContent = title;
       await save();
     } else {
-      const c = await api("GET", path);
-      await api("PUT", path, { title, messages: c.messages.map((m) => ({ role: m.role, content: m.content })) });
+      for (let tries = 1; ; tries++) {  // a write that came between the GET and the PUT: read it again
+        const c = await api("GET", path);
+        try {
+          await api("PUT", path, { title, messages: plain(c.messages) }, { "If-Match": etag(c) });
+          break;
+        } catch (e) {
+          if (e.status !== 409 || tries >= 3) throw e;
+        }
+      }
     }
   } catch (e) {
     if (open) open.title = was;  // not kept: the page says what the server has
@@ -655,18 +672,117 @@ function newConversation() {
   $("prompt").focus();
 }
 
+// Every conversation on the server has a version (its ETag). The page keeps the one it last loaded or saved, with
+// the title and messages it had then (conv.base): a save sends If-Match with it, and a 409 (another tab or client
+// wrote meanwhile) is resolved by merged(): the page's change is re-applied to what the server has now.
+function remember(conv, server = conv) {
+  conv.version = server.version;
+  conv.base = { title: server.title, messages: plain(server.messages) };
+  followOwnWrites(conv);
+  return conv;
+}
+
+function plain(messages) { return messages.map((m) => ({ role: m.role, content: m.content })); }
+
+function etag(conv) { return '"' + conv.version + '"'; }
+
+// A reply asked for with the conversation's id is kept by the server as it streams (a reply cut off, even with
+// the page closed, is there after a reload, marked interrupted): the server's version moves meanwhile, so the
+// save after it loads the conversation first and finds the server's copy at conv.kept: nothing to write when it
+// is the page's text, else the page's text (what its user saw) replaces it (merged()). Returns the messages to send.
+function keptReply(conv, continuing) {
+  conv.kept = conv.messages.length - (continuing ? 1 : 0);
+  return conv.messages;
+}
+
+// What a save sends of each message: its role and words, and "interrupted" on a reply that did not end.
+function wire(messages) {
+  return messages.map((m) => (m.interrupted ? { role: m.role, content: m.content, interrupted: true }
+    : { role: m.role, content: m.content }));
+}
+
+function sameMessages(a, b) {
+  return a.length === b.length && a.every((m, i) => m.role === b[i].role && m.content === b[i].content);
+}
+
+// A write of ours that is not a save (a rating, a picture: the messages stay as they are) made the server's
+// version `version`. The page follows it when it is the next one after the page's (nobody else wrote in between),
+// now or once a save that was under way has given the page the version before it; else the next save finds out.
+function wroteOnTop(conv, version) {
+  if (typeof version !== "number") return;
+  (conv.ownWrites || (conv.ownWrites = new Set())).add(version);
+  followOwnWrites(conv);
+}
+
+function followOwnWrites(conv) {
+  while (conv.ownWrites && conv.version !== undefined && conv.ownWrites.has(conv.version + 1)) conv.version += 1;
+}
+
+// The page's change re-applied to `server` (the conversation as stored now): {title, messages}, or null when it
+// cannot be. Ours wins the title if we changed it. Messages: unchanged here -> theirs; unchanged there (a rating, a
+// picture, a title) -> ours; ours an append (a new message, a reply) -> theirs and then ours; else null.
+function merged(conv, server) {
+  const base = conv.base;
+  if (!base) return null;
+  const title = conv.title !== base.title ? conv.title : server.title;
+  const mine = plain(conv.messages);
+  const k = conv.kept;  // the server's copy of the reply the page asked for, cut or whole: the page's text wins
+  if (k !== undefined && server.messages.length === k + 1 && server.messages[k].role === "assistant" &&
+      mine.length > k && sameMessages(plain(server.messages.slice(0, k)), mine.slice(0, k))) {
+    return { title, messages: conv.messages };
+  }
+  if (sameMessages(mine, base.messages)) return { title, messages: server.messages };
+  if (sameMessages(plain(server.messages), base.messages)) return { title, messages: conv.messages };
+  const n = base.messages.length;
+  if (mine.length > n && sameMessages(mine.slice(0, n), base.messages)) {
+    return { title, messages: [...server.messages, ...conv.messages.slice(n)] };
+  }
+  return null;
+}
+
+const CHANGED_ELSEWHERE = "This conversation was changed in another tab or window: the page now shows it as " +
+  "saved there, and the change made here was not saved.";
+
+// PUT with If-Match. On 409: load the conversation, re-apply the page's change (merged()) and try again; when it
+// cannot be re-applied, the page takes the server's conversation and the Error says so (its `reloaded` is true).
+// After a reply the server kept (conv.kept), the page loads it first: nothing to write if it is the page's already.
+async function putConversation(c) {
+  const path = "/api/conversations/" + encodeURIComponent(c.id);
+  let server = c.kept !== undefined ? await api("GET", path) : null;
+  for (let tries = 1; ; tries++) {
+    if (server) {
+      if (server.title === c.title && sameMessages(plain(server.messages), plain(c.messages))) return server;
+      const change = merged(c, server);
+      if (!change) {
+        Object.assign(c, { title: server.title, messages: server.messages });
+        remember(c, server);
+        throw Object.assign(new Error(CHANGED_ELSEWHERE), { reloaded: true });
+      }
+      Object.assign(c, change);
+      remember(c, server);  // the change is now one made from the server's version
+    }
+    try {
+      return await api("PUT", path, { title: c.title, messages: wire(c.messages) }, { "If-Match": etag(c) });
+    } catch (e) {
+      if (e.status !== 409 || tries >= 3) throw e;
+    }
+    server = await api("GET", path);
+  }
+}
+
 async function save() {
   const c = state.conv;
-  const saving = api("PUT", "/api/conversations/" + encodeURIComponent(c.id),
-    { title: c.title, messages: c.messages.map((m) => ({ role: m.role, content: m.content })) });
+  const saving = putConversation(c);
   state.saving = saving.catch(() => {});  // a rating waits for it: the reply it rates must be on the server
   const saved = await saving;
+  remember(c, saved);
+  delete c.kept;
   c.updated = saved.updated;
   // the server's ratings and earlier tries (a regenerated reply's predecessor) of the messages as saved
   saved.messages.forEach((s, i) => {
     const m = c.messages[i];
     if (!m || m.role !== s.role || m.content !== s.content) return;
-    for (const key of ["rating", "rated", "alternatives"]) {
+    for (const key of ["rating", "rated", "alternatives", "interrupted"]) {
       if (key in s) m[key] = s[key]; else delete m[key];
     }
   });
@@ -674,9 +790,15 @@ async function save() {
 
 // -- a reply ---------------------------------------------------------------------------------------
 
-async function reply() {
+// Conversations whose user was told that their oldest turns no longer fit the context (once each).
+const toldDropped = new Set();
+const DROPPED_NOTICE = "The oldest turns no longer fit the storyteller's 512-token context; it now reads only the " +
+  "latest ones.";
+
+// `continuing`: more of the last message (a reply cut off or stopped: its Continue button), not a new reply.
+async function reply(continuing = false) {
   const conv = state.conv;
-  const assistant = { role: "assistant", content: "" };
+  const assistant = continuing ? conv.messages[conv.messages.length - 1] : { role: "assistant", content: "" };
   const controller = new AbortController();
   state.controller = controller;
   showError("");
@@ -687,7 +809,10 @@ async function reply() {
     resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model: MODEL, messages: conv.messages, stream: true, truncation: "auto",
+        model: MODEL, messages: keptReply(conv, continuing), stream: true, truncation: "auto",
+        conversation: conv.id,  // the server keeps the reply in it as it streams (see keptReply())
+        continue_final_message: continuing || undefined,
+        stream_options: { include_usage: true },  // its usage says how many old messages were left out
         temperature: parseFloat($("temperature").value),
       }),
     });
@@ -701,7 +826,8 @@ async function reply() {
     setStatus("");
     return { ok: false, error: "The server refused the request: " + (await errorText(resp)) };
   }
-  conv.messages.push(assistant);
+  if (!continuing) conv.messages.push(assistant);
+  delete assistant.interrupted;  // its note and Continue go while it streams
   renderMessages();
   const bubble = $("messages").lastElementChild;
   bubble.classList.add("streaming");
@@ -709,11 +835,13 @@ async function reply() {
   let finish = null;
   let broke = "";  // why the stream ended early: kept, shown after anything that fails later
   let done = false;  // the server's [DONE]: a stream that just stops before it was cut
+  let dropped = false;  // the server left the oldest messages out (truncation "auto")
   try {
     for await (const data of sseEvents(resp)) {
       if (data === "[DONE]") { done = true; break; }
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage && chunk.usage.dropped_messages > 0) dropped = true;
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
       if (choice.delta && choice.delta.content) {
@@ -727,13 +855,44 @@ async function reply() {
     if (e.name !== "AbortError") broke = "The reply broke off: " + e.message;
   }
   if (!done && !broke && !controller.signal.aborted) broke = "The reply broke off: the server stopped sending it.";
+  if (!done) assistant.interrupted = true;  // cut off or stopped: its Continue button asks for more of it
   state.controller = null;
   bubble.classList.remove("streaming");
   const stopped = controller.signal.aborted;
-  setStatus(stopped ? "Stopped." : finish === "length" ? "Stopped at the length limit." : "");
+  const notice = dropped && !toldDropped.has(conv.id) ? DROPPED_NOTICE : "";
+  if (notice) toldDropped.add(conv.id);
+  setStatus(stopped ? "Stopped." : finish === "length" ? `Stopped at the length limit. ${notice}`.trim() : notice);
   updateButtons();  // Send back, Stop gone, whatever happens next
   if (broke) showError(broke);
   return { ok: true, error: broke };
+}
+
+// Under a reply that did not end (cut off, stopped, or left so by a server that died): a line and Continue.
+function interruptedNote() {
+  const note = document.createElement("div");
+  note.className = "interrupted";
+  note.setAttribute("data-testid", "interrupted");
+  note.append("This reply stopped before its end. ",
+    button("continue", "Continue", "continue", () => continueReply()));
+  return note;
+}
+
+// More of the last reply, in the same message: the page's words are saved first (the server continues what it
+// has), then the new ones stream in and are saved.
+async function continueReply() {
+  const msgs = state.conv && state.conv.messages;
+  if (state.controller || !msgs || !msgs.length || msgs[msgs.length - 1].role !== "assistant") return;
+  showError("");
+  let problem = "";
+  try {
+    await save();
+    const r = await reply(true);
+    problem = r.error;
+    await save();
+  } catch (e) {
+    problem = unsaved(problem, e);
+  }
+  await afterReply(problem);
 }
 
 async function send(event) {
@@ -746,7 +905,7 @@ async function send(event) {
   try {
     if (!state.conv) {
       const title = content.replace(/\s+/g, " ").slice(0, 48);
-      state.conv = await api("POST", "/api/conversations", { title });
+      state.conv = remember(await api("POST", "/api/conversations", { title }));
       history.replaceState(null, "", "#" + state.conv.id);
     }
     const before = state.conv.messages.slice();
@@ -756,8 +915,8 @@ async function send(event) {
     $("prompt").value = "";
     try {
       await save();
-    } catch (e) {  // not kept: the message goes back in the box
-      state.conv.messages = before;
+    } catch (e) {  // not kept: the message goes back in the box (the page shows the server's messages if reloaded)
+      if (!e.reloaded) state.conv.messages = before;
       $("prompt").value = content;
       throw e;
     }

@@ -763,3 +763,103 @@ def test_replies_render_markdown_and_stored_html_stays_text(page, empty_server):
     page.get_by_test_id("confirm-delete-no").click()
     page.wait_for_timeout(300)  # an onerror would fire by now
     assert dialogs == [], "no script ran"
+
+
+# -- issue #20: data that is never lost ----------------------------------------------------------------
+
+
+def test_two_tabs_and_cut_replies_lose_nothing(page, empty_server, tiny_endless_server):
+    """Two tabs open one conversation. The second asks and is answered; the first, which still shows the older
+    version, asks too: its save is refused (409), it reloads, puts its turn after the other tab's and says
+    nothing, and the server keeps both turns. An edit made from an old copy cannot be re-applied: the page shows
+    the conversation as saved elsewhere, says so in one line, and the edited text is back in the box.
+    A reply cut off while the page cannot reach the server is kept by the server as it streamed, marked
+    interrupted; after a reload it is there with Continue, which writes more of the same reply."""
+    url = empty_server
+    cid = new_conversation(url, "Two tabs", [{"role": "user", "content": "A fox."},
+                                             {"role": "assistant", "content": "Red ran."}])
+    other = page.context.new_page()
+    for tab in (page, other):
+        tab.goto(f"{url}/#{cid}")
+        expect(tab.get_by_test_id("assistant-message")).to_have_count(1)
+
+    def whole(n: int) -> Callable[[dict], bool]:  # n messages, the last reply ended (kept as it streams)
+        return lambda c: len(c["messages"]) == n and "interrupted" not in c["messages"][-1]
+
+    send(other, "The other tab asks.")
+    expect(other.get_by_test_id("assistant-message")).to_have_count(2, timeout=60_000)
+    wait_done(other)
+    stored(url, cid, whole(4))
+    send(page, "This tab asks.")
+    expect(page.get_by_test_id("assistant-message")).to_have_count(3, timeout=60_000)
+    wait_done(page)
+    got = stored(url, cid, whole(6))
+    asked = [m["content"] for m in got["messages"] if m["role"] == "user"]
+    assert asked == ["A fox.", "The other tab asks.", "This tab asks."], "the other tab's turn is kept"
+    assert [m["role"] for m in got["messages"]] == ["user", "assistant"] * 3
+    expect(page.get_by_test_id("user-message")).to_have_count(3)  # this tab shows the other one's turn too
+    expect(page.get_by_test_id("error")).to_be_hidden()
+
+    other.get_by_test_id("user-message").last.get_by_test_id("edit").click()  # from the copy of 4 messages
+    other.get_by_test_id("prompt").fill("The other tab, edited.")
+    other.get_by_test_id("send").click()
+    expect(other.get_by_test_id("error")).to_have_text(re.compile(r"changed in another tab or window"))
+    expect(other.get_by_test_id("prompt")).to_have_value("The other tab, edited.")
+    expect(other.get_by_test_id("user-message")).to_have_count(3)  # what the server has, shown
+    assert httpx.get(url + f"/api/conversations/{cid}").json()["messages"] == got["messages"], "nothing lost"
+    forget_console_errors(page, "status of 409")
+    other.close()
+
+    # a reply cut off, the page unable to save it: the server kept it as it streamed
+    url, pull, gate = tiny_endless_server
+    page.goto(url + "/")
+    with gate.closed():
+        send(page, "Tell me about a mouse.")
+        page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                               " return m && m.textContent.length > 5; }", timeout=30_000)
+        page.route(SERVER_API, lambda route: route.abort())  # the server is gone for this page
+        pull()
+        expect(page.get_by_test_id("error")).to_contain_text("The reply broke off")
+        expect(page.get_by_test_id("interrupted").get_by_test_id("continue")).to_be_visible()
+        cid = page.evaluate("location.hash.slice(1)")
+        kept = stored(url, cid, lambda c: len(c["messages"]) == 2 and c["messages"][1].get("interrupted"))
+    assert kept["messages"][0]["content"] == "Tell me about a mouse." and kept["messages"][1]["interrupted"] is True
+    cut = kept["messages"][1]["content"]
+    assert cut, "the words that came before the cut"
+    page.unroute(SERVER_API)
+    page.reload()
+    reply = page.get_by_test_id("assistant-message")
+    expect(reply.get_by_test_id("interrupted")).to_be_visible()
+    reply.get_by_test_id("continue").click()
+    expect(reply.get_by_test_id("interrupted")).to_be_hidden(timeout=60_000)
+    wait_done(page, timeout=120_000)
+    whole = stored(url, cid, lambda c: len(c["messages"][1]["content"]) > len(cut) and
+                   "interrupted" not in c["messages"][1])
+    assert whole["messages"][1]["content"].startswith(cut) and len(whole["messages"][1]["content"]) > len(cut)
+    assert "interrupted" not in whole["messages"][1] and len(whole["messages"]) == 2, "one reply, whole"
+    expect(reply.locator(".text")).to_have_count(1)
+    forget_console_errors(page, "net::ERR_")
+
+
+def test_a_long_conversation_goes_on_and_the_page_says_once_that_old_turns_are_left_out(page, empty_server):
+    """A conversation longer than the 512-token context (40 turns, stored through the API) goes on: the server
+    reads its latest turns (truncation "auto") and the page says once, not at every reply, that the oldest turns
+    no longer fit."""
+    url = empty_server
+    story = "Once upon a time a little cat named Tom found a shiny key under a big old tree. He was very happy."
+    turns = [[{"role": "user", "content": f"Tell me story {i}."}, {"role": "assistant", "content": story}]
+             for i in range(40)]
+    cid = new_conversation(url, "A long talk", [m for turn in turns for m in turn])
+    page.goto(url + "/#" + cid)
+    expect(page.get_by_test_id("assistant-message")).to_have_count(40)
+    status = page.get_by_test_id("status")
+    send(page, "Tell me one more.")
+    expect(status).to_contain_text("no longer fit the storyteller's 512-token context", timeout=120_000)
+    assert len(stored(url, cid, lambda c: len(c["messages"]) == 82, 120)["messages"]) == 82, "the turn is kept"
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    send(page, "And another one.")
+    # the reply is saved after the page said what it had to say about it
+    assert len(stored(url, cid, lambda c: len(c["messages"]) == 84, 120)["messages"]) == 84, "the turn is kept"
+    wait_done(page)
+    expect(page.get_by_test_id("assistant-message")).to_have_count(42)
+    expect(status).not_to_contain_text("no longer fit")  # told once per conversation
