@@ -726,8 +726,7 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
     PPO *without* the leash shows what the leash is for. Its reward-model score climbed fastest of all (the plot
     below), while the rules' reward of the very replies it was trained on hardly moved; it walked furthest from
     the chat storyteller and lost the most on plain stories: the reward hacking of §15.7, starting. None of the
-    gains is large: each method ran for a few minutes of one GPU at most, and the goal of this chapter's run, a
-    fifth more reward than the chat storyteller, is still ahead.
+    gains is large: each method ran for a few minutes of one GPU at most.
     """)
     code("""
     best = R["best"]
