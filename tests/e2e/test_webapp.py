@@ -463,6 +463,16 @@ def forget_console_errors(page, *needles: str) -> None:
     log.console_errors[:] = [e for e in log.console_errors if not any(n in e for n in needles)]
 
 
+def cut_mid_reply(page, pull, request: str) -> None:
+    """Send `request`, wait until its reply streams, then take the server away from the page (every API request
+    aborted, until page.unroute(SERVER_API)) and cut the stream: what a page sees when the server dies."""
+    send(page, request)
+    page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
+                           " return m && m.textContent.length > 5; }", timeout=30_000)
+    page.route(SERVER_API, lambda route: route.abort())
+    pull()
+
+
 def test_a_dead_server_mid_reply_leaves_the_page_usable(page, tiny_endless_server, tmp_path):
     """The network goes (as when the server dies) while a reply streams: the page says the reply broke off (not
     a later "Failed to fetch"), Send is back and Stop gone, the words that came stay; once the server answers
@@ -470,11 +480,7 @@ def test_a_dead_server_mid_reply_leaves_the_page_usable(page, tiny_endless_serve
     url, pull, gate = tiny_endless_server
     page.goto(url + "/")
     with gate.closed():
-        send(page, "Tell me a story about a dog.")
-        page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
-                               " return m && m.textContent.length > 5; }", timeout=30_000)
-        page.route(SERVER_API, lambda route: route.abort())  # the server is gone: nothing answers
-        pull()  # and the reply's stream is cut
+        cut_mid_reply(page, pull, "Tell me a story about a dog.")
         error = page.get_by_test_id("error")
         expect(error).to_contain_text("The reply broke off")
         expect(page.get_by_test_id("send")).to_be_visible()
@@ -814,11 +820,7 @@ def test_two_tabs_and_cut_replies_lose_nothing(page, empty_server, tiny_endless_
     url, pull, gate = tiny_endless_server
     page.goto(url + "/")
     with gate.closed():
-        send(page, "Tell me about a mouse.")
-        page.wait_for_function("() => { const m = document.querySelector('.message.assistant.streaming .text');"
-                               " return m && m.textContent.length > 5; }", timeout=30_000)
-        page.route(SERVER_API, lambda route: route.abort())  # the server is gone for this page
-        pull()
+        cut_mid_reply(page, pull, "Tell me about a mouse.")
         expect(page.get_by_test_id("error")).to_contain_text("The reply broke off")
         expect(page.get_by_test_id("interrupted").get_by_test_id("continue")).to_be_visible()
         cid = page.evaluate("location.hash.slice(1)")
