@@ -26,14 +26,16 @@ def main(n: int = 4096) -> None:
     cublas = tflops(flops, time_ms(lambda: torch.mm(A, B, out=C)))
     rows = []
     shapes = [(128, 128, 16, 8, 8)]
-    layouts = [(8, 8, 2), (8, 8, 4), (8, 8, 8), (8, 16, 4)]  # (WX, GROUP, UNROLL)
-    for shape, (WX, GROUP, UNROLL), exact, cap in itertools.product(shapes, layouts, (True, False), (128,)):
+    layouts = [(8, 8, 2), (8, 16, 2)]  # (WX, GROUP, UNROLL)
+    maps = [(False, False), (True, False), (False, True), (True, True)]  # (AMAP, BMAP): conflict-free tile stores
+    for shape, (WX, GROUP, UNROLL), (AMAP, BMAP), exact, cap in itertools.product(shapes, layouts, maps, (True,),
+                                                                                  (128,)):
         lab.REGISTER_CAP = {"max_registers": cap}
         lab.expert_kernel.cache_clear()
         BM, BN, BK, TM, TN = shape
-        cfg = dict(BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, WX=WX, GROUP=GROUP, UNROLL=UNROLL)
+        cfg = dict(BM=BM, BN=BN, BK=BK, TM=TM, TN=TN, WX=WX, GROUP=GROUP, UNROLL=UNROLL, AMAP=AMAP, BMAP=BMAP)
         try:
-            kernel = lab.expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact)
+            kernel = lab.expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact, AMAP, BMAP)
             grid = (lab.cdiv(n, BN), lab.cdiv(n, BM))
             ms = time_ms(lambda k=kernel, g=grid: k[g, k.threads](dA, dB, dC))
         except Exception as e:  # a shape the kernel's asserts or the GPU refuse

@@ -249,7 +249,7 @@ def vectorized_kernel(BM: int, BN: int, BK: int, TM: int, TN: int):
 
 @cache
 def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int, WX: int = 8, GROUP: int = 8, UNROLL: int = 2,
-                  EXACT: bool = False):
+                  EXACT: bool = False, AMAP: bool = False, BMAP: bool = True):
     """v5 made fast: uint32 indices, 16-byte shared loads, two shared buffers, 2-D warp tiles, grouped blocks.
 
     What the compiler does with v5 (read with inspect_sass): each numba index is a signed 64-bit number that
@@ -264,6 +264,11 @@ def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int, WX: int = 8, GROU
     Blocks run in groups of GROUP block-rows (blockIdx remapped): the blocks resident at one time share rows
     of A and columns of B in L2. UNROLL k a loop turn. EXACT: M, N, K are multiples of BM, BN, BK, so no load
     or store needs a bounds test (the launcher picks it). (Reference only: no exercise.)
+    BMAP: a thread's 4 values of a row of the B tile are BN/4 columns apart (not 4 consecutive ones), so one load
+    instruction of a warp reads 32 consecutive floats (coalesced) and its scalar stores into shared memory hit 32
+    different banks; with runs of 4, a warp's 32 threads store to 8 banks, a 4-way conflict on every store.
+    AMAP would do the same for A (a warp's threads on 32 rows, so their stores into the transposed tile hit 32
+    banks), but then each load instruction reads 4 bytes from 32 rows: bench/lab05_sweep.py measures it slower.
     """
     NT = (BM // TM) * (BN // TN)  # threads per block
     TX = BN // TN  # threads along a row of the tile
@@ -276,35 +281,48 @@ def expert_kernel(BM: int, BN: int, BK: int, TM: int, TN: int, WX: int = 8, GROU
     assert A_RUNS >= 1 and B_RUNS >= 1 and A_RUNS * NT * VEC == BM * BK and B_RUNS * NT * VEC == BK * BN
     assert TM % VEC == 0 and TN % VEC == 0 and BK % VEC == 0 and BN % VEC == 0 and BK % UNROLL == 0
     assert NT % 32 == 0 and TX % WX == 0 and 32 % WX == 0, "whole warps, each WX × 32/WX threads"
+    assert not AMAP or (BM % 32 == 0 and (NT * A_RUNS) % BM == 0)
     u = uint32  # every index below is an unsigned 32-bit number: no negative-index code
+
+    @cuda.jit(device=True, inline=True)
+    def a_run(e):
+        """Run e of the A tile (0 <= e < BM·BK/4): (its row, its first k) in the tile."""
+        if AMAP:
+            return e % u(BM), (e // u(BM)) * u(VEC)
+        return e // u(BK // VEC), (e % u(BK // VEC)) * u(VEC)
+
+    @cuda.jit(device=True, inline=True)
+    def b_run(e):
+        """Run e of the B tile: (its k, its first column, the step between its 4 columns)."""
+        if BMAP:
+            return e // u(BN // VEC), e % u(BN // VEC), u(BN // VEC)
+        return e // u(BN // VEC), (e % u(BN // VEC)) * u(VEC), u(1)
 
     @cuda.jit(device=True, inline=True)
     def load_tile(A, B, pa, pb, t, row0, col0, k0, M, K, N):
         """This thread's runs of the k-tile at k0 from global memory into registers (0 outside the matrices)."""
         for l in range(A_RUNS):
-            e = t + u(l * NT)
-            r, k = row0 + e // u(BK // VEC), k0 + (e % u(BK // VEC)) * u(VEC)
+            r, k = a_run(t + u(l * NT))
+            r, k = row0 + r, k0 + k
             for q in range(VEC):
                 pa[l * VEC + q] = A[r, k + u(q)] if EXACT or (r < M and k + u(q) < K) else float32(0.0)
         for l in range(B_RUNS):
-            e = t + u(l * NT)
-            k, c = k0 + e // u(BN // VEC), col0 + (e % u(BN // VEC)) * u(VEC)
+            k, c, step = b_run(t + u(l * NT))
+            k, c = k0 + k, col0 + c
             for q in range(VEC):
-                pb[l * VEC + q] = B[k, c + u(q)] if EXACT or (k < K and c + u(q) < N) else float32(0.0)
+                pb[l * VEC + q] = B[k, c + u(q) * step] if EXACT or (k < K and c + u(q) * step < N) else float32(0.0)
 
     @cuda.jit(device=True, inline=True)
     def store_tile(At, Bs, pa, pb, t, a0, b0):
         """The registers into shared buffer (a0, b0): A transposed, B as it is."""
         for l in range(A_RUNS):
-            e = t + u(l * NT)
-            r, k = e // u(BK // VEC), (e % u(BK // VEC)) * u(VEC)
+            r, k = a_run(t + u(l * NT))
             for q in range(VEC):
                 At[a0 + (k + u(q)) * u(BM) + r] = pa[l * VEC + q]
         for l in range(B_RUNS):
-            e = t + u(l * NT)
-            k, c = e // u(BN // VEC), (e % u(BN // VEC)) * u(VEC)
+            k, c, step = b_run(t + u(l * NT))
             for q in range(VEC):
-                Bs[b0 + k * u(BN) + c + u(q)] = pb[l * VEC + q]
+                Bs[b0 + k * u(BN) + c + u(q) * step] = pb[l * VEC + q]
 
     @cuda.jit(fastmath=True, **REGISTER_CAP)  # BK=16 uncapped takes 152 registers and one block an SM; capped, 127
     def matmul_expert_kernel(A, B, C):
@@ -397,11 +415,12 @@ def matmul_vectorized(A, B, C, BM=128, BN=128, BK=8, TM=8, TN=8) -> None:
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
 
 
-def matmul_expert(A, B, C, BM=128, BN=128, BK=16, TM=8, TN=8, WX=8, GROUP=8, UNROLL=2) -> None:
+def matmul_expert(A, B, C, BM=128, BN=128, BK=16, TM=8, TN=8, WX=8, GROUP=16, UNROLL=2, AMAP=False,
+                  BMAP=True) -> None:
     # BK=16: half the barriers and tile loads of BK=8 per multiply-add (bench/lab05_sweep.py: best of its shapes)
     M, N = C.shape
     exact = M % BM == 0 and N % BN == 0 and A.shape[1] % BK == 0
-    kernel = expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact)
+    kernel = expert_kernel(BM, BN, BK, TM, TN, WX, GROUP, UNROLL, exact, AMAP, BMAP)
     kernel[(cdiv(N, BN), cdiv(M, BM)), kernel.threads](A, B, C)
 
 

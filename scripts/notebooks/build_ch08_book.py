@@ -755,9 +755,13 @@ LABS = {
         per loop turn, and the next tiles' loads in flight while the multiply-adds run. It keeps *two* pairs of
         shared tiles, computing from one while it fills the other, so one barrier per k-tile suffices instead
         of two; it shapes each warp as 8 × 4 threads instead of 16 × 2, so that per k a warp reads 32 numbers
-        of A and 64 of B from shared memory rather than 16 and 128 (fewer bytes through the same banks); and it
-        visits the blocks in groups of 8 block-rows, so that the blocks running at the same time share rows of
-        A and columns of B in the L2 cache.
+        of A and 64 of B from shared memory rather than 16 and 128 (fewer bytes through the same banks); it
+        gives each thread four numbers of a row of the B tile that lie BN/4 columns apart instead of side by
+        side, so that a warp's 32 lanes load 32 neighbouring numbers and store them into 32 different banks
+        (runs of 4 put the 32 lanes on 8 banks, a 4-way conflict on every store); and it visits the blocks in
+        groups of 16 block-rows, so that the blocks running at the same time share rows of A and columns of B in
+        the L2 cache. (Doing the same to A, whose tile is stored transposed, makes each load instruction read
+        from 32 rows, and `bench/lab05_sweep.py` measures that slower.)
 
         **Your goal**: each rung faster than the one before it.
         """,
