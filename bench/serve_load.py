@@ -1,15 +1,16 @@
-"""Load test of `llm101n serve` on loopback: N concurrent streaming clients for S seconds, with continuous
-batching (--max-batch 64, and 32, the server's default) and without it (--max-batch 1), each mode against a fresh
-server process.
+"""Load test of `llm101n serve` on loopback: a grid of batch sizes (--max-batch) × numbers of concurrent streaming
+clients, one fresh server process per batch size, to find the batch size that serves a class best on this machine.
 
 Each client loops: POST /v1/chat/completions with stream=true and a short story prompt, read the SSE stream to
-[DONE], count the reply's tokens (usage, stream_options.include_usage), go again. Reported per mode: requests,
+[DONE], count the reply's tokens (usage, stream_options.include_usage), go again. Reported per cell: requests,
 errors (any non-200, broken stream or missing [DONE]), p50/p99 time to first token (request sent -> first
 content chunk, queueing included), aggregate generated tokens/s (tokens of requests finished in the window /
-window), the server's own mean batch size (/metrics). Then the ratio of the largest batch to no batching. Results
-JSON with the machine in bench/results/serve_load.json.
+window), **goodput** (the same, counting only requests whose first token came within --slo seconds: a reply
+that starts after the reader gave up is not served), the server's own mean batch size (/metrics). The batch size
+with the most goodput under the heaviest load is `best_max_batch`: storylib.serve.DEFAULT_MAX_BATCH follows it
+(a test checks). Results JSON with the machine in bench/results/serve_load.json.
 
-    PYTHONPATH=. python bench/serve_load.py                      # 64 clients, 60 s each mode (the full run)
+    PYTHONPATH=. python bench/serve_load.py                      # the full grid, 30 s a cell (~12 min)
     PYTHONPATH=. python bench/serve_load.py --clients 4 --seconds 3 --modes 32 --out /tmp/x.json   # a smoke run
 """
 
@@ -91,8 +92,10 @@ async def _lines(reader: asyncio.StreamReader, timeout: float):
         yield line
 
 
-async def run_load(host: str, port: int, clients: int, seconds: float, max_tokens: int = 64, seed: int = 0) -> dict:
-    """`clients` loops of streaming requests for `seconds`; only requests started inside the window count."""
+async def run_load(host: str, port: int, clients: int, seconds: float, max_tokens: int = 64, seed: int = 0,
+                   slo: float = 1.0) -> dict:
+    """`clients` loops of streaming requests for `seconds`; only requests started inside the window count.
+    goodput: tokens/s of the requests whose first token came within `slo` seconds."""
     rng = random.Random(seed)
     results: list[dict] = []
     t_end = time.perf_counter() + seconds
@@ -119,7 +122,8 @@ async def run_load(host: str, port: int, clients: int, seconds: float, max_token
             "errors": len(results) - len(ok), "first_errors": [r["error"] for r in results if not r["ok"]][:5],
             "ttft_p50_s": pct(0.50), "ttft_p99_s": pct(0.99),
             "ttft_mean_s": statistics.fmean(ttft) if ttft else None,
-            "tokens": sum(r["tokens"] for r in ok), "tokens_per_s": sum(r["tokens"] for r in ok) / wall}
+            "tokens": sum(r["tokens"] for r in ok), "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "slo_s": slo, "goodput_tokens_per_s": sum(r["tokens"] for r in ok if (r["ttft"] or 1e9) <= slo) / wall}
 
 
 def metrics(host: str, port: int) -> dict:
@@ -148,13 +152,22 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
+def best_batch(grid: dict) -> int:
+    """The --max-batch with the most goodput at the largest number of clients (ties: the smaller batch). Batches
+    larger than that number of clients are left out: they decode the same rows, so they differ only by noise."""
+    heaviest = max(grid, key=int)
+    sizes = [int(b) for b in grid[heaviest] if int(b) <= int(heaviest)]
+    return min(sizes, key=lambda b: (-grid[heaviest][str(b)]["goodput_tokens_per_s"], b))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--clients", type=int, nargs="+", default=[8, 32, 64], help="concurrent clients of each cell")
+    p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--modes", type=int, nargs="+", default=[64, 32, 1],
-                   help="--max-batch of each run (1: no batching)")
+    p.add_argument("--slo", type=float, default=1.0, help="seconds to first token that count as served (goodput)")
+    p.add_argument("--modes", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128],
+                   help="--max-batch of each server (1: no batching)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_load.json"))
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -162,42 +175,51 @@ def main(argv: list[str] | None = None) -> int:
 
     from storylib.service import start_server_subprocess
 
-    runs = {}
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f} s"  # noqa: E731
+    grid: dict[str, dict[str, dict]] = {str(c): {} for c in args.clients}
     for max_batch in args.modes:
         port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             proc, _ = start_server_subprocess(port, args=["--max-batch", str(max_batch), "--max-queue",
-                                                          str(max(64, args.clients)), "--db", f"{tmp}/c.sqlite3"])
+                                                          str(max(64, *args.clients)), "--db", f"{tmp}/c.sqlite3"])
             try:
-                print(f"max_batch {max_batch}: {args.clients} clients for {args.seconds:.0f} s ...", flush=True)
-                r = asyncio.run(run_load("127.0.0.1", port, args.clients, args.seconds, args.max_tokens))
-                m = metrics("127.0.0.1", port)
-                r["mean_batch"] = m["llm101n_decode_rows_total"] / max(1, m["llm101n_decode_steps_total"])
-                r["server_requests_cancelled"] = m["llm101n_requests_cancelled_total"]
+                for clients in args.clients:
+                    print(f"max_batch {max_batch}: {clients} clients for {args.seconds:.0f} s ...", flush=True)
+                    before = metrics("127.0.0.1", port)
+                    r = asyncio.run(run_load("127.0.0.1", port, clients, args.seconds, args.max_tokens, slo=args.slo))
+                    m = metrics("127.0.0.1", port)
+                    steps = m["llm101n_decode_steps_total"] - before["llm101n_decode_steps_total"]
+                    rows = m["llm101n_decode_rows_total"] - before["llm101n_decode_rows_total"]
+                    r["mean_batch"] = rows / max(1, steps)
+                    r["server_requests_cancelled"] = (m["llm101n_requests_cancelled_total"]
+                                                      - before["llm101n_requests_cancelled_total"])
+                    grid[str(clients)][str(max_batch)] = r
+                    print(f"  requests {r['requests']}, errors {r['errors']}, TTFT p50 {fmt(r['ttft_p50_s'])} p99 "
+                          f"{fmt(r['ttft_p99_s'])}, {r['tokens_per_s']:.1f} tokens/s (goodput "
+                          f"{r['goodput_tokens_per_s']:.1f}), mean batch {r['mean_batch']:.1f}", flush=True)
+                    if r["errors"]:
+                        print(f"  first errors: {r['first_errors']}", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-        runs[str(max_batch)] = r
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f} s"
-        print(f"  requests {r['requests']}, errors {r['errors']}, TTFT p50 {fmt(r['ttft_p50_s'])} p99 "
-              f"{fmt(r['ttft_p99_s'])}, {r['tokens_per_s']:.1f} tokens/s, mean batch {r['mean_batch']:.1f}",
-              flush=True)
-        if r["errors"]:
-            print(f"  first errors: {r['first_errors']}", flush=True)
     out = {"what": "bench/serve_load.py: concurrent streaming chat clients on loopback, one server process per "
-                   "mode (--max-batch); tokens/s = generated tokens of finished requests / wall time",
-           "max_tokens": args.max_tokens, "machine": machine(), "runs": runs}
-    if "1" in runs and len(runs) > 1:
-        batched = max((k for k in runs if k != "1"), key=int)
-        a, b = runs[batched], runs["1"]
+                   "--max-batch; grid[clients][max_batch]; tokens/s = generated tokens of finished requests / wall "
+                   f"time; goodput counts only requests whose first token came within {args.slo} s",
+           "max_tokens": args.max_tokens, "seconds": args.seconds, "slo_s": args.slo, "machine": machine(),
+           "grid": grid, "best_max_batch": best_batch(grid)}
+    heaviest = grid[str(max(args.clients))]
+    if "1" in heaviest and len(heaviest) > 1:
+        a, b = heaviest[str(out["best_max_batch"])], heaviest["1"]
         out["ratio_tokens_per_s"] = a["tokens_per_s"] / max(b["tokens_per_s"], 1e-9)
         out["ratio_ttft_p50"] = (b["ttft_p50_s"] or 0) / max(a["ttft_p50_s"] or 1e-9, 1e-9)
-        print(f"continuous batching (max_batch {batched}) vs none: {out['ratio_tokens_per_s']:.1f}x tokens/s, "
-              f"p50 time to first token {out['ratio_ttft_p50']:.1f}x shorter")
+        print(f"continuous batching (max_batch {out['best_max_batch']}) vs none, {max(args.clients)} clients: "
+              f"{out['ratio_tokens_per_s']:.1f}x tokens/s, p50 time to first token "
+              f"{out['ratio_ttft_p50']:.1f}x shorter")
+    print(f"most goodput at {max(args.clients)} clients: --max-batch {out['best_max_batch']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
-    return 0 if all(r["errors"] == 0 for r in runs.values()) else 1
+    return 0 if all(r["errors"] == 0 for row in grid.values() for r in row.values()) else 1
 
 
 if __name__ == "__main__":

@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, func, help_ in (  # all that follows the name is the storylib module's own (its --help included)
         ("train", cmd_train, "train a storyteller: CONFIG [--resume] [--set k=v]; export CKPT OUT"),
         ("chat", cmd_chat, "ask for stories in the terminal: [--mode chat|story] [--prompt TEXT] ..."),
-        ("serve", cmd_serve, "the chat model's API and web app: [--port 8080] [--max-batch N] [--api-key K]"),
+        ("serve", cmd_serve, "the chat model's API and web app: [--port 8080] [--max-batch N] [--api-key K] "
+                             "[--users FILE]"),
         ("sft", cmd_sft, "Chapter 14's evaluation by rules: eval [MODEL ...] [--base B] [--n N]"),
         ("prefs", cmd_prefs, "your thumbs up / down as preference pairs: export [--db PATH ...] [--out FILE]"),
     ):

@@ -48,11 +48,15 @@ OpenAI's usage; in a stream, in the usage chunk of stream_options.include_usage)
 messages (Limits.max_messages) goes on, reading its latest turns, and the client can tell its user.
 
 Errors have OpenAI's shape everywhere, {"error": {"message", "type", "param", "code"}}: a field out of range (a seed
-is an integer in 0..2^63-1), text that is not text (a lone surrogate escaped in the JSON) or an OpenAI parameter this
-server does not implement (tools, response_format other than text, echo, logit_bias, ...: refused, never ignored) is
-a 400 naming the field; unknown routes are 404, wrong methods 405; a bug is a 500 that says no more (the traceback
-goes to the server's log). A chat reply that is not streamed can carry logprobs (top_logprobs: 0 to 5), those of the
-distribution each token was drawn from.
+is an integer in 0..2^63-1), text that is not text (a lone surrogate escaped in the JSON), an OpenAI parameter this
+server does not implement (tools, response_format other than text, echo, logit_bias, ...: refused, never ignored) or
+a field that is neither OpenAI's for that endpoint nor this server's (a typo: "Unrecognized request argument
+supplied: temprature", code unrecognized_argument) is a 400 naming the field; unknown routes are 404, wrong methods
+405; a bug is a 500 that says no more (the traceback goes to the server's log). A reply can carry logprobs, those of
+the distribution each token was drawn from: a chat's (logprobs: true, top_logprobs: 0 to 5) as OpenAI's chat
+gives them, a completion's (logprobs: 0 to 5) in the legacy shape (tokens, token_logprobs, top_logprobs,
+text_offset); streamed, each chunk carries the entries of the tokens its text completes (StreamedLogprobs).
+/v1/models gives the model's context as max_model_len (vLLM's name).
 
 Pictures (Chapter 17): POST /v1/images/generations is OpenAI's Images API for the illustrator: a sentence or a whole
 story in, the most drawable sentence drawn (storylib.illustrate), the PNG back as b64_json with the caption drawn
@@ -79,7 +83,7 @@ On SIGTERM (or Ctrl-C) the server stops gracefully (drain_on_signals): the repli
 have, finish_reason "length" (a stream with its final chunk and [DONE], not a cut connection), requests still
 waiting and new ones get a 503 `server_shutting_down` (a stream: an error event), then the process exits.
 
-    llm101n serve [--port 8080] [--max-batch 32] [--api-key KEY | --users FILE] [--db PATH] [--illustrator PATH]
+    llm101n serve [--port 8080] [--max-batch 64] [--api-key KEY | --users FILE] [--db PATH] [--illustrator PATH]
                                                                                    (see `llm101n serve --help`)
 """
 
@@ -97,6 +101,7 @@ import threading
 import time
 import traceback
 import uuid
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -113,7 +118,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storylib.chat_template import check_conversation, render_chat
 from storylib.fastbpe import encode_ordinary
-from storylib.kvcache import KVCache, StreamDecoder, forward_cached, process_logits, sample
+from storylib.kvcache import KVCache, StreamDecoder, forward_cached, process_logits, sample, utf8_complete
 from storylib.service import (
     Conflict,
     ConversationStore,
@@ -302,12 +307,12 @@ CHAT_UNSUPPORTED = {
     "verbosity": (_NEVER, "not implemented"),
     "web_search_options": (_NEVER, "the storyteller cannot search the web"),
     "service_tier": (_only("auto", "default"), 'this server has one tier ("auto" and "default" are accepted)'),
+    "moderation": (_NEVER, "this server has no moderation"),
 }
 COMPLETION_UNSUPPORTED = {
     "echo": (_only(False), "echoing the prompt is not implemented (false is accepted)"),
     "best_of": (_only(1), "one completion is generated per request (1 is accepted)"),
     "suffix": (_only(""), "inserting text before a suffix is not implemented"),
-    "logprobs": (_NEVER, "log-probabilities are not implemented on /v1/completions"),
     "conversation": (_NEVER, "only /v1/chat/completions keeps a reply in a conversation"),
     "logit_bias": _LOGIT_BIAS, "frequency_penalty": _PENALTIES, "presence_penalty": _PENALTIES,
 }
@@ -320,8 +325,38 @@ IMAGE_UNSUPPORTED = {
     "moderation": (_only("auto", "low"), 'this server has no moderation levels ("auto" and "low" are accepted)'),
     "partial_images": (_only(0), "pictures are sent whole (0 is accepted)"),
     "stream": (_only(False), "pictures are sent whole (false is accepted)"),
+    "complexity": (_NEVER, "the illustrator has one way to draw"),
+    "frame_count": (_NEVER, "pictures are PNG, not animated"),
+    "frame_duration_ms": (_NEVER, "pictures are PNG, not animated"),
+    "svg": (_NEVER, "pictures are PNG, not SVG"),
 }
-NO_OPS = {"user": str, "metadata": dict, "store": bool, "prompt_cache_key": str, "safety_identifier": str}
+NO_OPS = {"user": str, "metadata": dict, "store": bool, "prompt_cache_key": str, "safety_identifier": str,
+          "prompt_cache_options": dict, "prompt_cache_retention": str}
+
+# Every field a request body may hold, per route: OpenAI's for that endpoint (as the official client sends them;
+# those this server cannot honour are refused by name in *_UNSUPPORTED) and this server's own. Any other field is
+# refused (check_known_fields) rather than ignored: a typo ("temprature") or another server's extension
+# ("top_k") would otherwise do nothing without a word.
+_SAMPLING_FIELDS = {"model", "max_tokens", "temperature", "top_p", "stream", "stream_options", "stop", "seed", "n",
+                    "user", "logit_bias", "logprobs", "frequency_penalty", "presence_penalty"}
+CHAT_FIELDS = frozenset(_SAMPLING_FIELDS | set(CHAT_UNSUPPORTED) | set(NO_OPS) | {
+    "messages", "max_completion_tokens", "top_logprobs",  # OpenAI's, read here
+    "conversation", "truncation", "continue_final_message"})  # this server's
+COMPLETION_FIELDS = frozenset(_SAMPLING_FIELDS | set(COMPLETION_UNSUPPORTED) | {"prompt"})
+IMAGE_FIELDS = frozenset(set(IMAGE_UNSUPPORTED) | {
+    "prompt", "model", "n", "size", "response_format", "user", "safety_identifier",  # OpenAI's
+    "seed", "steps", "guidance"})  # this server's (check_drawing)
+
+
+def check_known_fields(body: dict, known: frozenset[str] | set[str]) -> None:
+    """A 400 for a body field that is not in `known` (the route's fields: OpenAI's for its endpoint and this
+    server's), with OpenAI's message for it ("Unrecognized request argument supplied: NAME"); param: the first
+    such field, code "unrecognized_argument". Nothing is ignored without a word."""
+    unknown = [name for name in body if name not in known]  # read_json_body refused keys that are not text
+    if unknown:
+        names = ", ".join(name[:100] for name in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise RequestError(400, f"Unrecognized request argument{'s' if len(unknown) > 1 else ''} supplied: {names}",
+                           unknown[0][:200], "unrecognized_argument")
 
 
 def check_openai_fields(body: dict, unsupported: dict) -> None:
@@ -344,10 +379,10 @@ def check_openai_fields(body: dict, unsupported: dict) -> None:
 MAX_TOP_LOGPROBS = 5  # as OpenAI's chat models (0..20 there)
 
 
-def check_logprobs(body: dict, stream: bool) -> int | None:
+def check_logprobs(body: dict) -> int | None:
     """A chat request's logprobs (a bool) and top_logprobs (an int in 0..MAX_TOP_LOGPROBS, only with logprobs):
-    how many alternatives to give with each token, or None when logprobs are not asked for. Streamed replies have
-    none (a 400: the streaming chunks carry text only)."""
+    how many alternatives to give with each token, or None when logprobs are not asked for. Whole replies and
+    streams alike (each content chunk carries its tokens' entries: StreamedLogprobs)."""
     logprobs, top = body.get("logprobs"), body.get("top_logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise RequestError(400, f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
@@ -356,9 +391,17 @@ def check_logprobs(body: dict, stream: bool) -> int | None:
                            "top_logprobs")
     if top is not None and not logprobs:
         raise RequestError(400, "'top_logprobs' needs logprobs: true", "top_logprobs")
-    if logprobs and stream:
-        raise RequestError(400, "'logprobs' are given with whole replies only (stream: false)", "logprobs")
     return (top or 0) if logprobs else None
+
+
+def check_completion_logprobs(body: dict) -> int | None:
+    """A legacy completion's logprobs: an int in 0..MAX_TOP_LOGPROBS, how many of the likeliest tokens to give
+    with each token (the token drawn is always given too), or None (absent or null)."""
+    k = body.get("logprobs")
+    if k is not None and (not _is_int(k) or not 0 <= k <= MAX_TOP_LOGPROBS):
+        raise RequestError(400, f"'logprobs' must be an integer in 0..{MAX_TOP_LOGPROBS} (the likeliest tokens to "
+                                f"give with each token), got {k!r}", "logprobs")
+    return k
 
 
 def check_generation(body: dict, limits: Limits, unsupported: dict) -> dict:
@@ -434,6 +477,12 @@ def invalid_text(value: Any, path: str = "") -> str | None:
     return None
 
 
+
+# The engine's rows (`llm101n serve --max-batch`): the batch with the most goodput (tokens/s of replies whose first
+# token came within a second) for 64 streaming clients on the course's 2-core machine, measured by
+# bench/serve_load.py into bench/results/serve_load.json (tests/test_serve_load.py keeps the two equal).
+DEFAULT_MAX_BATCH = 64
+
 # ----------------------------------------------------------------------------- continuous batching
 
 
@@ -455,6 +504,9 @@ class GenRequest:
     Events are ("text", piece) as the text becomes certain, then one ("done", finish_reason) with finish_reason
     "stop" (an end token or a stop string), "length" (max_tokens) or "cancelled". With logprobs = k (0..5), each
     new token's log-probability and its k likeliest alternatives go to token_logprobs (Engine._logprobs).
+    Text does not come token by token (half a character, or the start of a stop string, waits for the next
+    token): before each ("text", piece) is emitted, text_tokens gets how many of `tokens` the text so far covers
+    (those whose bytes have all been sent), so a stream can give each piece the entries of its own tokens.
     """
 
     prompt_ids: list[int]
@@ -471,6 +523,7 @@ class GenRequest:
     first_token_at: float | None = None
     logprobs: int | None = None  # None: not asked for
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # one per token
+    text_tokens: list[int] = field(default_factory=list)  # one per ("text", piece) event, set before it
 
 
 @dataclass
@@ -482,6 +535,8 @@ class Row:
     generator: torch.Generator
     last: int = -1
     logprobs: tuple | None = None  # the newest sampled token's (Engine._logprobs), until _deliver keeps it
+    ends: list[int] = field(default_factory=list)  # where each new token's bytes end, in the reply's bytes
+    sent: int = 0  # the reply's bytes sent as text so far
 
 
 class Engine:
@@ -494,7 +549,7 @@ class Engine:
     One thread (start()) owns the model; submit() and the counters may be used from any thread.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 32, max_queue: int = 64):
+    def __init__(self, model, tokenizer, max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = 64):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -554,7 +609,7 @@ class Engine:
         if row is not None and reason != "cancelled":
             tail = row.decoder.flush()
             if tail:
-                req.emit(("text", tail))
+                self._emit_text(row, tail, last=True)
         req.finish_reason = reason
         self.stats["cancelled"] += reason == "cancelled"
         self._release()
@@ -580,13 +635,28 @@ class Engine:
             req.token_logprobs.append(row.logprobs)
         self.stats["tokens"] += 1
         row.last = token
+        row.ends.append((row.ends[-1] if row.ends else 0) + len(self.tokenizer.vocab[token]))
         piece = row.decoder.push(token)
         if piece:
-            req.emit(("text", piece))
+            self._emit_text(row, piece)
         if row.decoder.stopped:
             req.finish_reason = "stop"
         elif len(req.tokens) >= req.max_tokens:
             req.finish_reason = "length"
+
+    @staticmethod
+    def _emit_text(row: Row, piece: str, last: bool = False) -> None:
+        """Emit ("text", piece), after noting in req.text_tokens how many tokens the text so far covers: the bytes
+        sent are all of the tokens' but those the decoder still holds (an unfinished character, the start of a
+        stop string); once a stop string showed, nothing after the piece is sent. `last`: the decoder's flush."""
+        d = row.decoder
+        if last or not d.stopped:
+            held = 0 if last else len(d.pending) + len(d.held.encode("utf-8", "replace"))
+            row.sent = row.ends[-1] - held if row.ends else 0
+        else:
+            row.sent += len(piece.encode("utf-8", "replace"))
+        row.req.text_tokens.append(bisect_right(row.ends, row.sent))
+        row.req.emit(("text", piece))
 
     def _sample(self, logits: torch.Tensor, row: Row) -> int:
         """The next token of one row from its logits (1, V), with the row's own settings and generator (and its
@@ -870,6 +940,7 @@ class Reply:
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
     dropped: int | None = None  # messages that truncation "auto" left out; None: no truncation asked for
+    text_offset: int = 0  # a completion's: the prompt's length in characters (its logprobs' text_offset start)
     on_event: Callable[[tuple], None] | None = None  # sees every event first (KeptReply: the reply kept as it comes)
 
     def usage(self) -> dict:
@@ -893,10 +964,11 @@ class Reply:
                 return
 
     def json_body(self, text: str, reason: str, logprobs: dict | None = None) -> dict:
-        """The whole reply as OpenAI's JSON (a chat.completion or a text_completion), with a chat's logprobs."""
+        """The whole reply as OpenAI's JSON (a chat.completion or a text_completion), with its logprobs (a chat's
+        as logprobs_json gives them, a completion's as legacy_logprobs does)."""
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                    "logprobs": logprobs} if self.chat else
-                  {"index": 0, "text": text, "finish_reason": reason, "logprobs": None})
+                  {"index": 0, "text": text, "finish_reason": reason, "logprobs": logprobs})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice], "usage": self.usage()}
 
@@ -925,13 +997,18 @@ def start_reply(engine: Engine, prompt_ids: list[int], max_tokens: int, params: 
     return Reply(req, events, chat, model, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24])
 
 
-async def sse_reply(reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
-    """The reply as OpenAI's stream of SSE chunks. Ends the generation when the client leaves."""
+async def sse_reply(reply: Reply, include_usage: bool, tokenizer=None) -> AsyncIterator[bytes]:
+    """The reply as OpenAI's stream of SSE chunks (with logprobs asked for, each content chunk carries its tokens':
+    StreamedLogprobs, which needs the tokenizer). Ends the generation when the client leaves."""
     usage = {} if include_usage else None
+    events, logprobs = reply.until_done(usage), None
+    if reply.req.logprobs is not None:
+        logprobs = StreamedLogprobs(reply, tokenizer)
+        events = logprobs.counted(events)
     try:
-        async for chunk in stream_chunks(reply.until_done(usage), completion_id=reply.id, created=reply.created,
+        async for chunk in stream_chunks(events, completion_id=reply.id, created=reply.created,
                                          model=reply.model, chat=reply.chat, usage=usage):
-            yield chunk
+            yield chunk if logprobs is None else logprobs.add_to(chunk)
     finally:  # finished, or the client went away (the response task is cancelled): free the row
         reply.req.cancelled = reply.req.cancelled or reply.req.finish_reason is None
 
@@ -966,13 +1043,17 @@ async def whole_reply(request: Request, reply: Reply) -> Response | dict:
     finally:
         watcher.cancel()
         reply.req.cancelled = reply.req.cancelled or reason is None
-    return reply.json_body("".join(text), reason, logprobs_json(reply.req, request.app.state.tokenizer))
+    tokenizer = request.app.state.tokenizer
+    logprobs = (logprobs_json(reply.req, tokenizer) if reply.chat else
+                legacy_logprobs(reply.req, tokenizer, text_offset=reply.text_offset))
+    return reply.json_body("".join(text), reason, logprobs)
 
 
-def logprobs_json(req: GenRequest, tokenizer) -> dict | None:
+def logprobs_json(req: GenRequest, tokenizer, start: int = 0, end: int | None = None) -> dict | None:
     """A chat reply's logprobs as OpenAI gives them: {"content": [{"token", "logprob", "bytes", "top_logprobs":
-    [{"token", "logprob", "bytes"}]}], "refusal": None}, one entry per new token; None when not asked for. A token
-    that is part of a character (a byte of an emoji) has its bytes, and U+FFFD in its text."""
+    [{"token", "logprob", "bytes"}]}], "refusal": None}, one entry per new token (tokens[start:end]: a stream
+    chunk's); None when not asked for. A token that is part of a character (a byte of an emoji) has its bytes, and
+    U+FFFD in its text."""
     if req.logprobs is None:
         return None
 
@@ -981,23 +1062,97 @@ def logprobs_json(req: GenRequest, tokenizer) -> dict | None:
         return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
     return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]}
-                        for t, (lp, top) in zip(req.tokens, req.token_logprobs, strict=True)], "refusal": None}
+                        for t, (lp, top) in zip(req.tokens[start:end], req.token_logprobs[start:end], strict=True)],
+            "refusal": None}
+
+
+def legacy_logprobs(req: GenRequest, tokenizer, start: int = 0, end: int | None = None,
+                    text_offset: int = 0) -> dict | None:
+    """A completion's logprobs as OpenAI's legacy Completions give them, for tokens[start:end]: {"tokens": [text],
+    "token_logprobs": [logprob], "top_logprobs": [{text: logprob}] (the req.logprobs likeliest and the token drawn,
+    which is always there), "text_offset": [where each token starts, in characters of the prompt and the reply:
+    the prompt's length (text_offset) for the first]}; None when not asked for. A token that is part of a
+    character has U+FFFD in its text and starts where that character does."""
+    if req.logprobs is None:
+        return None
+    end = len(req.tokens) if end is None else end
+
+    def text(token: int) -> str:
+        return tokenizer.vocab[token].decode("utf-8", "replace")
+
+    before = b"".join(tokenizer.vocab[t] for t in req.tokens[:start])  # the reply's bytes before tokens[start]
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t, (lp, top) in zip(req.tokens[start:end], req.token_logprobs[start:end], strict=True):
+        out["tokens"].append(text(t))
+        out["token_logprobs"].append(lp)
+        likeliest: dict[str, float] = {}
+        for i, v in top:
+            likeliest.setdefault(text(i), v)  # two byte tokens may both read U+FFFD: the likelier is kept
+        likeliest.setdefault(text(t), lp)
+        out["top_logprobs"].append(likeliest)
+        out["text_offset"].append(text_offset + len(before[: utf8_complete(before)].decode("utf-8", "replace")))
+        before += tokenizer.vocab[t]
+    return out
+
+
+class StreamedLogprobs:
+    """Logprobs on a stream: each chunk that carries text carries the entries of the tokens that text completes
+    (logprobs_json's shape for a chat chunk, legacy_logprobs' for a completion's); the other chunks say
+    "logprobs": null. The engine notes with each ("text", piece) how many tokens the text so far covers
+    (GenRequest.text_tokens); counted() reads it as stream_chunks takes each event, add_to() puts the entries
+    into the chunk stream_chunks makes of it (one chunk per text event, in order). Tokens whose text is never
+    sent (a stop string) have no entry."""
+
+    def __init__(self, reply: Reply, tokenizer):
+        self.reply, self.tokenizer = reply, tokenizer
+        self.covers: deque[int] = deque()  # per text event taken and not yet in a chunk: tokens covered by then
+        self.events = 0  # text events taken
+        self.sent = 0  # tokens whose entries went out
+
+    async def counted(self, events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+        async for event in events:
+            if event[0] == "text":
+                self.covers.append(self.reply.req.text_tokens[self.events])
+                self.events += 1
+            yield event
+
+    def add_to(self, chunk: bytes) -> bytes:
+        text = chunk.decode("utf-8")
+        if not text.startswith("data: {") or text.count("\n") != 2:  # not one JSON chunk: [DONE], an error, ...
+            return chunk
+        obj = json.loads(text[len("data: "):])
+        if not obj.get("choices") or "error" in obj:  # the usage chunk
+            return chunk
+        choice = obj["choices"][0]
+        if self.reply.chat:
+            delta = choice.get("delta", {})
+            carries_text = "role" not in delta and bool(delta.get("content"))
+        else:
+            carries_text = bool(choice.get("text"))
+        choice["logprobs"] = None
+        if carries_text and self.covers:
+            start, self.sent = self.sent, max(self.sent, self.covers.popleft())
+            req, tok = self.reply.req, self.tokenizer
+            choice["logprobs"] = (logprobs_json(req, tok, start, self.sent) if self.reply.chat else
+                                  legacy_logprobs(req, tok, start, self.sent, self.reply.text_offset))
+        return sse_json(obj)
 
 
 async def respond(request: Request, body: dict, prompt_ids: list[int], params: dict, chat: bool,
-                  dropped: int | None = None, keeper: KeptReply | None = None):
+                  dropped: int | None = None, keeper: KeptReply | None = None, text_offset: int = 0):
     """Generate a reply to prompt_ids and send it: streamed as SSE (params["stream"]) or whole. `dropped`: how
     many of the conversation's messages truncation "auto" left out (its usage says so), None without it.
-    `keeper`: the conversation the streamed reply is kept in as it comes (conversation_keeper)."""
+    `keeper`: the conversation the streamed reply is kept in as it comes (conversation_keeper). `text_offset`: a
+    completion's prompt length in characters (where its logprobs' text_offset starts)."""
     state = request.app.state
     max_tokens = fit(prompt_ids, params["max_tokens"], state.limits, "messages" if chat else "prompt")
     reply = start_reply(state.engine, prompt_ids, max_tokens, params, chat, state.model_id)
-    reply.dropped = dropped
+    reply.dropped, reply.text_offset = dropped, text_offset
     if not params["stream"]:
         return await whole_reply(request, reply)
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-    stream = sse_reply(reply, include_usage)
+    stream = sse_reply(reply, include_usage, state.tokenizer)
     if keeper is not None:
         reply.on_event, stream = keeper.on_event, keeper.kept(stream)
     return StreamingResponse(stream, media_type="text/event-stream",
@@ -1140,8 +1295,8 @@ CHAT_SCHEMA = _schema({**_SAMPLING, "messages": {"type": "array", "items": {"typ
     "role": {"type": "string"}, "content": {"type": "string"}}}}, "truncation": {"type": ["string", "null"]},
     "logprobs": {"type": ["boolean", "null"]}, "top_logprobs": {"type": ["integer", "null"]}}, ["messages"])
 COMPLETION_SCHEMA = _schema({**_SAMPLING, "prompt": {"anyOf": [{"type": "string"},
-                                                               {"type": "array", "items": {"type": "string"}}]}},
-                            ["prompt"])
+                                                               {"type": "array", "items": {"type": "string"}}]},
+                             "logprobs": {"type": ["integer", "null"]}}, ["prompt"])
 CONVERSATION_SCHEMA = _schema({"title": {"type": "string"}, "messages": {"type": "array", "items": {
     "type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}})
 GENERATION_ERRORS = {400: {"description": "a bad request"}, 413: {"description": "body too large"},
@@ -1179,9 +1334,10 @@ async def chat_completions(request: Request):
     (chat_format "story"), or through Chapter 11's chat template, the reply after <|assistant|> ("template");
     it ends at a special token (<|end|>, <|endoftext|>, ...) or a stop string."""
     state, body = request.app.state, await read_body(request)
+    check_known_fields(body, CHAT_FIELDS)
     check_model(body, state.model_id)
     params = check_generation(body, state.limits, CHAT_UNSUPPORTED)
-    params["logprobs"] = check_logprobs(body, params["stream"])
+    params["logprobs"] = check_logprobs(body)
     messages = check_messages(body, state.limits)
     messages, so_far = continued(body, messages)  # continue_final_message: more of the last reply
     keeper = await conversation_keeper(request, body, messages, params, so_far)  # "conversation": kept there
@@ -1219,8 +1375,10 @@ async def completions(request: Request):
     """A story's continuation (OpenAI's legacy Completions): <|endoftext|> + the prompt, encoded as plain
     text (a "<|end|>" typed in a prompt is seven characters, never the special token)."""
     state, body = request.app.state, await read_body(request)
+    check_known_fields(body, COMPLETION_FIELDS)
     check_model(body, state.model_id)
     params, prompt = check_generation(body, state.limits, COMPLETION_UNSUPPORTED), body.get("prompt")
+    params["logprobs"] = check_completion_logprobs(body)
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):
@@ -1228,7 +1386,7 @@ async def completions(request: Request):
     if len(prompt) > state.limits.max_content_chars:
         raise RequestError(400, f"'prompt' is longer than {state.limits.max_content_chars} characters", "prompt")
     ids = [eot_id(state.tokenizer), *encode_ordinary(state.tokenizer, prompt)]
-    return await respond(request, body, ids, params, chat=False)
+    return await respond(request, body, ids, params, chat=False, text_offset=len(prompt))
 
 
 @routes.post("/v1/images/generations", openapi_extra=IMAGE_SCHEMA, responses=PICTURE_ERRORS)
@@ -1237,6 +1395,7 @@ async def images_generations(request: Request):
     sentence) read as a caption the illustrator knows (storylib.illustrate) and drawn; revised_prompt is that
     caption, sentence the words it came from."""
     state, body = request.app.state, await read_body(request)
+    check_known_fields(body, IMAGE_FIELDS)
     req = check_image_request(body, state.limits)
     picture, png = await state.illustrations.picture(req["prompt"], None, req["size"], req["steps"],
                                                      req["guidance"], req["seed"], param="prompt")
@@ -1244,20 +1403,23 @@ async def images_generations(request: Request):
                                                    "sentence": picture.sentence}]}
 
 
-def _model_card(model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "llm101n"}
+def _model_card(state) -> dict:
+    """OpenAI's model object, and the model's context in tokens, prompt and reply together, as vLLM names it
+    (max_model_len): the web app says it when a long conversation's oldest turns are left out."""
+    return {"id": state.model_id, "object": "model", "created": 0, "owned_by": "llm101n",
+            "max_model_len": state.limits.block_size}
 
 
 @routes.get("/v1/models")
 async def models(request: Request):
-    return {"object": "list", "data": [_model_card(request.app.state.model_id)]}
+    return {"object": "list", "data": [_model_card(request.app.state)]}
 
 
 @routes.get("/v1/models/{name}")
 async def one_model(name: str, request: Request):
     if name != request.app.state.model_id:
         raise RequestError(404, f"the model {name!r} does not exist", "model", "model_not_found")
-    return _model_card(name)
+    return _model_card(request.app.state)
 
 
 @routes.get("/health")
@@ -1397,6 +1559,7 @@ def list_conversations(request: Request):
 @routes.post("/api/conversations", status_code=201, openapi_extra=CONVERSATION_SCHEMA)
 async def create_conversation(request: Request, response: Response):
     body = await read_body(request)
+    check_known_fields(body, {"title"})
     return _versioned(await asyncio.to_thread(request.app.state.store.create, body.get("title", "New story"),
                                               owner=request.user.name), response)
 
@@ -1439,6 +1602,7 @@ async def put_conversation(cid: str, request: Request, response: Response):
     without it, a mark stays while its message is unchanged. Returns the conversation as stored, with its new
     version (and ETag)."""
     body = await read_body(request)
+    check_known_fields(body, {"title", "messages"})
     expected, messages = if_match_version(request), body.get("messages", [])
     cut = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and \
         messages[-1].get("interrupted") is True  # the page's reply that did not end: stays marked
@@ -1466,6 +1630,7 @@ async def illustrate_message(cid: str, position: str, request: Request):
     the picture with it, replacing one it had. Returns the picture's description (as the conversation lists it)
     and the PNG as b64_json."""
     state, body = request.app.state, await read_body(request)
+    check_known_fields(body, {"sentence", "seed", "steps", "guidance"})
     i, params, sentence = _position(cid, position), check_drawing(body), body.get("sentence")
     message = await asyncio.to_thread(state.store.message, cid, i)
     if message["role"] != "assistant":
@@ -1502,6 +1667,7 @@ async def rate_message(cid: str, position: str, request: Request):
     was rated (a reply that is not saved yet is then refused, not mistaken for the one before it). Returns
     {"position", "content", "rating", "rated"}; the conversation shows it from then on."""
     state, body = request.app.state, await read_body(request)
+    check_known_fields(body, {"rating", "content"})
     rating, content = body.get("rating"), body.get("content")
     if not _is_int(rating) or rating not in (-1, 0, 1):
         raise RequestError(400, f"'rating' must be 1 (thumbs up), -1 (thumbs down) or 0 (cleared), got {rating!r}",
@@ -1657,8 +1823,8 @@ async def lifespan(app: FastAPI):
         app.state.store.close()
 
 
-def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = 32, max_queue: int = 64,
-               api_key: str | None = None, db_path: str | os.PathLike | None = None,
+def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+               max_queue: int = 64, api_key: str | None = None, db_path: str | os.PathLike | None = None,
                cors_origins: Sequence[str] = (), model_id: str = MODEL_ID, chat_format: str = "template",
                illustrator: str | os.PathLike | None = None, allowed_hosts: Sequence[str] = (),
                users: Users | None = None) -> FastAPI:
@@ -1697,8 +1863,9 @@ def create_app(model, tokenizer, *, limits: Limits | None = None, max_batch: int
 # ----------------------------------------------------------------------------- running it
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None, max_batch: int = 32,
-          max_queue: int = 64, api_key: str | None = None, db_path: str | None = None,
+def serve(host: str = "127.0.0.1", port: int = 8080, *, model_dir: str | None = None,
+          max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = 64, api_key: str | None = None,
+          db_path: str | None = None,
           cors_origins: Sequence[str] = (), threads: int | None = None, log_level: str = "warning",
           chat_format: str = "template", illustrator: str | None = None, allowed_hosts: Sequence[str] = (),
           users_file: str | None = None) -> int:
@@ -1767,7 +1934,8 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--model", dest="model_dir", default=None,
                    help="a model folder (default: the chat model, models/storyteller-rl, else models/storyteller-chat)")
-    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (1: no batching)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"rows decoded together (1: no batching; default {DEFAULT_MAX_BATCH})")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429")
     p.add_argument("--api-key", default=os.environ.get("LLM101N_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLM101N_API_KEY; none: no key)")

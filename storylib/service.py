@@ -841,7 +841,10 @@ async def _refuse(send, status: int, message: str, kind: str, code: str, headers
 @contextmanager
 def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` with uvicorn on a free port in a background thread (for tests and notebooks); yields the base
-    URL and stops the server (and with it the engine) on exit. RuntimeError if it does not start in 30 s."""
+    URL and stops the server (and with it the engine) on exit, gracefully, as SIGTERM stops `llm101n serve`: the
+    engine drains first (Engine.drain: a reply in flight ends with what it has, a stream with its final chunk and
+    [DONE]; a waiting request gets a 503), then uvicorn lets those last responses go out. RuntimeError if it does
+    not start in 30 s."""
     import socket
 
     import uvicorn
@@ -859,6 +862,9 @@ def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
     try:
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
+        engine = getattr(getattr(app, "state", None), "engine", None)  # storylib.serve's app: drain it first
+        if engine is not None and hasattr(engine, "drain"):
+            engine.drain()
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()

@@ -210,11 +210,13 @@ UNSUPPORTED = [
     ("/v1/completions", "echo", True),
     ("/v1/completions", "best_of", 3),
     ("/v1/completions", "suffix", " The end."),
-    ("/v1/completions", "logprobs", 2),
     ("/v1/completions", "logit_bias", {"50": -100}),
     ("/v1/images/generations", "style", "vivid"),
     ("/v1/images/generations", "quality", "hd"),
     ("/v1/images/generations", "output_format", "jpeg"),
+    ("/v1/images/generations", "svg", {"model": "x"}),
+    ("/v1/images/generations", "frame_count", 4),
+    ("/v1/chat/completions", "moderation", {"model": "omni-moderation-latest"}),
 ]
 
 
@@ -299,7 +301,6 @@ def test_chat_logprobs_are_those_of_the_distribution_sampled_from(tiny, tmp_path
 
 
 LOGPROB_REFUSALS = [
-    ({"logprobs": True, "stream": True}, "logprobs"),
     ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
@@ -308,9 +309,114 @@ LOGPROB_REFUSALS = [
 
 
 @pytest.mark.parametrize("fields,param", LOGPROB_REFUSALS, ids=[json.dumps(f) for f, _ in LOGPROB_REFUSALS])
-def test_logprobs_out_of_range_or_streamed_are_refused(tiny_server, fields, param):
+def test_logprobs_out_of_range_are_refused(tiny_server, fields, param):
     err = error_of(post(tiny_server, "/v1/chat/completions", json.dumps({"messages": user("a"), **fields})), 400)
     assert err["param"] == param, err
+
+
+# ----------------------------------------------------------------------------- fields nobody knows
+
+
+UNKNOWN_FIELDS = [
+    ("POST", "/v1/chat/completions", {"messages": user("a"), "max_tokens": 2}, "temprature"),
+    ("POST", "/v1/chat/completions", {"messages": user("a"), "max_tokens": 2, "stream": True}, "top_k"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2}, "repetition_penalty"),
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2}, "truncation"),  # a chat's, not a completion's
+    ("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2}, "metadata"),  # OpenAI's chat's only
+    ("POST", "/v1/images/generations", {"prompt": "a cat sat."}, "negative_prompt"),
+    ("POST", "/api/conversations", {"title": "a"}, "colour"),
+    ("PUT", "/api/conversations/{cid}", {"title": "a", "messages": []}, "tags"),
+    ("PUT", "/api/conversations/{cid}/messages/1/rating", {"rating": 1}, "stars"),
+    ("POST", "/api/conversations/{cid}/messages/1/illustration", {"steps": 1}, "size"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,name", UNKNOWN_FIELDS, ids=[f"{p} {n}" for _, p, _, n in UNKNOWN_FIELDS])
+def test_an_unknown_field_is_refused_naming_it(tiny_server, method, path, body, name):
+    """Before: ignored without a word (a typo like "temprature" gave a reply at temperature 1)."""
+    cid = httpx.post(tiny_server + "/api/conversations", json={"title": "fields"}).json()["id"]
+    path = path.replace("{cid}", cid)
+    before = httpx.get(f"{tiny_server}/api/conversations/{cid}").json()
+    err = error_of(httpx.request(method, tiny_server + path, json={**body, name: 1}), 400)
+    assert err == {"message": f"Unrecognized request argument supplied: {name}", "type": "invalid_request_error",
+                   "param": name, "code": "unrecognized_argument"}, err
+    assert httpx.get(f"{tiny_server}/api/conversations/{cid}").json() == before, "nothing was written"
+    assert httpx.request(method, tiny_server + path, json=body).status_code in (200, 201, 400, 404, 503), \
+        "without it the request is not refused for its fields"
+
+
+def test_several_unknown_fields_are_named_together(tiny_server):
+    err = error_of(post(tiny_server, "/v1/chat/completions", json.dumps({"messages": user("a"), "top_k": 5,
+                                                                          "min_p": 0.1, "max_tokens": 2})), 400)
+    assert err["message"] == "Unrecognized request arguments supplied: top_k, min_p" and err["param"] == "top_k"
+
+
+def test_the_official_client_is_told_of_an_unknown_field(tiny_server):
+    c = client(tiny_server)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="storyteller", messages=user("a"), max_tokens=2, extra_body={"top_k": 40})
+    assert e.value.body["param"] == "top_k" and e.value.body["code"] == "unrecognized_argument"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="storyteller", prompt="a", max_tokens=2, extra_body={"min_tokens": 1})
+    assert e.value.body["param"] == "min_tokens"
+    r = c.chat.completions.create(model="storyteller", messages=user("a"), max_tokens=2,  # this server's own
+                                  extra_body={"truncation": "auto", "continue_final_message": False},
+                                  prompt_cache_key="k", safety_identifier="s", stream_options=None)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def client_fields(module: str, name: str) -> set[str]:
+    """The fields the official openai client sends for an endpoint (its TypedDict of parameters), stream included."""
+    import importlib
+
+    params = importlib.import_module(f"openai.types.{module}")
+    fields: set[str] = set()
+    for cls in (getattr(params, name + "Base", None), getattr(params, name + "NonStreaming", None),
+                getattr(params, name + "Streaming", None), getattr(params, name, None)):
+        for klass in getattr(cls, "__mro__", ()):
+            fields |= set(getattr(klass, "__annotations__", {}))
+    return fields
+
+
+@pytest.mark.parametrize("module,name,ours,unsupported", [
+    ("chat.completion_create_params", "CompletionCreateParams", S.CHAT_FIELDS, S.CHAT_UNSUPPORTED),
+    ("completion_create_params", "CompletionCreateParams", S.COMPLETION_FIELDS, S.COMPLETION_UNSUPPORTED),
+    ("image_generate_params", "ImageGenerateParams", S.IMAGE_FIELDS, S.IMAGE_UNSUPPORTED),
+], ids=["chat", "completions", "images"])
+def test_every_field_of_the_official_client_is_known(module, name, ours, unsupported):
+    """The openai client's fields are never "unrecognized" here: each is read by the route or refused by name
+    as one this server cannot honour (never ignored, unless it asks for nothing: S.NO_OPS)."""
+    theirs = client_fields(module, name)
+    assert {"model", "prompt" if "messages" not in theirs else "messages"} <= theirs, theirs  # read it right
+    assert theirs <= ours, f"fields of the openai client refused as unknown: {sorted(theirs - ours)}"
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_llm101n_serve_help_shows_every_option_of_the_server(capsys):
+    """`llm101n --help`'s line for serve names real options, --users among them (before: not), and `llm101n serve
+    --help` shows every option storylib.serve takes."""
+    import argparse
+    import re
+
+    from llm101n import cli
+
+    parser = argparse.ArgumentParser()
+    S.add_arguments(parser)
+    options = {o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    line = re.search(r"serve (the chat model's API and web app: .*?) sft ", top)
+    assert line, top
+    named = set(re.findall(r"--[a-z][a-z-]*", line.group(1)))
+    assert named <= options and "--users" in named, (named, options)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    assert {o for o in options if o not in shown} == set(), "every option of storylib.serve is in its --help"
 
 
 # ----------------------------------------------------------------------------- a whole reply whose client leaves

@@ -262,3 +262,65 @@ def test_drain_cuts_the_rows_refuses_the_waiting_and_the_new():
         assert engine.pending == 0
     finally:
         engine.stop()
+
+
+def test_leaving_serve_in_thread_ends_the_replies_in_flight_as_sigterm_does(tmp_path):
+    """serve_in_thread's exit drains the engine first (as SIGTERM does for `llm101n serve`): the stream in flight
+    gets its final chunk (finish_reason "length") and [DONE], the request still waiting a 503. Before: the server
+    was told to exit and nothing more, so after uvicorn's 2 s of grace the stream was cut (no final chunk, no
+    [DONE]) and the waiting request got no answer."""
+    _, tok = require_chat_model()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
+    app = S.create_app(model, tok, db_path=tmp_path / "c.sqlite3", max_batch=1)
+    engine = app.state.engine
+    engine.banned[list(engine.end_ids)] = True  # no reply ends on its own
+    step = engine.step
+
+    def slow_step():  # a token every 20 ms at least: 250 tokens take 5 s, more than uvicorn's 2 s of grace
+        time.sleep(0.02)
+        step()
+
+    engine.step = slow_step
+    events: list[str] = []
+    got: dict = {}
+    ask = {"model": "storyteller", "max_tokens": 250, "messages": [{"role": "user", "content": "A story."}]}
+
+    def read_stream(url: str) -> None:
+        try:
+            with httpx.stream("POST", url + "/v1/chat/completions", json={**ask, "stream": True}, timeout=60) as r:
+                events.extend(line[6:] for line in r.iter_lines() if line.startswith("data: "))
+        except httpx.HTTPError as e:  # the connection cut
+            got["stream_error"] = e
+
+    def wait_whole(url: str) -> None:
+        try:
+            got["whole"] = httpx.post(url + "/v1/chat/completions", json=ask, timeout=60)
+        except httpx.HTTPError as e:
+            got["whole_error"] = e
+
+    with serve_in_thread(app) as url:
+        reader = threading.Thread(target=read_stream, args=(url,))
+        reader.start()
+        deadline = time.time() + 30
+        while sum('"content"' in e for e in events) < 4:  # the role chunk and a few pieces
+            assert time.time() < deadline and reader.is_alive(), events
+            time.sleep(0.02)
+        waiter = threading.Thread(target=wait_whole, args=(url,))
+        waiter.start()
+        while engine.load()["waiting"] < 1:  # the second request waits for the only row
+            assert time.time() < deadline, engine.load()
+            time.sleep(0.02)
+        left = time.time()
+    reader.join(timeout=30)
+    waiter.join(timeout=30)
+    assert time.time() - left < 10
+    assert "stream_error" not in got, f"the stream was cut: {got['stream_error']!r}"
+    assert events[-1] == "[DONE]", events[-3:]
+    last = json.loads(events[-2])
+    assert last["choices"][0]["finish_reason"] == "length" and last["choices"][0]["delta"] == {}
+    pieces = sum(bool(json.loads(e)["choices"][0]["delta"].get("content")) for e in events[:-1])
+    assert pieces < 250, "the reply was cut by the shutdown, not by max_tokens"
+    assert "whole" in got, f"the waiting request got no answer: {got.get('whole_error')!r}"
+    assert got["whole"].status_code == 503, got["whole"].text
+    assert got["whole"].json()["error"]["code"] == "server_shutting_down"

@@ -792,8 +792,22 @@ async function save() {
 
 // Conversations whose user was told that their oldest turns no longer fit the context (once each).
 const toldDropped = new Set();
-const DROPPED_NOTICE = "The oldest turns no longer fit the storyteller's 512-token context; it now reads only the " +
-  "latest ones.";
+// The model's context in tokens, from /v1/models (its max_model_len) at start-up; null until then (or if unknown).
+let contextTokens = null;
+function droppedNotice() {
+  const context = contextTokens ? contextTokens + "-token context" : "context";
+  return "The oldest turns no longer fit the storyteller's " + context + "; it now reads only the latest ones.";
+}
+
+async function loadContextSize() {
+  try {
+    const models = (await api("GET", "/v1/models")).data || [];
+    const card = models.find((m) => m.id === MODEL) || models[0];
+    if (card && Number.isInteger(card.max_model_len) && card.max_model_len > 0) contextTokens = card.max_model_len;
+  } catch {
+    contextTokens = null;  // the notice then names no number
+  }
+}
 
 // `continuing`: more of the last message (a reply cut off or stopped: its Continue button), not a new reply.
 async function reply(continuing = false) {
@@ -859,7 +873,7 @@ async function reply(continuing = false) {
   state.controller = null;
   bubble.classList.remove("streaming");
   const stopped = controller.signal.aborted;
-  const notice = dropped && !toldDropped.has(conv.id) ? DROPPED_NOTICE : "";
+  const notice = dropped && !toldDropped.has(conv.id) ? droppedNotice() : "";
   if (notice) toldDropped.add(conv.id);
   setStatus(stopped ? "Stopped." : finish === "length" ? `Stopped at the length limit. ${notice}`.trim() : notice);
   updateButtons();  // Send back, Stop gone, whatever happens next
@@ -983,6 +997,7 @@ $("temperature").addEventListener("input", () => { $("temperature-value").textCo
 (async function start() {
   try {
     await refreshList();
+    await loadContextSize();  // after the list: a server with a key has asked for it by now
     const id = location.hash.slice(1);
     if (id && state.list.some((c) => c.id === id)) await openConversation(id);
     else renderMessages();

@@ -843,11 +843,26 @@ def test_two_tabs_and_cut_replies_lose_nothing(page, empty_server, tiny_endless_
     forget_console_errors(page, "net::ERR_")
 
 
-def test_a_long_conversation_goes_on_and_the_page_says_once_that_old_turns_are_left_out(page, empty_server):
-    """A conversation longer than the 512-token context (40 turns, stored through the API) goes on: the server
+@pytest.fixture
+def small_context_server(tmp_path) -> Iterator[str]:
+    """empty_server's kind of server, with a model of a 384-token context (not the storyteller's 512)."""
+    import torch
+
+    from storylib.gpt2 import GPT, GPTConfig
+
+    _, tok = require_chat_model()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=384, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
+    with serve_in_thread(S.create_app(model, tok, db_path=tmp_path / "conversations.sqlite3")) as url:
+        yield url
+
+
+def test_a_long_conversation_goes_on_and_the_page_says_once_that_old_turns_are_left_out(page, small_context_server):
+    """A conversation longer than the model's context (40 turns, stored through the API) goes on: the server
     reads its latest turns (truncation "auto") and the page says once, not at every reply, that the oldest turns
-    no longer fit."""
-    url = empty_server
+    no longer fit, naming the context the server gives (/v1/models' max_model_len: 384 tokens here; before, the
+    page always said 512)."""
+    url = small_context_server
     story = "Once upon a time a little cat named Tom found a shiny key under a big old tree. He was very happy."
     turns = [[{"role": "user", "content": f"Tell me story {i}."}, {"role": "assistant", "content": story}]
              for i in range(40)]
@@ -856,7 +871,7 @@ def test_a_long_conversation_goes_on_and_the_page_says_once_that_old_turns_are_l
     expect(page.get_by_test_id("assistant-message")).to_have_count(40)
     status = page.get_by_test_id("status")
     send(page, "Tell me one more.")
-    expect(status).to_contain_text("no longer fit the storyteller's 512-token context", timeout=120_000)
+    expect(status).to_contain_text("no longer fit the storyteller's 384-token context", timeout=120_000)
     assert len(stored(url, cid, lambda c: len(c["messages"]) == 82, 120)["messages"]) == 82, "the turn is kept"
     expect(page.get_by_test_id("error")).to_be_hidden()
     send(page, "And another one.")
