@@ -74,6 +74,8 @@ screenshots: setup
 	$(PY) scripts/screenshots.py
 	LLM101N_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/e2e/test_ch06_widget.py tests/e2e/test_chat_lab.py \
 		tests/e2e/test_webapp.py
+	LLM101N_UPDATE_SCREENSHOTS=1 LLM101N_UPDATE_RESULTS=1 $(PY) -m pytest -q \
+		tests/e2e/test_storyteller_page.py::test_storyteller_runs_in_the_browser   # + bench/results/browser_engine.json
 
 clean:
 	rm -rf _build dist

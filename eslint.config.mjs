@@ -23,6 +23,12 @@ export default [
     languageOptions: { ecmaVersion: 2022, sourceType: "script", globals: globals.browser },
   },
   {
+    // the storyteller's browser engine: an ES module for the browser and node; storylib.web.engine_module puts the
+    // tokenizer part of storylib/widgets/js/tokens.js (compileTokenizer) before it
+    files: ["storylib/web/*.js"],
+    languageOptions: { ecmaVersion: 2022, sourceType: "module", globals: { ...globals.browser, compileTokenizer: "readonly" } },
+  },
+  {
     // classic <script>s
     files: ["storylib/webapp/*.js", "scripts/*.js"],
     languageOptions: { ecmaVersion: 2022, sourceType: "script", globals: globals.browser },

@@ -24,6 +24,11 @@ scripts/assets.sh --check >/dev/null 2>&1 || scripts/assets.sh  # restaged only 
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"              # the "python3" kernel runs this venv's python
+
+# the storyteller page's browser engine (storylib/web): C compiled to WebAssembly by ziglang, the chat model and the
+# storyteller as fp16 safetensors, the tokenizer as JSON -> .assets/web/storyteller -> _build/html/_static/storyteller
+echo "== browser engine"
+"$VENV/bin/python" -m storylib.web export "$ROOT/.assets/web/storyteller"
 export PYDEVD_DISABLE_FILE_VALIDATION=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

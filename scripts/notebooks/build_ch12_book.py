@@ -385,7 +385,8 @@ md("""
 
 The chat below runs on `generate_stream`: type the start of a story, and it streams the rest. **Continue** writes
 more, **Refine** regenerates from an edited prompt or from a point you click in the story, **Stop** stops it
-mid-sentence. In this static page it shows a conversation recorded when the book was built; run it live with
+mid-sentence. In this static page no Python runs: it shows a story recorded when the book was built, then the
+same model, compiled to WebAssembly (`storylib/web`), tells stories in your browser. Run it on your own code with
 `make start` (the same widget opens from `storyteller.ipynb` in JupyterLab, where it starts in chat mode: Chapter 14
 teaches the storyteller to take requests).
 """)

@@ -42,9 +42,13 @@ it, and at the end sets the traits (story, stats, status) in one update. A learn
 as a notice in the conversation naming it (storylib.storyteller.friendly_error), never a traceback. Illustrate
 draws in a worker thread too (status "drawing"), and sets `pictures` when done.
 
-Without a kernel (the static book) the widget shows the turns recorded when the page was built, with the
-controls disabled. It knows a kernel is there only when the kernel answers its "hello" (a nonce made fresh on
-each page load), so saved state can never make a static page look live.
+Without a kernel (the static book) the same widget runs the browser engine (storylib.web: the model compiled to
+WebAssembly with SIMD, its fp16 weights and the tokenizer served from the site's _static/storyteller/): the
+recorded turns show first, then Send, Continue, Stop, New, Refine and the sampler work as here, in the reader's
+browser (Illustrate and the ratings need the kernel). Where the engine cannot run (no engine files on the site,
+no WebAssembly SIMD) the recorded turns stay, with the controls disabled and a line saying why. The widget knows
+a kernel is there only when the kernel answers its "hello" (a nonce made fresh on each page load), so saved state
+can never make a static page look live; a kernel that answers always wins over the browser engine.
 """
 
 from __future__ import annotations

@@ -295,8 +295,10 @@ _STANDALONE_PAGE = """<!DOCTYPE html>
 
 
 @contextlib.contextmanager
-def static_widget_site(widget, site: Path, title: str) -> Iterator[str]:
-    """Serve `widget`'s static embed (no kernel) as site/book/page.html with the book's _static; yields its URL."""
+def static_widget_site(widget, site: Path, title: str, prefix: str = "") -> Iterator[str]:
+    """Serve `widget`'s static embed (no kernel) as site/book/page.html with the book's _static; yields its URL.
+    prefix ("docs/llm101n/"): the page and _static go under that sub-path of the server (a project site's
+    hosting), site/<prefix>."""
     if not (STATIC_ASSETS / "jupyter-widgets" / "embed-amd.js").is_file() or not (
             STATIC_ASSETS / "anywidget" / "index.js").is_file():
         pytest.fail(f"the offline assets are missing ({STATIC_ASSETS}): run scripts/assets.sh first", pytrace=False)
@@ -306,10 +308,11 @@ def static_widget_site(widget, site: Path, title: str) -> Iterator[str]:
     from ipywidgets.embed import embed_data
 
     data = embed_data(views=[widget], drop_defaults=False)
+    served, site = site, site / prefix
     shutil.copytree(STATIC_ASSETS, site / "_static", ignore=shutil.ignore_patterns("mathjax"))
     (site / "book").mkdir()
     esc = lambda obj: json.dumps(obj).replace("</", "<\\/")  # noqa: E731 - no "</script>" inside the JSON
     (site / "book" / "page.html").write_text(_STANDALONE_PAGE.format(
         title=title, state=esc(data["manager_state"]), view=esc(data["view_specs"][0])), encoding="utf-8")
-    with serve_directory(site) as url:
-        yield url + "book/page.html"
+    with serve_directory(served) as url:
+        yield url + prefix + "book/page.html"

@@ -1,5 +1,11 @@
 // StoryChat's front end (storylib/widgets/chat.py). storylib.widgets.front_end puts
 // js/_dom.js (el, greetKernel) before it: anywidget loads one module from a blob: URL, which cannot import another file.
+//
+// One widget, two engines. In JupyterLab the kernel answers the hello and runs the story in Python (storylib). In
+// the static book no kernel answers: the page's site has the browser engine (storylib/web: the model compiled to
+// WebAssembly, served from _static/storyteller/), so the same buttons run it here, in the reader's browser. Where
+// neither can run (no engine files on the site, no WebAssembly SIMD) the widget shows the recorded conversation with
+// its controls disabled and says why.
 
 const STATUS_TEXT = { idle: "", generating: "telling…", drawing: "drawing…", done: "", stopped: "stopped", error: "" };
 // what changes with the mode: chat (instructions to the chat model) or story (the storyteller goes on)
@@ -14,6 +20,72 @@ const MODE_TEXT = {
            refine: "Refine", fresh: "New story", recorded: "a story recorded when the book was built",
            failed: "could not tell the story: see the note above" },
 };
+
+// ---- the story as segments [{role, pieces}] (storylib.storyteller.StorySession's methods, for the browser engine)
+const segText = (seg) => seg.pieces.join("");
+const storyText = (segs) => segs.map(segText).join("");
+function addUser(segs, text, mode) {  // StorySession.add_user
+  if (!text) return segs;
+  let before = storyText(segs);
+  if (mode === "chat") before = segs.length && segs[segs.length - 1].role === "user" ? segText(segs[segs.length - 1]) : "";
+  if (before && !/\s$/.test(before) && !/^\s/.test(text)) text = " " + text;
+  return [...segs, { role: "user", pieces: [text] }];
+}
+function messagesOf(segs) {  // StorySession.messages
+  const out = [];
+  for (const seg of segs) {
+    const role = seg.role === "user" ? "user" : "assistant";
+    if (out.length && out[out.length - 1].role === role) out[out.length - 1].content += segText(seg);
+    else out.push({ role, content: segText(seg) });
+  }
+  return out;
+}
+function cutStory(segs, offset) {  // StorySession.cut
+  const kept = [];
+  let start = 0;
+  for (const seg of segs) {
+    if (start >= offset) break;
+    const pieces = [];
+    let at = start;
+    for (const p of seg.pieces) {
+      if (at >= offset) break;
+      pieces.push(p.slice(0, offset - at));
+      at += p.length;
+    }
+    kept.push({ role: seg.role, pieces: pieces.filter((p) => p) });
+    start += segText(seg).length;
+  }
+  return kept.filter((s) => s.pieces.length);
+}
+function rewindStory(segs, cut, text, mode) {  // StorySession.rewind
+  const last = segs[segs.length - 1];
+  const replyStart = last && last.role === "model" ? storyText(segs).length - segText(last).length
+    : storyText(segs).length;
+  segs = cutStory(segs, cut === null || cut === undefined ? replyStart : cut);
+  if (text) {
+    const end = segs[segs.length - 1];
+    if ((cut === null || cut === undefined) && end && end.role === "user") {
+      segs = cutStory(segs, storyText(segs).length - segText(end).length);
+    }
+    segs = addUser(segs, text, mode);
+  }
+  return segs;
+}
+
+// The browser engine of this site (one per page and model, shared by every StoryChat on it), or null: only the
+// static book's pages set LLM101N_SITE_ROOT (scripts/llm101n-widgets-config.js); JupyterLab never loads it.
+const ENGINE_BASE = typeof window !== "undefined" && window.LLM101N_SITE_ROOT
+  ? new URL("_static/storyteller/", window.LLM101N_SITE_ROOT).href : null;
+const BROWSER = (globalThis.__llm101nStoryEngines ||= { module: null, engines: {}, queue: Promise.resolve() });
+function engineModule() {
+  BROWSER.module ||= import(ENGINE_BASE + "engine.js");
+  return BROWSER.module;
+}
+function browserEngine(which, onProgress) {
+  BROWSER.engines[which] ||= engineModule().then((m) => m.loadEngine(ENGINE_BASE, which, onProgress));
+  BROWSER.engines[which].catch(() => { delete BROWSER.engines[which]; });
+  return BROWSER.engines[which];
+}
 
 function render({ model, el: host }) {
   const root = el("div", { class: "sc", "data-testid": "story-chat", "data-kernel": "false" }, host);
@@ -55,7 +127,7 @@ function render({ model, el: host }) {
       const v = read(input.value);
       if (v === undefined) { pull(); return; }  // not a valid value: show the current one again
       model.set(trait, v);
-      model.save_changes();
+      commit();
       if (shown) shown.textContent = show(v);
     });
     model.on(`change:${trait}`, pull);
@@ -77,13 +149,22 @@ function render({ model, el: host }) {
 
   const status = el("div", { class: "sc-status", "data-testid": "chat-status" }, root);
   const staticNote = el("div", { class: "sc-static", "data-testid": "chat-static-note" }, root);
+  const whyStatic = el("span", { "data-testid": "chat-why-static" }, staticNote);
   staticNote.append("Live in JupyterLab: run ");
   el("code", {}, staticNote, "make start");
   staticNote.append(" and open this notebook. Here: ");
   const recorded = el("span", {}, staticNote);
+  const engineNote = el("div", { class: "sc-engine", "data-testid": "chat-engine-note" }, root);
   const footer = el("div", { class: "sc-footer", "data-testid": "chat-footer" }, root);
 
   let kernel = false;  // true once the kernel answered this page's hello
+  // the browser engine (the static book): off | loading | ready | failed; `browser` once it runs this widget
+  let engineState = "off", engineWhy = "", browser = false, loadingText = "", stopAsked = false;
+  const usable = () => kernel || browser;
+  const commit = () => { if (kernel) model.save_changes(); };  // the browser engine's settings stay on the page
+  // for tests and the curious (devtools): every turn the browser engine told, with its timings
+  const browserLog = { turns: [], readyAt: null, which: null, bytes: 0 };
+  root.llm101nBrowser = browserLog;
   let cut = null;      // a chosen cut point (a character offset into the story), or null
   let live = null;     // {seg, offset}: where streamed pieces go while generating
 
@@ -142,7 +223,7 @@ function render({ model, el: host }) {
       const rating = ratings[row.dataset.position] || 0;
       for (const b of row.querySelectorAll("button")) {
         b.setAttribute("aria-pressed", String(Number(b.dataset.value) === rating));
-        b.disabled = !kernel || busy;
+        b.disabled = !kernel || busy;  // ratings go to the kernel's feedback file: none in the browser
       }
     }
   }
@@ -207,31 +288,40 @@ function render({ model, el: host }) {
   function drawState() {
     const st = model.get("status"), busy = st === "generating" || st === "drawing", mode = model.get("mode");
     const text = MODE_TEXT[mode] || MODE_TEXT.story, why = model.get("chat_unavailable");
+    const canUse = usable();
     root.dataset.kernel = String(kernel);
+    root.dataset.engine = kernel ? "kernel" : browser ? "browser" : engineState === "loading" ? "loading" : "recorded";
     root.dataset.status = st;
     root.dataset.mode = mode;
-    root.classList.toggle("sc-live", kernel);
+    root.classList.toggle("sc-live", canUse);
     root.classList.toggle("sc-chat", mode === "chat");
-    staticNote.style.display = kernel ? "none" : "";
+    staticNote.style.display = canUse || engineState === "loading" ? "none" : "";
+    whyStatic.textContent = engineWhy ? engineWhy + " " : "";
     recorded.textContent = text.recorded + ".";
+    engineNote.style.display = !kernel && (browser || engineState === "loading") ? "" : "none";
+    engineNote.textContent = browser ? `Running in your browser: ${browserLog.about}. In JupyterLab (make start) ` +
+      "the same widget runs your own storylib." : loadingText || "Loading the storyteller into your browser…";
     modeSelect.value = mode;
-    modeSelect.disabled = !kernel || busy;
+    modeSelect.disabled = !canUse || busy;
     chatOption.disabled = Boolean(why);
     unavailable.textContent = why;
     unavailable.style.display = why ? "" : "none";
     box.placeholder = text.placeholder;
     refine.textContent = text.refine;
     fresh.textContent = text.fresh;
-    for (const b of [send, cont, refine, illustrate]) b.disabled = !kernel || busy;
-    fresh.disabled = !kernel;
-    stop.disabled = !kernel || st !== "generating";
-    box.disabled = !kernel;
-    for (const input of inputs) input.disabled = !kernel;
+    for (const b of [send, cont, refine]) b.disabled = !canUse || busy;
+    illustrate.disabled = !kernel || busy;  // the illustrator runs in Python only
+    illustrate.title = kernel || !browser ? illustrate.title : "Illustrate needs the kernel (JupyterLab: make start)";
+    fresh.disabled = !canUse;
+    stop.disabled = !canUse || st !== "generating";
+    box.disabled = !canUse;
+    for (const input of inputs) input.disabled = !canUse;
     const stats = model.get("stats");
     let line = STATUS_TEXT[st] || "";
     if ((st === "done" || st === "stopped") && stats && stats.summary) line = stats.summary;
     if (st === "error") line = text.failed;
-    if (kernel && cut !== null && !busy) {
+    if (!canUse && engineState === "loading") line = loadingText;
+    if (canUse && cut !== null && !busy) {
       line = "✂ Refine goes on from the marked word (your words in the box first); click it again to cancel";
     }
     status.textContent = line;
@@ -240,7 +330,8 @@ function render({ model, el: host }) {
   }
 
   function post(type, extra) {
-    model.send(Object.assign({ type }, extra || {}));
+    if (browser && !kernel) browserAct(Object.assign({ type }, extra || {}));
+    else model.send(Object.assign({ type }, extra || {}));
   }
   send.addEventListener("click", () => {
     post("send", { text: box.value });
@@ -252,6 +343,10 @@ function render({ model, el: host }) {
   cont.addEventListener("click", () => post("continue"));
   modeSelect.addEventListener("change", () => {
     cut = null;
+    if (browser && !kernel) {  // a new conversation in the other mode (its model loads on its first turn)
+      model.set({ mode: modeSelect.value, story: [], stats: {}, notice: "", status: "idle", pictures: [] });
+      return;
+    }
     model.set("mode", modeSelect.value);
     model.save_changes();
   });
@@ -282,21 +377,143 @@ function render({ model, el: host }) {
   view.addEventListener("click", (e) => {
     const p = e.target.closest(".sc-piece");
     const busy = ["generating", "drawing"].includes(model.get("status"));
-    if (!p || !kernel || busy || !window.getSelection().isCollapsed) return;  // a drag selects words: no cut
+    if (!p || !usable() || busy || !window.getSelection().isCollapsed) return;  // a drag selects words: no cut
     const at = Number(p.dataset.offset);
     cut = cut === at ? null : at;
     drawStory();
     drawState();
   });
 
-  model.on("msg:custom", (msg) => {
-    if (msg.type === "piece" && live && msg.gen === model.get("gen")) {
-      piece(live.seg, msg.text, live.offset);
-      live.offset += msg.text.length;
-      view.dataset.length = String(live.offset);
-      view.scrollTop = view.scrollHeight;
+  let scrolling = false;  // a scroll to the end is asked for the next frame (not per piece: each would lay out)
+  function appendPiece(text) {
+    piece(live.seg, text, live.offset);
+    live.offset += text.length;
+    view.dataset.length = String(live.offset);
+    if (!scrolling) {
+      scrolling = true;
+      requestAnimationFrame(() => { scrolling = false; view.scrollTop = view.scrollHeight; });
     }
+  }
+  model.on("msg:custom", (msg) => {
+    if (msg.type === "piece" && live && msg.gen === model.get("gen")) appendPiece(msg.text);
   });
+
+  // ---- the browser engine: the kernel's act() and _turn(), in the page
+  function browserAct(msg) {
+    const busy = ["generating", "drawing"].includes(model.get("status")), mode = model.get("mode");
+    if (msg.type === "stop") { stopAsked = true; return; }
+    if (msg.type === "new") {  // a new gen: the turn being told (if any) stops and its pieces go nowhere
+      stopAsked = true;
+      model.set({ gen: model.get("gen") + 1, story: [], stats: {}, notice: "", status: "idle", pictures: [] });
+      return;
+    }
+    if (busy || !["send", "continue", "refine"].includes(msg.type)) return;
+    let segs = model.get("story").map((s) => ({ role: s.role, pieces: [...s.pieces] }));
+    const text = String(msg.text || "").trim();
+    if (msg.type === "send") segs = addUser(segs, text, mode);
+    if (msg.type === "refine") segs = rewindStory(segs, msg.cut, text, mode);
+    browserTurn(segs, mode);
+  }
+
+  async function browserTurn(segs, mode) {
+    const gen = model.get("gen") + 1;
+    stopAsked = false;
+    model.set({ gen, notice: "", status: "generating", story: [...segs, { role: "model", pieces: [] }] });
+    const maxTokens = model.get("max_tokens"), topK = model.get("top_k"), topP = model.get("top_p");
+    const settings = { maxTokens, temperature: model.get("temperature"), topK: topK || 0, topP: topP >= 1 ? 1 : topP,
+                       seed: model.get("seed"), shouldStop: () => stopAsked || model.get("gen") !== gen };
+    const pieces = [], decoder = new TextDecoder();
+    const turn = { mode, startedAt: performance.now(), firstTokenAt: null };
+    let result = null, notice = "";
+    const run = async () => {
+      const engine = await browserEngine(mode === "chat" ? "chat" : BROWSER.hasStory ? "story" : "chat", progress);
+      let ids;
+      if (mode === "story") ids = [engine.eot, ...engine.encodeOrdinary(storyText(segs))];
+      else {
+        const messages = messagesOf(segs);
+        const partial = messages.length && messages[messages.length - 1].role === "assistant" ? messages.pop().content
+          : "";
+        if (!messages.length) throw new Error("chat mode answers a message: type one and press Send");
+        const reply = engine.encodeOrdinary(partial);
+        ids = [...engine.chatPrompt(messages, maxTokens + reply.length), ...reply];
+      }
+      turn.promptTokens = ids.length;
+      turn.about = engine.about;
+      if (model.get("gen") === gen) model.set("footer", footerOf(engine));  // story mode: the storyteller
+      result = await engine.generate(ids, settings, (id, bytes) => {
+        if (turn.firstTokenAt === null) turn.firstTokenAt = performance.now();
+        const t = decoder.decode(bytes, { stream: true });
+        if (t && model.get("gen") === gen) { pieces.push(t); if (live) appendPiece(t); }
+      });
+      const tail = decoder.decode();
+      if (tail) pieces.push(tail);
+    };
+    const done = BROWSER.queue.then(run);  // one turn at a time per page: the engines are single threaded
+    BROWSER.queue = done.catch(() => {});
+    try { await done; } catch (e) { notice = `the browser engine failed: ${e.message || e}`; }
+    if (model.get("gen") !== gen) return;  // New was pressed meanwhile
+    const story = pieces.length ? [...segs, { role: "model", pieces }] : segs;
+    if (!result) { model.set({ story, notice, status: "error" }); return; }
+    const n = result.ids.length, reason = result.reason === "end" ? (mode === "chat" ? "end_chat" : "end")
+      : result.reason === "length" || n >= maxTokens ? "length" : "stopped";
+    const WHY = { end: "the story ended (<|endoftext|>)", end_chat: "the reply ended (<|end|>)",
+                  length: "reached the length limit", stopped: "stopped" };
+    const tps = result.seconds > 0 ? n / result.seconds : 0;
+    Object.assign(turn, { n_tokens: n, seconds: result.seconds, tokens_per_s: tps, reason: result.reason,
+                          decode_tokens_per_s: result.decodeTokensPerS, first_token_s: result.firstTokenSeconds,
+                          ids: result.ids, text: pieces.join("") });
+    browserLog.turns.push(turn);
+    model.set({ story, status: reason === "stopped" ? "stopped" : "done",
+                stats: { n_tokens: n, seconds: result.seconds, tokens_per_s: tps, reason,
+                         summary: `${n} tokens in ${result.seconds.toFixed(2)} s · ${tps.toFixed(0)} tokens/s · ` +
+                                  `${WHY[reason]} · in your browser` } });
+  }
+
+  function footerOf(engine) {
+    return `engine: your browser (storylib/web, WebAssembly) · model: ${engine.about}, ` +
+      `${(engine.nParams / 1e6).toFixed(1)} M parameters, context ${engine.config.block_size} tokens`;
+  }
+
+  function progress(got, total) {
+    loadingText = `Loading the storyteller into your browser… ${(got / 1e6).toFixed(1)} of ` +
+      `${(total / 1e6).toFixed(1)} MB`;
+    if (!browser) drawState();
+  }
+
+  // The static book: no kernel will answer; load the engine at once (a kernel that answers after all wins).
+  async function startBrowser() {
+    engineState = "loading";
+    drawState();
+    try {
+      const m = await engineModule();
+      if (!m.simdSupported()) {
+        engineState = "failed";
+        engineWhy = "This browser has no WebAssembly SIMD, so the storyteller cannot run in it.";
+        root.dataset.engineWhy = "no-simd";
+        drawState();
+        return;
+      }
+      const manifest = await (await fetch(ENGINE_BASE + "manifest.json")).json();
+      BROWSER.hasStory = Boolean(manifest.models.story);
+      const which = model.get("mode") === "story" && BROWSER.hasStory ? "story" : "chat";
+      const engine = await browserEngine(which, progress);
+      browserLog.readyAt = performance.now();
+      browserLog.which = which;
+      browserLog.bytes = engine.bytes;
+      browserLog.about = `WebAssembly SIMD, ${(engine.nParams / 1e6).toFixed(1)} M parameters as fp16 ` +
+        `(${(engine.bytes / 1e6).toFixed(1)} MB), no server`;
+      engineState = "ready";
+      if (!kernel) {
+        browser = true;
+        model.set("footer", footerOf(engine));
+      }
+    } catch (e) {
+      engineState = "failed";
+      engineWhy = "The storyteller cannot run in this browser here (" + (e.message || e) + ").";
+      root.dataset.engineWhy = "no-engine";
+    }
+    drawState();
+  }
   model.on("change:story", () => { cut = null; drawStory(); drawState(); });
   model.on("change:notice", drawStory);
   model.on("change:pictures", () => {
@@ -312,6 +529,7 @@ function render({ model, el: host }) {
   model.on("change:ratings", drawThumbs);
   drawStory();
   drawState();
-  greetKernel(model, () => { kernel = true; drawState(); });
+  greetKernel(model, () => { kernel = true; browser = false; drawState(); });
+  if (ENGINE_BASE) startBrowser();
 }
 export default { render };

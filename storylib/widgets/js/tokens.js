@@ -2,6 +2,7 @@
 // js/_dom.js (el) before it: anywidget loads one module from a blob: URL, which cannot import another file.
 
 // Tokenization in the browser. Pure functions, no DOM: the package tests run this part under node.
+// <shared with storylib/web/engine.js>: storylib.web.engine_module puts this part before the browser engine
 const UTF8 = new TextEncoder();
 const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -121,6 +122,7 @@ function compileTokenizer(spec) {
   const tokenBytes = (id) => (id < vocab.length ? vocab[id] : specialBytes.get(id));
   return { encode, chunks, tokenBytes };
 }
+// </shared>
 
 function bytesPerToken(nBytes, nTokens) { return nTokens ? nBytes / nTokens : 0; }
 
