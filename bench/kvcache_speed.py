@@ -25,19 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_name  # noqa: E402
 from storylib.checkpoint import default_storyteller  # noqa: E402
 from storylib.kvcache import KVCache, decode_speed, forward_cached  # noqa: E402
 from storylib.tokenizer import eot_id  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @torch.no_grad()

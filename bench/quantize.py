@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_name  # noqa: E402
 from storylib import quantize as Q  # noqa: E402
 from storylib.checkpoint import default_storyteller  # noqa: E402
 from storylib.data import load_stories  # noqa: E402
@@ -40,16 +41,6 @@ from storylib.scoreboard import yardstick_stories  # noqa: E402
 from storylib.tokenizer import eot_id  # noqa: E402
 
 ORDER = ("fp32", "int8", "int4-g32", "int4-gptq", "int8-g64-dyn", "kv-int8", "fp16")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def golden() -> str:

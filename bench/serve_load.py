@@ -143,12 +143,9 @@ def free_port() -> int:
 def machine() -> dict:
     import torch
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads_server": os.environ.get("OMP_NUM_THREADS"),
+    from bench.machine import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads_server": os.environ.get("OMP_NUM_THREADS"),
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 

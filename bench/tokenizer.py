@@ -57,8 +57,9 @@ HF_SETUP = (
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from bench.machine import cpu_name
+
+    cpu = cpu_name()
     versions = {}
     for pkg in ("torch", "tokenizers", "tiktoken", "regex", "numpy", "tqdm"):
         try:

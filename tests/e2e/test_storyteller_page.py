@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from bench.machine import cpu_name
+
 from .conftest import ROOT, page_log, screenshot_path, static_widget_site, wait_for_book_page
 
 GOLDEN = ROOT / "grading" / "tests" / "golden" / "ch12_once_upon_a_time.txt"
@@ -252,7 +254,7 @@ def test_storyteller_runs_in_the_browser(page, live_site, chat_oracle, tmp_path,
     record = {
         "what": "the static book's storyteller in headless Chromium: storylib/web (C -> WebAssembly SIMD128, one "
                 "thread), fp16 weights widened to fp32 at load; served by a plain static server under a sub-path",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "chromium": browser.version,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "chromium": browser.version,
                     "platform": platform.platform(), "load_average_at_start": load_at_start,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())},
         "models": "chat: storylib.sft.default_chat_folder(), LoRA adapters merged (loaded with the page); story "
@@ -279,22 +281,18 @@ def test_storyteller_runs_in_the_browser(page, live_site, chat_oracle, tmp_path,
     print(json.dumps(record, indent=1))
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def test_without_the_engine_files_the_recorded_story_stays(page, bare_site, recorded):
-    resp = page.goto(bare_site, wait_until="load")
+def open_fallback(page, site: str, why: str):
+    """The chat of the page at `site`, once it has said why it cannot run in this browser (data-engine-why)."""
+    resp = page.goto(site, wait_until="load")
     assert resp is not None and resp.ok
     wait_for_book_page(page, min_widgets=1)
     chat = chat_of(page)
-    expect(chat).to_have_attribute("data-engine-why", "no-engine", timeout=30_000)
+    expect(chat).to_have_attribute("data-engine-why", why, timeout=30_000)
+    return chat
+
+
+def test_without_the_engine_files_the_recorded_story_stays(page, bare_site, recorded):
+    chat = open_fallback(page, bare_site, "no-engine")
     check_recorded_chat(page, recorded.story)
     expect(chat.locator('[data-testid="chat-why-static"]')).to_contain_text("cannot run in this browser here")
     # the 404s of the missing engine are the point of this test, not a page error
@@ -304,11 +302,7 @@ def test_without_the_engine_files_the_recorded_story_stays(page, bare_site, reco
 
 def test_without_webassembly_simd_the_page_says_so(page, live_site, recorded):
     page.add_init_script("WebAssembly.validate = () => false;")  # a browser without SIMD
-    resp = page.goto(live_site, wait_until="load")
-    assert resp is not None and resp.ok
-    wait_for_book_page(page, min_widgets=1)
-    chat = chat_of(page)
-    expect(chat).to_have_attribute("data-engine-why", "no-simd", timeout=30_000)
+    chat = open_fallback(page, live_site, "no-simd")
     check_recorded_chat(page, recorded.story)
     expect(chat.locator('[data-testid="chat-why-static"]')).to_contain_text("no WebAssembly SIMD")
 

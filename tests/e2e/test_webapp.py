@@ -533,18 +533,23 @@ def test_a_stream_that_stops_without_done_is_said_to_have_broken_off(page, empty
     assert [m["content"] for m in got["messages"]] == ["Tell me a story.", "Once upon a"]
 
 
-@pytest.fixture
-def empty_server(tmp_path) -> Iterator[str]:
-    """tiny_app_server's kind of server with no conversations yet (the tests below count them)."""
+def tiny_server(tmp_path, block_size: int) -> Iterator[str]:
+    """A server of the chat model's tokenizer and a tiny random model of `block_size` context, no conversations yet."""
     import torch
 
     from storylib.gpt2 import GPT, GPTConfig
 
     _, tok = require_chat_model()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=512, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
     with serve_in_thread(S.create_app(model, tok, db_path=tmp_path / "conversations.sqlite3")) as url:
         yield url
+
+
+@pytest.fixture
+def empty_server(tmp_path) -> Iterator[str]:
+    """tiny_app_server's kind of server with no conversations yet (the tests below count them)."""
+    yield from tiny_server(tmp_path, 512)
 
 
 def new_conversation(url: str, title: str, messages: list[dict]) -> str:
@@ -846,15 +851,7 @@ def test_two_tabs_and_cut_replies_lose_nothing(page, empty_server, tiny_endless_
 @pytest.fixture
 def small_context_server(tmp_path) -> Iterator[str]:
     """empty_server's kind of server, with a model of a 384-token context (not the storyteller's 512)."""
-    import torch
-
-    from storylib.gpt2 import GPT, GPTConfig
-
-    _, tok = require_chat_model()
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=384, vocab_size=4160, n_layer=1, n_head=2, n_embd=16)).eval()
-    with serve_in_thread(S.create_app(model, tok, db_path=tmp_path / "conversations.sqlite3")) as url:
-        yield url
+    yield from tiny_server(tmp_path, 384)
 
 
 def test_a_long_conversation_goes_on_and_the_page_says_once_that_old_turns_are_left_out(page, small_context_server):
