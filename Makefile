@@ -77,5 +77,10 @@ screenshots: setup
 	LLM101N_UPDATE_SCREENSHOTS=1 LLM101N_UPDATE_RESULTS=1 $(PY) -m pytest -q \
 		tests/e2e/test_storyteller_page.py::test_storyteller_runs_in_the_browser   # + bench/results/browser_engine.json
 
+# Chapter 13's storyteller in one C file (storylib/c/storyteller.c) -> build/storyteller
+.PHONY: c
+c:
+	bash scripts/build_c.sh
+
 clean:
 	rm -rf _build dist

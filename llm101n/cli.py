@@ -187,6 +187,12 @@ def install_lab_overrides(settings_dir: Path | None = None) -> Path:
     return path
 
 
+def cmd_export_c(args: argparse.Namespace) -> int:
+    from storylib.export_c import main as export_c_main
+
+    return export_c_main(args.rest)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from grading.release import release
 
@@ -260,7 +266,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve, "sft": cmd_sft, "prefs": cmd_prefs}
+    passthrough = {"train": cmd_train, "chat": cmd_chat, "serve": cmd_serve, "sft": cmd_sft, "prefs": cmd_prefs,
+                   "export-c": cmd_export_c}
     if argv[:1] and argv[0] in passthrough:  # all that follows is the storylib module's, its --help included
         return passthrough[argv[0]](argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="llm101n", description=__doc__,
@@ -314,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                              "[--users FILE]"),
         ("sft", cmd_sft, "Chapter 14's evaluation by rules: eval [MODEL ...] [--base B] [--n N]"),
         ("prefs", cmd_prefs, "your thumbs up / down as preference pairs: export [--db PATH ...] [--out FILE]"),
+        ("export-c", cmd_export_c, "a model for storylib/c/storyteller.c: MODEL_DIR OUT.bin [--dtype fp32|int8] "
+                                   "[--group 64]"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -14,6 +14,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev libgomp1)  # Chapter 13's storyteller.c (scripts/build_c.sh)
 if [ ${#need[@]} -gt 0 ]; then
   say "apt-get install ${need[*]}"
   as_root apt-get update -qq
@@ -37,5 +38,9 @@ fi
 
 # 3. The book's JavaScript, served from the built site (no CDN).
 bash scripts/assets.sh
+
+# 4. Chapter 13's storyteller in one C file: build/storyteller.
+[ build/storyteller -nt storylib/c/storyteller.c ] || bash scripts/build_c.sh ||
+  say "could not build storylib/c/storyteller.c (is a C compiler installed?)"
 
 say "ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -429,7 +429,8 @@ def calibration_hessians(model: GPT, windows: Sequence[Sequence[int]]) -> dict[s
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def quantize_model(model: GPT, scheme: str, hessians: dict[str, torch.Tensor] | None = None) -> GPT:
+def quantize_model(model: GPT, scheme: str, hessians: dict[str, torch.Tensor] | None = None,
+                   group_size: int | None = None) -> GPT:
     """A copy of the storyteller in `scheme` (the model itself is not changed):
 
         fp32            a copy
@@ -442,7 +443,7 @@ def quantize_model(model: GPT, scheme: str, hessians: dict[str, torch.Tensor] | 
                         (calibration_hessians); the position table by RTN
 
     Every matrix (block linears, the tied token table / lm_head, the position table) is quantized; LayerNorms and
-    biases stay fp16.
+    biases stay fp16. group_size: another group size for a grouped scheme (storylib/export_c.py's --group).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; one of {SCHEMES}")
@@ -456,6 +457,7 @@ def quantize_model(model: GPT, scheme: str, hessians: dict[str, torch.Tensor] | 
         return m
     bits = 8 if scheme.startswith("int8") else 4
     gs = {"int8": None, "int8-g64-dyn": 64, "int4-g32": 32, "int4-gptq": 32}[scheme]
+    gs = group_size if group_size is not None and gs is not None else gs
     act = 8 if scheme == "int8-g64-dyn" else None
     if scheme == "int4-gptq" and hessians is None:
         raise ValueError("int4-gptq needs the calibration hessians (calibration_hessians)")

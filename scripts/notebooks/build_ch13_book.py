@@ -350,16 +350,210 @@ for s, b in live.items():
 print(f"int8 vs fp32 here: {100 * (live['int8'] / live['fp32'] - 1):+.2f}%")
 """)
 md("""
+## 13.9 The storyteller in one C file
+
+The PyTorch modules above turn the integers back into floats at every step, so they read *more*, not less. To see
+what the smaller weights buy, the storyteller is written out once more, by hand, in one C file:
+`storylib/c/storyteller.c` (in the spirit of llama2.c's `run.c` and `runq.c`), with only the C library, its maths
+library and, where the compiler has it, OpenMP to share each matmul's rows between the cores. It reads one binary
+file that holds the model and its tokenizer, encodes a prompt with the same BPE as `storylib.tokenizer`, runs
+Chapter 12's cached forward pass one token at a time, samples, and prints the story as it comes:
+
+```bash
+llm101n export-c models/storyteller story_int8.bin --dtype int8   # storylib/export_c.py
+bash scripts/build_c.sh                           # cc -O3 -march=native -fopenmp -> build/storyteller
+build/storyteller story_int8.bin -i "Once upon a time" -n 256 -t 0.8 -p 0.9 -s 42
+```
+
+**The file.** A 256-byte header (a magic string, a version, the dtype and group size, the model's shape and the
+tokenizer's counts), then every tensor in a fixed order, each at a multiple of 64 bytes, then the tokenizer. The
+int8 file is Chapter 13's `int8-g64-dyn`, made by `quantize_model` itself: int8 weights with one scale per group of
+64 inputs. The program checks every size against the file's length before it reads anything, so a short or
+foreign file is an error message, not a crash. Writing both files and reading one header back:
+""")
+code("""
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+from storylib import export_c
+from storylib.kvcache import generate_stream
+
+work = Path(tempfile.mkdtemp(prefix="ch13_c_"))
+files = {d: export_c.export(model, tok, work / f"story_{d}.bin", d) for d in ("fp32", "int8")}
+head = files["int8"].read_bytes()[:64]
+names = ("version", "dtype", "group", "n_layer", "n_head", "n_embd", "vocab_size", "block_size", "n_merges",
+         "n_specials", "letter_ranges", "number_ranges", "space_ranges")
+print(head[:8], dict(zip(names, struct.unpack("<13i", head[8:60]))))
+for d, f in files.items():
+    print(f"{d}: {f.stat().st_size / 1e6:.1f} MB")
+""")
+code("""
+c_src = export_c.C_SOURCE.read_text()
+
+
+def c_function(name, nth=0):
+    \"\"\"A function of storyteller.c with the comment above it (nth: which of several definitions).\"\"\"
+    lines = c_src.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(rf"^static [^;=]*\\b{name}\\(", line)]
+    start = end = starts[nth]
+    while start > 0 and lines[start - 1].startswith("//"):
+        start -= 1
+    while lines[end] != "}":
+        end += 1
+    return "\\n".join(lines[start : end + 1])
+
+
+def show_c(*names):
+    return Markdown("\\n\\n".join(f"```c\\n{c_function(*n) if isinstance(n, tuple) else c_function(n)}\\n```"
+                                  for n in names))
+
+
+show_c("forward")
+""")
+md("""
+**The forward pass** above is `forward_cached` for one token, line for line: the two embeddings, then in every
+block a LayerNorm, `c_attn`, the new key and value written into the cache at `pos`, each head's softmax over
+positions 0 to `pos`, `c_proj`, and the MLP with GPT-2's tanh GELU; at the end `ln_f` and the tied `lm_head`.
+Every matmul goes through `linear`, which picks the arithmetic by the file's dtype.
+
+**The int8 matmul** is §13.4 in C. The input of each matmul is quantized as it arrives, one absmax scale per group
+of 64 values (rounding half to even, as `torch.round`); each group's integer products are summed exactly in
+int32, and only then multiplied by the two scales. `dot_i8` is that integer dot product: a plain loop that the
+compiler vectorizes, or, on a CPU with AVX2, the instructions that multiply 32 pairs of bytes at a time.
+""")
+code("""
+show_c("quantize_groups", "matmul_i8", ("dot_i8", 1))
+""")
+md("""
+**Sampling** is Chapter 12's `sample`: temperature 0 is the argmax; otherwise the softmax of the logits divided
+by the temperature, cut to the nucleus of the most probable tokens whose probabilities reach `top_p`, and a draw
+from a seeded generator (xorshift, so the same seed tells the same story; not the same story as PyTorch's
+generator, which draws differently).
+""")
+code("""
+show_c("sample")
+""")
+md("""
+Built and run: greedy decoding of Chapter 12's prompt, by the C program and by storylib, on the same weights (the
+int8 storylib model is `export_c.c_model`, the very integers and scales of the file):
+""")
+code("""
+binary = export_c.build(work / "storyteller")
+n_new = 60
+for d, f in files.items():
+    c_text = subprocess.run([str(binary), str(f), "-i", GOLDEN_PROMPT, "-n", str(n_new), "-t", "0", "-q"],
+                            capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1"}).stdout
+    py_text = GOLDEN_PROMPT + "".join(generate_stream(export_c.c_model(model, d), tok, ids, n_new, temperature=0.0))
+    print(f"{d}  C:       {c_text.strip()}".replace("\\n", " "))
+    print(f"{d}  storylib: {py_text}".replace("\\n", " "))
+    print(f"{d}  the same: {c_text == py_text + chr(10)}\\n")
+""")
+md("""
+`tests/test_storyteller_c.py` checks this on several prompts, the logits of a random GPT with odd sizes and of the
+storyteller (fp32 within 10⁻⁴; int8 within a few tenths, see below), the tokenizer on hard strings, corrupt and
+truncated files, and a build with the address and undefined-behaviour sanitizers. In int8, C and PyTorch sum in
+different orders, so an activation that lies almost exactly between two integers can round one way in C and the
+other in PyTorch; from there on the logits differ by about a tenth. storylib's own prefill and token-by-token
+decoding differ in the same way. Only where two tokens are that close can the greedy choices part.
+
+### How fast, and what bounds it
+
+`bench/c_speed.py` runs, in one go on the book's two CPU cores, storylib's PyTorch decoding (fp32, KV cache) and
+the C program on the fp32 and int8 files, 256 greedy tokens each, and measures in the same run the machine's
+memory bandwidth (copying a 256 MB array) and its fp32 matmul peak (`torch.mm`). A decode step reads every weight
+once and does two flops with it, so each engine has two ceilings: bandwidth / bytes per token, and peak / flops
+per token. From `bench/results/c_speed.json`:
+""")
+code("""
+cs = json.loads(course_file("bench/results/c_speed.json").read_text())
+eng = cs["engines"]
+cm = cs["machine"]
+lines = ["| engine | tokens/s | vs PyTorch | peak memory (MB) | model (MB) | bytes read / token (MB) | GB/s | "
+         "ceiling: bandwidth | ceiling: matmul peak |", "|---|---|---|---|---|---|---|---|---|"]
+for r in eng:
+    lines.append(f"| {r['engine']} | {r['tokens_per_s']:.0f} | {r['speedup_vs_pytorch_fp32']:.1f}x | "
+                 f"{r['peak_rss_bytes'] / 1e6:.0f} | {r['model_bytes'] / 1e6:.1f} | "
+                 f"{r['bytes_read_per_token'] / 1e6:.1f} | "
+                 f"{r['achieved_gb_s']:.1f} | {r['tokens_per_s_at_bandwidth']:.0f} tokens/s | "
+                 f"{r['tokens_per_s_at_matmul_peak']:.0f} tokens/s |")
+Markdown("\\n".join(lines) + f"\\n\\n{cm['cpu']}, {cm['threads']} threads, {cm['cc']}, torch {cm['torch']}, "
+         f"{cm['date'][:10]}; memory bandwidth {cs['bandwidth_used_gb_s']:.1f} GB/s (copy), fp32 matmul peak "
+         f"{cs['matmul_peak_gflop_s']:.0f} GFLOP/s; load average {cm['load_average_at_start']:.1f} at the start, "
+         f"{cm['load_average_at_end']:.1f} at the end.")
+""")
+code("""
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.3))
+names = [r["engine"] for r in eng]
+ax[0].barh(names, [r["tokens_per_s"] for r in eng], color=["#90a4ae", "#1565c0", "#2e7d32"])
+ax[0].scatter([r["tokens_per_s_at_bandwidth"] for r in eng], names, marker="|", s=400, c="k",
+              label="ceiling: memory bandwidth")
+ax[0].set_xlabel("tokens/s (greedy decode, 256 tokens)"); ax[0].invert_yaxis(); ax[0].legend(loc="lower right")
+ax[1].barh(names, [r["peak_rss_bytes"] / 1e6 for r in eng], color="#90a4ae")
+ax[1].set_xlabel("peak resident memory (MB)"); ax[1].invert_yaxis()
+plt.tight_layout(); plt.show()
+""")
+code("""
+by_e = {r["engine"]: r for r in eng}
+c32, c8, pt = by_e["c-fp32"], by_e["c-int8"], by_e["pytorch-fp32"]
+bw = cs["bandwidth_used_gb_s"]
+
+
+def share(r, key):
+    return 100 * r["tokens_per_s"] / r[key]
+
+
+mem = [100 * r["peak_rss_bytes"] / pt["peak_rss_bytes"] for r in (c32, c8)]
+text = [f"The C program writes {c32['speedup_vs_pytorch_fp32']:.1f}x as many tokens a second as PyTorch in fp32 "
+        f"and {c8['speedup_vs_pytorch_fp32']:.1f}x in int8, in {mem[0]:.0f}% and {mem[1]:.0f}% of PyTorch's peak "
+        "memory (PyTorch's includes the library itself). PyTorch runs the same arithmetic as many small operator "
+        "calls a step, each with its own overhead; it reaches "
+        f"{share(pt, 'tokens_per_s_at_bandwidth'):.0f}% of what the memory could deliver."]
+for r in (c32, c8):
+    if 0.95 * bw <= r["achieved_gb_s"] <= 1.05 * bw:
+        text.append(f"{r['engine']} reads its {r['bytes_read_per_token'] / 1e6:.1f} MB a token at "
+                    f"{r['achieved_gb_s']:.1f} GB/s, the machine's measured copy bandwidth: memory sets its speed "
+                    f"(it uses {share(r, 'tokens_per_s_at_matmul_peak'):.0f}% of the compute ceiling).")
+    elif r["achieved_gb_s"] > bw:
+        text.append(f"{r['engine']} reads its {r['bytes_read_per_token'] / 1e6:.1f} MB a token at "
+                    f"{r['achieved_gb_s']:.1f} GB/s, faster than the measured copy ({bw:.1f} GB/s): part of its "
+                    "weights stay in the CPU's caches from one token to the next; it reaches "
+                    f"{share(r, 'tokens_per_s_at_matmul_peak'):.0f}% of the compute ceiling.")
+    else:
+        text.append(f"{r['engine']} reads {r['bytes_read_per_token'] / 1e6:.1f} MB a token at "
+                    f"{r['achieved_gb_s']:.1f} GB/s: {share(r, 'tokens_per_s_at_bandwidth'):.0f}% of its bandwidth "
+                    f"ceiling and {share(r, 'tokens_per_s_at_matmul_peak'):.0f}% of its compute ceiling.")
+if cm["load_average_at_start"] > cm["cores"]:
+    text.append(f"The machine was shared while the bench ran (load average {cm['load_average_at_start']:.1f} on "
+                f"{cm['cores']} cores): threads that wait for a busy core slow every engine, the C program's two "
+                "threads, which meet at every matmul, most; a quiet machine gives steadier and higher speeds, "
+                "and `python bench/c_speed.py` measures them again.")
+Markdown(" ".join(text))
+""")
+md("""
+## The scoreboard
+
+Quantization changes what the storyteller predicts, a little: the int8 storyteller that the C program runs (int8
+weights in groups of 64, int8 activations) scores the bits per byte of `bench/results/quantize_cpu.json` (§13.8,
+all 1,000 validation stories), and joins the board:
+""")
+code("""
+from storylib import scoreboard
+
+scoreboard.show(13, "storyteller, int8 weights and activations (groups of 64)", by["int8-g64-dyn"]["bpb"],
+                page="ch13_quantization.ipynb")
+""")
+md("""
 ## What we built
 
 - absmax and zero-point quantization, per tensor, per channel and per group, with their error bound $s/2$;
 - integer dot products with int32 sums and scales applied at the end; dynamic activation quantization;
 - int4 packed two to a byte, and `QuantLinear`, which stands in for `nn.Linear`;
 - GPTQ, from its Hessian to the column loop with error feedback through the Cholesky factor of $H^{-1}$;
-- an int8 KV cache, and the storyteller measured in every form.
-
-The numbers also say what is left: here, on the CPU through PyTorch, smaller weights do not yet mean faster
-decoding. That needs code that multiplies the integers directly.
+- an int8 KV cache, and the storyteller measured in every form;
+- the storyteller in one C file, fp32 and int8, with integer dot products: where the smaller weights finally buy
+  speed.
 """)
 
 if __name__ == "__main__":
