@@ -266,3 +266,219 @@ def accumulate_grads(
         total += loss.item()
     return total
     ### END SOLUTION
+
+
+# ----------------------------------------------------------------------------- Muon (optional)
+
+# The quintic's coefficients (Keller Jordan 2024): the largest slope at 0 (a) for which 5 steps still squeeze every
+# singular value of a normalised matrix into a band around 1 (about 0.7 to 1.2), rather than exactly onto 1.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(
+    G: torch.Tensor,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Orthogonalise G: U·S'·Vᵀ for G = U·S·Vᵀ, with every S' near 1.  (exercise ch07.newton_schulz)
+
+    G: (..., m, n), a matrix or a stack of them (each orthogonalised on its own). In `dtype` (None: bf16 on a GPU,
+    where its matmuls are fast, fp32 on a CPU), on the matrix whose rows are the shorter side (transpose a tall
+    one, m > n, and transpose back at the end):
+        X = G / max(‖G‖_F, eps)          ‖·‖_F of each matrix: every singular value is then at most 1
+        `steps` times, with (a, b, c) = coefficients:
+            A = X·Xᵀ                     (short side)²: the cheap Gram matrix
+            B = b·A + c·A·A              torch.baddbmm(A, A, A, beta=b, alpha=c): one fused matmul
+            X = a·X + B·X                torch.baddbmm(X, B, X, beta=a); each singular value s -> a·s + b·s³ + c·s⁵
+    baddbmm wants a stack: work on G.reshape(-1, m, n). Returns X in `dtype`, shaped like G. It is torch.optim.Muon's
+    _zeropower_via_newtonschulz (always bf16), bit for bit in the same dtype.
+    """
+    if G.dim() < 2:
+        raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(G.shape)}")
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    a, b, c = coefficients
+    ### BEGIN SOLUTION ch07.newton_schulz (§7.11, 2 pts): X = G/‖G‖ (short side first); A = XXᵀ; X = aX + (bA + cA²)X
+    X = G.to(dtype).reshape(-1, *G.shape[-2:])
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    if tall:
+        X = X.mT
+    X = X.reshape(G.shape)
+    ### END SOLUTION
+    return X
+
+
+def muon_lr_scale(shape: Sequence[int]) -> float:
+    """sqrt(max(1, rows / cols)): torch.optim.Muon's default ("original") step-size rule for a (rows, cols) matrix.
+
+    An orthogonalised (rows, cols) update has root mean square sqrt(min/(rows·cols)) = 1/sqrt(max(rows, cols));
+    the factor gives tall matrices (more outputs than inputs) the per-entry size of wide ones."""
+    rows, cols = shape[:2]
+    return math.sqrt(max(1.0, rows / cols))
+
+
+def orthogonalize(updates: Sequence[torch.Tensor], steps: int = 5, dtype: torch.dtype | None = None,
+                  eps: float = 1e-7) -> list[torch.Tensor]:
+    """newton_schulz of each matrix in `updates`, those of one shape stacked into one batched call (a transformer's
+    blocks share 4 shapes: 4 calls instead of 4·n_layer, far fewer kernel launches on a GPU)."""
+    out: list[torch.Tensor | None] = [None] * len(updates)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, u in enumerate(updates):
+        by_shape.setdefault(tuple(u.shape), []).append(i)
+    for idx in by_shape.values():
+        stack = newton_schulz(torch.stack([updates[i] for i in idx]), steps, eps=eps, dtype=dtype)
+        for i, o in zip(idx, stack.unbind(0), strict=True):
+            out[i] = o
+    return out  # type: ignore[return-value]
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton–Schulz (Keller Jordan et al. 2024) for 2-D matrices: torch.optim.Muon.
+
+    Adam scales each entry of a matrix's update on its own; Muon changes the matrix as a whole, by an update whose
+    singular values are all about 1, so that every direction the matrix maps moves by the same amount, the rare
+    directions as much as the common ones. Hidden matrices only: embeddings, the lm_head, gains and biases go to
+    AdamW (muon_param_groups). ns_dtype: the Newton–Schulz dtype (None: bf16 on a GPU, fp32 on a CPU; torch's: bf16).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype | None = None):
+        if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1:
+            raise ValueError(f"lr, momentum, weight_decay must be >= 0, ns_steps >= 1, got {lr}, {momentum}, "
+                             f"{weight_decay}, {ns_steps}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_steps=ns_steps, ns_dtype=ns_dtype))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon updates 2-D matrices only, got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """One Muon update of every matrix that has a gradient, torch.optim.Muon's conventions.  (exercise ch07.muon)
+
+        For each group (lr, weight_decay λ, momentum μ, nesterov, ns_steps, ns_dtype) and each of its parameters p
+        with a gradient g:
+            buf = μ·buf + (1 - μ)·g        a running mean of g, from 0  (self.state[p]["momentum_buffer"])
+            u   = (1 - μ)·g + μ·buf        Nesterov: look one step ahead (plain momentum: u = buf)
+        then O = orthogonalize(the group's u's, ns_steps, ns_dtype) (newton_schulz on each), and for each p:
+            p = p · (1 - lr·λ)             decoupled weight decay, as AdamW
+            p = p - lr · muon_lr_scale(p.shape) · O
+        Equal to torch.optim.Muon (its default adjust_lr_fn) up to bf16 rounding. Returns closure()'s loss, if any.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            params = [p for p in group["params"] if p.grad is not None]
+            ### BEGIN SOLUTION ch07.muon (§7.11, 2 pts): buf.lerp_(g, 1-μ); u = g.lerp(buf, μ); orthogonalize; step
+            updates = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - mu)
+                updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+            for p, o in zip(params, orthogonalize(updates, group["ns_steps"], group["ns_dtype"]), strict=True):
+                p.mul_(1 - lr * wd)
+                p.add_(o.to(p.dtype), alpha=-lr * muon_lr_scale(p.shape))
+            ### END SOLUTION
+        return loss
+
+
+class BatchedMuon(Muon):
+    """Muon's update with its loops over parameters replaced by multi-tensor (torch._foreach_*) calls: the same
+    numbers, a few kernel launches per shape instead of a few per matrix. On a GPU an optimizer step of 40 small
+    matrices is bound by Python and launches, not by arithmetic; the trainer's optimizer = "muon" uses this one."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            torch._foreach_lerp_(bufs, grads, 1 - mu)
+            updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
+            if wd != 0:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, idx in by_shape.items():
+                O = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_steps"], dtype=group["ns_dtype"])
+                O = O.to(params[idx[0]].dtype)
+                torch._foreach_add_([params[i] for i in idx], list(O.unbind(0)), alpha=-lr * muon_lr_scale(shape))
+        return loss
+
+
+def muon_param_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Muon's groups, AdamW's groups): the hidden 2-D matrices (the blocks' Linear weights) for Muon; for AdamW,
+    param_groups' split of the rest (embeddings and the lm_head tied to them with weight_decay, gains and biases
+    without). A matrix is hidden when it is a Linear layer's weight other than lm_head: an embedding is a lookup
+    table (each row sees only its own token), not a map whose directions Muon should balance."""
+    linear = {id(m.weight) for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and name.rpartition(".")[2] != "lm_head"}
+    embed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    hidden = [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) in linear - embed]
+    hidden_ids = {id(p) for p in hidden}
+    rest = [dict(g, params=[p for p in g["params"] if id(p) not in hidden_ids])
+            for g in param_groups(model, weight_decay)]
+    return [{"params": hidden, "weight_decay": weight_decay}], rest
+
+
+class MuonAdamW:
+    """Muon for some parameter groups, torch.optim.AdamW for the others, as one optimizer: the trainer sets each
+    group's "lr", steps, zeroes and checkpoints it like any torch.optim.Optimizer (state_dict numbers the parameters
+    of muon's groups first, then adamw's)."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # looked up each time: load_state_dict makes new group dicts
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def n_muon(self) -> int:
+        return sum(len(g["params"]) for g in self.muon.param_groups)
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        loss = self.muon.step(closure)
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        m, a, n = self.muon.state_dict(), self.adamw.state_dict(), self.n_muon
+        groups = m["param_groups"] + [dict(g, params=[i + n for i in g["params"]]) for g in a["param_groups"]]
+        return {"state": {**m["state"], **{i + n: s for i, s in a["state"].items()}}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        n, k = self.n_muon, len(self.muon.param_groups)
+        state, groups = state_dict["state"], state_dict["param_groups"]
+        self.muon.load_state_dict({"state": {i: s for i, s in state.items() if i < n}, "param_groups": groups[:k]})
+        adam_groups = [dict(g, params=[i - n for i in g["params"]]) for g in groups[k:]]
+        self.adamw.load_state_dict({"state": {i - n: s for i, s in state.items() if i >= n},
+                                    "param_groups": adam_groups})

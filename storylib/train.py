@@ -59,7 +59,7 @@ from storylib.checkpoint import (
 )
 from storylib.gpt2 import GPT, GPTConfig, bits_per_byte
 from storylib.mlp import warmup_cosine_lr
-from storylib.optim import param_groups
+from storylib.optim import BatchedMuon, MuonAdamW, muon_param_groups, param_groups
 from storylib.precision import float8_linears, fp8_supported, fused_loss
 from storylib.tokenizer import EOT_TOKEN, RegexTokenizer, eot_id
 
@@ -111,6 +111,10 @@ class TrainConfig:
     beta1: float = _f(0.9, "optim", "AdamW beta1")
     beta2: float = _f(0.95, "optim", "AdamW beta2")
     grad_clip: float = _f(1.0, "optim", "clip the gradient norm to this; 0: no clipping")
+    optimizer: str = _f("adamw", "optim", "'adamw' for every parameter, or 'muon' (storylib.optim.Muon) for the "
+                        "blocks' matrices and AdamW for the rest")
+    muon_lr: float = _f(0.02, "optim", "optimizer = 'muon': Muon's peak learning rate (same warmup and cosine)")
+    muon_momentum: float = _f(0.95, "optim", "optimizer = 'muon': Muon's (Nesterov) momentum")
     # [sft] finetuning a trained model (Chapter 14, storylib.sft): data = "chat", init_from, LoRA
     init_from: str = _f("", "sft", "'': new weights; a model folder (models/storyteller): its architecture, "
                         "tokenizer and weights")
@@ -176,6 +180,8 @@ class TrainConfig:
         need(0.0 <= self.min_lr <= self.lr, f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be in {OPTIMIZERS}, got {self.optimizer!r}")
+        need(self.muon_lr > 0 and 0 <= self.muon_momentum < 1, "muon_lr must be > 0 and muon_momentum in [0, 1)")
         need(self.device == "auto" or self.device == "cpu" or self.device.split(":")[0] == "cuda",
              f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         need(self.dtype in ("auto", "bf16", "fp32"), f"dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
@@ -198,6 +204,7 @@ class TrainConfig:
 GROUPS = {f.metadata["group"] for f in fields(TrainConfig)}
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "coordinate-descent")
 FP8_CHOICES = ("off", "lm_head", "all")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _unknown(key: str, where: str) -> ConfigError:
@@ -529,8 +536,7 @@ def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
     model = GPT(gcfg).to(device)
     if cfg.init_from:  # the base model's weights; LoRA: adapters in, the rest frozen (AdamW sees trainable only)
         sft.init_model(cfg, model, tok, quiet)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=1e-8, fused=device.type == "cuda")
+    optimizer = make_optimizer(cfg, model, device)
     run = Run(cfg, tok, tok_id, model, optimizer, sampler, val, device, _autocast(device, dtype), quiet)
     if ckpt is not None:
         restore(run, ckpt)
@@ -554,6 +560,24 @@ def setup(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Run:
         f"{', compiled' if cfg.compile else ''}{f', fp8 matmuls ({cfg.fp8})' if fp8 else ''}"
         f"{f', fused loss in {cfg.loss_chunks} chunks' if cfg.loss_chunks else ''}", quiet)
     return run
+
+
+def make_optimizer(cfg: TrainConfig, model: GPT, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on a GPU) on param_groups; optimizer = 'muon': Muon on the blocks' matrices, AdamW on the rest.
+
+    Each group's "lr_scale" times the schedule's lr is its learning rate (train_step): Muon's is muon_lr / lr. Its
+    weight decay is weight_decay · lr / muon_lr, so that a matrix shrinks by the same lr·λ per step as under AdamW."""
+    def adamw(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                                 fused=device.type == "cuda")
+
+    if cfg.optimizer == "adamw":
+        return adamw(param_groups(model, cfg.weight_decay))
+    hidden, rest = muon_param_groups(model, cfg.weight_decay)
+    for g in hidden:
+        g["lr_scale"], g["weight_decay"] = cfg.muon_lr / cfg.lr, cfg.weight_decay * cfg.lr / cfg.muon_lr
+    muon = BatchedMuon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum)  # Muon, with multi-tensor kernels
+    return MuonAdamW(muon, adamw(rest))  # type: ignore[return-value]
 
 
 def restore(run: Run, ckpt: Checkpoint) -> None:
@@ -596,7 +620,7 @@ def train_step(run: Run, loss_fn: Callable, lr: float) -> tuple[torch.Tensor, to
     before clipping, None without clipping), both still on the device."""
     cfg, device, optimizer = run.cfg, run.device, run.optimizer
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups: muon_lr / lr
     loss_sum = torch.zeros((), device=device)
     for _ in range(cfg.grad_accum):  # accumulate the gradient of the mean over grad_accum micro-batches
         x, y = run.sampler.next_batch()

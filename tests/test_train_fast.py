@@ -116,3 +116,45 @@ def test_fp8_training_follows_the_plain_run(tmp_path, monkeypatch, which):
 def test_speed_options_are_checked(key, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{key: value}).validate()
+
+
+def test_muon_trains_resumes_exactly_and_exports(tmp_path, monkeypatch):
+    from storylib.checkpoint import load_model
+    from storylib.optim import MuonAdamW
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def cfg(name: str) -> TrainConfig:
+        return TrainConfig(data="synthetic", n_train_stories=30, n_val_stories=2, eval_stories=2, tokenizer="bytes",
+                           n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=7, warmup_steps=2,
+                           lr=3e-3, optimizer="muon", muon_lr=0.03, muon_momentum=0.9, ckpt_interval=3,
+                           device="cpu", log_interval=1, out_dir=str(tmp_path / name)).validate()
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(state):
+        if state.step == 5:  # after the checkpoint at step 3: the resumed run redoes steps 4 and 5
+            raise Crash
+
+    train(cfg("straight"), quiet=True)
+    with pytest.raises(Crash):
+        train(cfg("resumed"), quiet=True, on_step=crash_at_5)
+    train(cfg("resumed"), resume=True, quiet=True)
+    losses = [[e["loss"] for e in map(json.loads, open(tmp_path / d / "train_log.jsonl")) if e["event"] == "train"]
+              for d in ("straight", "resumed")]
+    assert len(losses[0]) == 7 and losses[0] == losses[1], "a resumed Muon run computes the uninterrupted losses"
+    assert losses[0][-1] < losses[0][0]
+
+    from storylib.train import setup
+
+    run = setup(cfg("inspect"), quiet=True)
+    assert isinstance(run.optimizer, MuonAdamW)
+    muon = {id(p) for g in run.optimizer.muon.param_groups for p in g["params"]}
+    for name, p in run.model.named_parameters():
+        hidden = p.dim() == 2 and name.startswith("transformer.h.")
+        assert (id(p) in muon) == hidden, f"{name}: Muon takes the blocks' matrices only"
+    model, _ = load_model(tmp_path / "resumed" / "best")  # the same architecture and state_dict: the chat loads it
+    assert model.state_dict().keys() == run.model.state_dict().keys()
+    with pytest.raises(ConfigError, match="optimizer must be in"):
+        TrainConfig(optimizer="sgd").validate()

@@ -1,6 +1,6 @@
-"""Chapter 7 — optimization: fan-in init, SGD, Adam/AdamW, parameter groups, clipping, accumulation.
+"""Chapter 7 — optimization: fan-in init, SGD, Adam/AdamW, parameter groups, clipping, accumulation, Muon.
 
-Oracles: PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW) run side by side with ours on the same model,
+Oracles: PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW, Muon) run side by side with ours on the same model,
 torch.nn.utils.clip_grad_norm_, autograd on one big batch, and float64 formulas written out here.
 """
 
@@ -422,6 +422,163 @@ def test_k_micro_steps_make_the_same_adamw_steps_on_a_transformer():
     )
 
 
+# ----------------------------------------------------------------------------- ch07.newton_schulz
+
+NS = (3.4445, -4.7750, 2.0315)
+
+
+def uneven(shape: tuple[int, ...], seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Gaussian entries times uneven column scales (0.1 to 3): singular values far from equal."""
+    g = gen(seed)
+    scale = 0.1 + 2.9 * torch.rand(*shape[:-2], 1, shape[-1], generator=g, dtype=torch.float64)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def ns_float64(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The quintic Newton–Schulz iteration of one matrix, written out in float64 (the short side first)."""
+    a, b, c = NS
+    X = G.double().T if G.shape[0] > G.shape[1] else G.double()
+    X = X / torch.linalg.matrix_norm(X)
+    for _ in range(steps):
+        XXt = X @ X.T
+        X = a * X + b * XXt @ X + c * XXt @ XXt @ X
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+@pytest.mark.exercise("ch07.newton_schulz")
+@pytest.mark.parametrize("shape", [(37, 61), (61, 37), (23, 23), (4, 97)])
+def test_newton_schulz_equals_a_float64_transcription(shape):
+    G = uneven(shape, sum(shape))
+    want = ns_float64(G)
+    got64 = optim.newton_schulz(G, dtype=torch.float64)
+    assert got64.shape == G.shape and got64.dtype == torch.float64
+    assert torch.allclose(got64, want, rtol=1e-9, atol=1e-12), f"off by {(got64 - want).abs().max():.3g}"
+    got32 = optim.newton_schulz(G.float())  # a CPU tensor: fp32 by default
+    assert got32.dtype == torch.float32
+    assert torch.allclose(got32.double(), want, rtol=1e-3, atol=2e-4), f"fp32 off by {(got32 - want).abs().max():.3g}"
+    three = optim.newton_schulz(G, steps=3, dtype=torch.float64)
+    assert torch.allclose(three, ns_float64(G, steps=3), rtol=1e-9, atol=1e-12), "`steps` iterations"
+
+
+@pytest.mark.exercise("ch07.newton_schulz")
+def test_newton_schulz_orthogonalises_each_matrix_of_a_stack():
+    G = uneven((3, 29, 13), 5)
+    got = optim.newton_schulz(G, dtype=torch.float64)
+    assert got.shape == (3, 29, 13)
+    for i in range(3):
+        assert torch.allclose(got[i], ns_float64(G[i]), rtol=1e-9, atol=1e-12), f"matrix {i} of the stack"
+
+
+@pytest.mark.exercise("ch07.newton_schulz")
+@pytest.mark.parametrize("shape", [(40, 71), (71, 40)])
+def test_newton_schulz_maps_each_singular_value_through_the_quintic(shape):
+    # G = U diag(s) Vᵀ with chosen singular values: the iteration acts on each one alone, s -> a·s + b·s³ + c·s⁵
+    g = gen(7)
+    k = min(shape)
+    U = torch.linalg.qr(torch.randn(shape[0], k, generator=g, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(shape[1], k, generator=g, dtype=torch.float64)).Q
+    s = torch.logspace(-2, 0, k, dtype=torch.float64)[torch.randperm(k, generator=g)]  # 100x apart
+    G = U @ torch.diag(s) @ V.T
+    a, b, c = NS
+    x = s / s.norm()  # ‖G‖_F = ‖s‖
+    for _ in range(5):
+        x = a * x + b * x**3 + c * x**5
+    got = torch.linalg.svdvals(optim.newton_schulz(G, dtype=torch.float64))
+    assert torch.allclose(got, x.sort(descending=True).values, rtol=1e-8), "each singular value through the quintic"
+    assert 0.6 < got.min() and got.max() < 1.2, f"singular values {got.min():.3f}..{got.max():.3f}: not in the band"
+    bf16 = torch.linalg.svdvals(optim.newton_schulz(G.float(), dtype=torch.bfloat16).double())
+    assert 0.5 < bf16.min() and bf16.max() < 1.3, "in bf16 too, every singular value lands near 1"
+
+
+@pytest.mark.exercise("ch07.newton_schulz")
+def test_newton_schulz_in_bf16_is_torch_muons_kernel():
+    muon = pytest.importorskip("torch.optim._muon")
+    for shape in ((19, 45), (45, 19)):
+        G = uneven(shape, 3, torch.float32)
+        want = muon._zeropower_via_newtonschulz(G, NS, 5, 1e-7)
+        got = optim.newton_schulz(G, dtype=torch.bfloat16)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want), f"{shape}: not torch.optim.Muon's bits"
+
+
+# ----------------------------------------------------------------------------- ch07.muon
+
+
+def mlp(seed: int) -> nn.Sequential:
+    """Four Linear layers, two of one shape (orthogonalised together), tanh between."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(9, 23), nn.Tanh(), nn.Linear(23, 23), nn.Tanh(), nn.Linear(23, 23), nn.Tanh(),
+                         nn.Linear(23, 5))
+
+
+def muon_groups(net: nn.Module) -> list[dict]:
+    mats = [p for p in net.parameters() if p.dim() == 2]
+    return [{"params": mats[:2]}, {"params": mats[2:], "lr": 0.013, "weight_decay": 0.0}]
+
+
+@pytest.mark.exercise("ch07.muon")
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_matches_torch_muon_step_for_step(nesterov):
+    a = mlp(1)
+    b = copy.deepcopy(a)
+    settings = dict(lr=0.03, weight_decay=0.2, momentum=0.9, nesterov=nesterov)
+    ours = optim.Muon(muon_groups(a), ns_dtype=torch.bfloat16, **settings)
+    ref = torch.optim.Muon(muon_groups(b), **settings)
+    g = gen(11)
+    for step in range(8):
+        x = torch.randn(17, 9, generator=g) * torch.linspace(0.2, 3, 9)
+        y = torch.randn(17, 5, generator=g)
+        for net, opt in ((a, ours), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            ((net(x) - y) ** 2).mean().backward()
+            opt.step()
+        diff, where = max_param_diff(a, b)
+        assert diff == 0, f"step {step + 1}: differs from torch.optim.Muon by {diff:.3g} at {where}"
+    start = mlp(1)
+    assert (a[0].weight - start[0].weight).abs().max() > 0.01, "the matrices should have moved"
+    assert torch.equal(a[0].bias, start[0].bias), "Muon updates only the parameters it was given"
+
+
+@pytest.mark.exercise("ch07.muon")
+def test_muon_first_step_is_an_orthogonal_matrix_scaled_by_the_shape_rule():
+    # zero momentum, no decay: the first update is -lr · scale · NS(g), since NS ignores the scale of its input
+    torch.manual_seed(0)
+    tall = nn.Parameter(torch.randn(31, 12, dtype=torch.float64))
+    wide = nn.Parameter(torch.randn(12, 31, dtype=torch.float64))
+    start = [tall.detach().clone(), wide.detach().clone()]
+    for p in (tall, wide):
+        p.grad = uneven(tuple(p.shape), p.shape[0])
+    opt = optim.Muon([tall, wide], lr=0.1, weight_decay=0.0, momentum=0.8, ns_dtype=torch.float64)
+    opt.step()
+    for p, p0, scale in ((tall, start[0], math.sqrt(31 / 12)), (wide, start[1], 1.0)):
+        step = (p0 - p.detach()) / (0.1 * scale)
+        assert torch.allclose(step, ns_float64(p.grad), rtol=1e-8, atol=1e-11), f"shape {tuple(p.shape)}"
+        assert torch.allclose(opt.state[p]["momentum_buffer"], 0.2 * p.grad), "buf = μ·0 + (1 - μ)·g"
+
+
+@pytest.mark.exercise("ch07.muon")
+def test_muon_in_float64_follows_the_update_written_out():
+    # momentum across steps, Nesterov, decoupled decay, the shape rule; two matrices of one shape share a call
+    shapes = [(29, 11), (11, 29), (11, 29)]
+    params = [nn.Parameter(uneven(s, i)) for i, s in enumerate(shapes)]
+    want = [p.detach().clone() for p in params]
+    bufs = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+    lr, wd, mu = 0.05, 0.3, 0.85
+    opt = optim.Muon(params, lr=lr, weight_decay=wd, momentum=mu, ns_dtype=torch.float64)
+    for step in range(4):
+        grads = [uneven(s, 100 + 10 * step + i) for i, s in enumerate(shapes)]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for k, g in enumerate(grads):
+            bufs[k] = mu * bufs[k] + (1 - mu) * g
+            u = (1 - mu) * g + mu * bufs[k]
+            scale = math.sqrt(max(1.0, shapes[k][0] / shapes[k][1]))
+            want[k] = want[k] * (1 - lr * wd) - lr * scale * ns_float64(u)
+        for k, p in enumerate(params):
+            assert torch.allclose(p.detach(), want[k], rtol=1e-9, atol=1e-12), (
+                f"step {step + 1}, matrix {k} {shapes[k]}: off by {(p.detach() - want[k]).abs().max():.3g}")
+
+
 # ----------------------------------------------------------------------------- package tests (not graded)
 
 
@@ -438,3 +595,24 @@ def test_optimizers_reject_bad_hyperparameters():
         optim.SGD(p, lr=-1.0)
     with pytest.raises(ValueError):
         optim.AdamW(p, betas=(0.9, 1.0))
+
+
+def test_muon_refuses_what_is_not_a_matrix():
+    with pytest.raises(ValueError):
+        optim.Muon([torch.zeros(3, requires_grad=True)])
+
+
+def test_batched_muon_takes_torch_muons_steps():  # the trainer's Muon: multi-tensor kernels, the same bits
+    a = mlp(2)
+    b = copy.deepcopy(a)
+    ours = optim.BatchedMuon(muon_groups(a), lr=0.03, weight_decay=0.2, momentum=0.9, ns_dtype=torch.bfloat16)
+    ref = torch.optim.Muon(muon_groups(b), lr=0.03, weight_decay=0.2, momentum=0.9)
+    g = gen(12)
+    for _ in range(5):
+        x, y = torch.randn(13, 9, generator=g), torch.randn(13, 5, generator=g)
+        for net, opt in ((a, ours), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            ((net(x) - y) ** 2).mean().backward()
+            opt.step()
+    diff, where = max_param_diff(a, b)
+    assert diff == 0, f"BatchedMuon differs from torch.optim.Muon by {diff:.3g} at {where}"

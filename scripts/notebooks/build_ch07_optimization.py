@@ -15,8 +15,8 @@ nb.markdown(
     In this notebook you write `storylib/optim.py`, the tools that turn a model and its gradients into training:
     fan-in initialisation, SGD with momentum, Adam and AdamW as `torch.optim.Optimizer` subclasses, the two
     weight-decay groups, gradient-norm clipping and gradient accumulation (the learning-rate schedule is the one
-    you wrote in Chapter 3). Each graded cell runs the package tests of one exercise against *your* `storylib`;
-    the book (Chapter 7) explains the ideas and the math.
+    you wrote in Chapter 3), and, optionally, Muon. Each graded cell runs the package tests of one exercise against
+    *your* `storylib`; the book (Chapter 7) explains the ideas and the math.
 
     Your optimizers are checked against PyTorch's own, step for step, so follow PyTorch's conventions exactly
     (they are spelled out in each docstring).
@@ -132,6 +132,48 @@ nb.exercise(
     loss = accumulate_grads(model, mse, [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)])
     print("loss", loss, "max grad difference from one big batch:", (model.weight.grad - big).abs().max().item())
     """,
+)
+nb.markdown(
+    """
+    ## Muon (optional)
+
+    The last two exercises are an optimizer for matrices: Muon (book §7.11) replaces a matrix's momentum by the
+    nearest matrix whose singular values are all about 1, computed by five steps of a Newton–Schulz iteration. Your
+    `newton_schulz` is checked against a float64 transcription and against `torch.optim.Muon`'s own kernel, bit for
+    bit in bf16; your `Muon` against `torch.optim.Muon`, step for step.
+    """
+)
+nb.exercise(
+    "ch07.newton_schulz",
+    try_it="""
+    import torch
+
+    G = torch.randn(40, 100) * torch.linspace(0.1, 3, 100)  # columns of very different sizes
+    print("singular values of G / |G|:", torch.linalg.svdvals(G / G.norm())[[0, 19, 39]])
+    print("after 5 Newton-Schulz steps:", torch.linalg.svdvals(newton_schulz(G))[[0, 19, 39]])
+    """,
+)
+nb.exercise(
+    "ch07.muon",
+    try_it="""
+    import copy
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
+                              torch.nn.Linear(32, 4))
+    ref = copy.deepcopy(net)
+    mats = lambda m: [p for p in m.parameters() if p.dim() == 2]
+    opts = [Muon(mats(net), lr=0.02, ns_dtype=torch.bfloat16), torch.optim.Muon(mats(ref), lr=0.02)]
+    for step in range(10):
+        x = torch.randn(16, 8)
+        for m, opt in zip([net, ref], opts):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    print("max |ours - torch.optim.Muon| after 10 steps:",
+          max((p - q).abs().max().item() for p, q in zip(mats(net), mats(ref))))
+    """,
+    notes="`orthogonalize(updates, steps, dtype)` (given) calls your `newton_schulz` once per shape, on a stack.",
 )
 nb.markdown(
     """

@@ -185,6 +185,20 @@ for name in ["fp32", "bf16", "fp16"]:
                                               dtype=torch.float64), e, m, fn).tolist()
     print(f"{name} (eps = 2**-{m}): 1 + eps/2 -> {half!r}, a hair more -> {more!r}, 1 + eps -> {eps!r}")
 """)
+md("""
+Try it. Pick a format, type a number, and the explorer below shows the value the format keeps: its sign, exponent
+and mantissa bits (click one to flip it), the formula that reads them, the values just below and just above it
+(the arrow buttons, or the ↑ and ↓ keys in the box, step there), the spacing there, and how far the typed number
+was rounded. A few to try: `0.1` in every format; `65519` and `65520` in fp16 (the last number below the
+overflow, and the first above); `1e-8` in fp16 and then in bf16; `500` in fp8 e4m3 (no infinity: it saturates)
+and in e5m2; then step down from `1` and watch the spacing halve. It runs in your browser, with the same rules as
+the `encode` and `decode` you write.
+""")
+code("""
+from storylib.widgets import FloatExplorer
+
+FloatExplorer(value="0.1", format="fp16")
+""")
 
 # --------------------------------------------------------------------------------------------------- 9.2
 md("""
@@ -411,8 +425,8 @@ print(f"both runs: {time.perf_counter() - t0:.1f} s on this CPU")
 md("""
 The bf16 curve follows the fp32 one closely, a little above it: rounding the matmuls' inputs to bf16 costs this
 model a little per step, not its ability to learn. (On a CPU it is not faster: the speed of 16-bit arithmetic is a
-property of GPU tensor cores.) These are
-training losses on a tiny model, not the book's yardstick, so this chapter adds no row to the scoreboard.
+property of GPU tensor cores.) These are training losses on a tiny model; the storyteller itself, measured in bf16
+on the book's yardstick, closes the chapter.
 
 ## Dynamic loss scaling
 
@@ -581,10 +595,71 @@ x8, inv = P.to_float8(x.detach(), P.E4M3)
 print("to_float8 and fp8_quantize agree:", torch.allclose(x8.float() * inv, P.fp8_quantize(x.detach(), P.E4M3)[0]))
 """)
 md("""
-A few percent of error per matmul, in exchange for twice the tensor-core rate. Whether that pays depends on the
-matmul. The speed survey of GPT-2 small ({glue:text}`gpt2_params` parameters, context {glue:text}`gpt2_context`,
-bf16 autocast, `torch.compile`) on an H100, with torchao's FP8 training applied to different sets of Linear layers,
-measured the median time of a training step:
+A few percent of error per matmul, in exchange for twice the tensor-core rate. How much faster is one matmul, on a
+GPU? `bench/fp8_matmul.py` multiplies two random matrices with `torch._scaled_mm`, e4m3 operands scaled by
+`to_float8` (your `fp8_quantize`'s scale) and a bf16 result, and with `torch.mm` in bf16, fp32 and tf32, at square
+sizes and at the shapes of the storyteller's and GPT-2 small's training matmuls (a batch of 16,384 tokens). It
+times each with CUDA events (the median of many runs after a warm-up) and measures its error against a float64
+product of the same matrices. "fp8 + casts" also counts what a training step pays before each FP8 matmul: the amax
+and the scaled cast of both operands. The cell reads its result file,
+`bench/results/fp8_matmul_h100.json`:
+""")
+code("""
+from IPython.display import Markdown, display
+
+try:
+    fp8_file = course_file("bench/results/fp8_matmul_h100.json")
+except FileNotFoundError:
+    fp8_file = None
+if fp8_file is None:
+    display(Markdown("*FP8 matmul speed: not measured yet.* Run `python bench/fp8_matmul.py` on a GPU with FP8 "
+                     "tensor cores (an H100) to write its result file; this cell then plots it."))
+else:
+    fp8 = json.loads(fp8_file.read_text())
+    print(f"{fp8_file.name}: {fp8['card']}, torch {fp8['torch']}, CUDA {fp8['cuda']}")
+    names = ["fp32", "tf32", "bf16", "fp8 e4m3", "fp8 e4m3 + casts"]
+    rows8 = fp8["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    xs = np.arange(len(rows8))
+    for i, name in enumerate(names):
+        axes[0].bar(xs + (i - 2) * 0.16, [r["methods"][name]["tflops"] for r in rows8], 0.16, label=name)
+    axes[0].set_xticks(xs, [f"{r['name']}\\n{r['M']}×{r['K']}×{r['N']}" for r in rows8], rotation=60, ha="right",
+                       fontsize=7)
+    axes[0].set_ylabel("TFLOP/s"); axes[0].legend(fontsize=8)
+    axes[0].set_title(f"one matmul on the {fp8['card']}", fontsize=10)
+    errs = [[r["methods"][name]["rel_error"] for r in rows8] for name in names]
+    axes[1].boxplot(errs, tick_labels=names)
+    axes[1].set_yscale("log"); axes[1].set_ylabel("relative error vs float64")
+    axes[1].tick_params(axis="x", rotation=45, labelsize=8)
+    axes[1].set_title("error, over all the shapes", fontsize=10)
+    plt.tight_layout(); plt.show()
+    big = max((r for r in rows8 if r["name"].startswith("square")), key=lambda r: r["M"])
+    m = big["methods"]
+    ratio = lambda r, name: r["methods"][name]["tflops"] / r["methods"]["bf16"]["tflops"]  # noqa: E731
+    ours = [r for r in rows8 if r["name"].startswith("storyteller")]
+    text = [f"On the {fp8['card']}, at {big['M']:,} × {big['M']:,} the FP8 matmul runs at "
+            f"{m['fp8 e4m3']['tflops']:.0f} TFLOP/s, {ratio(big, 'fp8 e4m3'):.2f} times bf16's "
+            f"{m['bf16']['tflops']:.0f}; with the two casts counted, {m['fp8 e4m3 + casts']['tflops']:.0f} TFLOP/s "
+            f"({ratio(big, 'fp8 e4m3 + casts'):.2f} times)."]
+    text.append(f"The storyteller's matmuls ({ours[0]['M']:,} tokens, width {ours[0]['K']}) are small: FP8 alone runs "
+                f"them at {min(ratio(r, 'fp8 e4m3') for r in ours):.2f} to "
+                f"{max(ratio(r, 'fp8 e4m3') for r in ours):.2f} times bf16's speed, and with the casts at "
+                f"{min(ratio(r, 'fp8 e4m3 + casts') for r in ours):.2f} to "
+                f"{max(ratio(r, 'fp8 e4m3 + casts') for r in ours):.2f} times.")
+    text.append("The casts here are plain PyTorch operations, an absolute value, a max, a multiply, a clamp and a "
+                "conversion for each operand, every one a pass over memory; a compiled training step fuses some of "
+                "them, but the amax must still read the whole tensor before the cast can start. The fewer "
+                "multiply-adds a matmul does per element it reads, the more these passes weigh.")
+    med = {name: float(np.median(e)) for name, e in zip(names, errs)}
+    text.append(f"The median relative errors: fp8 {med['fp8 e4m3']:.1%}, bf16 {med['bf16']:.2%}, tf32 "
+                f"{med['tf32']:.3%}, fp32 {med['fp32']:.1e}, each below its format's epsilon (e4m3's 2**-3, bf16's "
+                "2**-7, tf32's 2**-10): they come from rounding the inputs, since the sums are kept in fp32.")
+    display(Markdown(" ".join(text)))
+""")
+md("""
+Whether that pays in training depends on the matmul. The speed survey of GPT-2 small ({glue:text}`gpt2_params`
+parameters, context {glue:text}`gpt2_context`, bf16 autocast, `torch.compile`) on an H100, with torchao's FP8
+training applied to different sets of Linear layers, measured the median time of a training step:
 """)
 code("""
 survey = json.loads(course_file("bench/results/train_variants_h100.json").read_text())
@@ -612,7 +687,55 @@ faster multiply saves. The lm_head is the exception, a {glue:text}`gpt2_head` we
 model by far, where the arithmetic dominates and doubling its rate wins. That is why the trainer's `fp8` option
 can be set to `lm_head`. At larger widths the balance tips and FP8 pays on every layer, which is how the largest
 models are trained today.
+""")
+md("""
+## The scoreboard
 
+Does the storyteller lose anything when it runs in 16 bits? Its yardstick, bits per byte on all 1,000 validation
+stories, computed here under `torch.autocast("cpu", dtype=torch.bfloat16)`: every matmul in bf16 (inputs rounded to
+8 significant bits, sums in fp32), the softmax and the loss in fp32. The fp32 number beside it was measured by
+Chapter 13's benchmark on the same stories, with the same code, on this kind of CPU
+(`bench/results/quantize_cpu.json`). fp16 autocast is several times slower than bf16 on this CPU (the cell prints
+the times), so fp16 is measured on the first 50 stories only, next to fp32 and bf16 on the same 50:
+""")
+code("""
+from storylib import scoreboard
+from storylib.gpt2 import bits_per_byte
+
+
+def storyteller_bpb(stories, dtype=None):
+    \"\"\"The storyteller's bits per byte on `stories`, under CPU autocast to `dtype` (None: plain fp32).\"\"\"
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return bits_per_byte(model, stories, encode_fn=tok.encode_ordinary, eot=tok.special_tokens["<|endoftext|>"])
+
+
+yardstick = scoreboard.yardstick_stories()
+t0 = time.perf_counter()
+bpb_bf16 = storyteller_bpb(yardstick, torch.bfloat16)
+t_bf16 = time.perf_counter() - t0
+q = json.loads(course_file("bench/results/quantize_cpu.json").read_text())
+bpb_fp32 = next(v["bpb"] for v in q["variants"] if v["variant"] == "fp32")
+few, small = yardstick[:50], {}
+for name, dtype in [("fp32", None), ("bf16 autocast", torch.bfloat16), ("fp16 autocast", torch.float16)]:
+    t0 = time.perf_counter()
+    small[name] = (storyteller_bpb(few, dtype), time.perf_counter() - t0)
+print(f"all {len(yardstick):,} validation stories: fp32 {bpb_fp32:.4f} (quantize_cpu.json), bf16 autocast "
+      f"{bpb_bf16:.4f} ({100 * (bpb_bf16 / bpb_fp32 - 1):+.3f}%, {t_bf16:.0f} s here)")
+for name, (b, secs) in small.items():
+    print(f"first {len(few)} stories, {name:14s} {b:.4f} ({100 * (b / small['fp32'][0] - 1):+.3f}%, {secs:.1f} s)")
+glue("bf16_bpb", f"{bpb_bf16:.4f}", display=False)
+glue("bf16_vs_fp32", f"{100 * (bpb_bf16 / bpb_fp32 - 1):+.3f}%", display=False)
+""")
+md("""
+{glue:text}`bf16_bpb` bits per byte in bf16, {glue:text}`bf16_vs_fp32` from fp32: rounding every matmul's inputs to
+bf16 costs the trained storyteller next to nothing, which is why it can be trained and served in 16 bits. Here is
+its line on the board, up to this chapter:
+""")
+code("""
+print(f"this page ran in {time.perf_counter() - t_page:.0f} s")
+scoreboard.show(9, "storyteller, bf16 autocast (CPU)", bpb_bf16, page="ch09_precision.ipynb")
+""")
+md("""
 ## Summary
 
 - A floating-point number is a sign, an exponent with a bias and a mantissa with a hidden bit; subnormals fill the
@@ -623,12 +746,6 @@ models are trained today.
   fp32 accumulation and master weights, max-subtraction, loss scaling, per-tensor scales and stochastic rounding.
 - Mixed precision keeps the state in fp32 and the arithmetic in 16 (or 8) bits; its memory per parameter is no
   smaller than fp32's, its speed is higher.
-""")
-code("""
-from storylib import scoreboard
-
-print(f"this page ran in {time.perf_counter() - t_page:.0f} s")
-scoreboard.show_board(9)
 """)
 
 if __name__ == "__main__":
