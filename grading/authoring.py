@@ -160,12 +160,13 @@ class BookPage:
         page.write()   # book/ch17_multimodal.ipynb
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, notebook: str | None = None) -> None:
         self.name = name  # e.g. ch14_sft: the page is book/<name>.ipynb, its exercises exercises/<name>.ipynb
+        self.notebook = notebook or name  # an appendix's differ: book/appendix_a_tensors, exercises/appA_tensors
         self.nb = nbformat.v4.new_notebook()
         self.nb.metadata.update(kernelspec={"display_name": "Python 3", "language": "python", "name": "python3"},
                                 language_info={"name": "python"})
-        self.exercises = {e.id: e for e in discover(COURSE_ROOT) if e.chapter == name.split("_")[0]}
+        self.exercises = {e.id: e for e in discover(COURSE_ROOT) if e.chapter == self.notebook.split("_")[0]}
 
     def md(self, source: str) -> None:
         self.nb.cells.append(nbformat.v4.new_markdown_cell(textwrap.dedent(source).strip()))
@@ -186,7 +187,7 @@ class BookPage:
         {what}
 
         {where}
-        Check it with `llm101n check {ex_id}`, or in the notebook `exercises/{self.name}.ipynb`.
+        Check it with `llm101n check {ex_id}`, or in the notebook `exercises/{self.notebook}.ipynb`.
         :::
         """)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 _BEGIN_RE = re.compile(
-    r"^(?P<indent>[ \t]*)### BEGIN SOLUTION (?P<id>(?:ch|lab)\d\d\.[a-z][a-z0-9_]*)"
+    r"^(?P<indent>[ \t]*)### BEGIN SOLUTION (?P<id>(?:ch\d\d|lab\d\d|app[A-Z])\.[a-z][a-z0-9_]*)"
     r" \(§(?P<section>[0-9A-Z][0-9.]*), (?P<points>\d+) pts?\): (?P<hint>\S.*?)\s*$"
 )
-_ID_RE = re.compile(r"^(?:ch|lab)\d\d(?:\.[a-z][a-z0-9_]*)?$")
+_ID_RE = re.compile(r"^(?:ch\d\d|lab\d\d|app[A-Z])(?:\.[a-z][a-z0-9_]*)?$")
 
 # The folders of the course package that hold exercises (relative to a course root).
 PACKAGES = ("storylib", "cuda_labs")
@@ -119,7 +119,7 @@ def discover(root: Path) -> list[Exercise]:
 def _book_order(ex: Exercise) -> tuple:
     """Chapter, then book section (11.2 before 11.10), so a chapter spread over files still reads in order."""
     parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in ex.section.split(".") if p)
-    return ex.chapter, parts
+    return ex.chapter.startswith("app"), ex.chapter, parts  # the appendices (appA, appB) after the chapters
 
 
 def stub_text(text: str, path: Path, ids: Iterable[str] | None = None) -> str:

@@ -53,13 +53,13 @@ from pathlib import Path
 
 import nbformat
 
-from grading.exercises import PACKAGES, discover, stub_text
+from grading.exercises import PACKAGES, Exercise, discover, stub_text
 from grading.harness import COURSE_ROOT, check
 from grading.release import stub_package
 
 SOLUTIONS = COURSE_ROOT / "solutions"
 EXERCISES = COURSE_ROOT / "exercises"
-_CHECK_CALL = re.compile(r"check_exercise\(['\"]((?:ch|lab)\d\d\.[a-z0-9_]+)['\"]\)")
+_CHECK_CALL = re.compile(r"check_exercise\(['\"]((?:ch\d\d|lab\d\d|app[A-Z])\.[a-z0-9_]+)['\"]\)")
 CONFIG = """c = get_config()
 c.CourseDirectory.course_id = "llm101n"
 c.ExecutePreprocessor.timeout = 300
@@ -76,7 +76,8 @@ VERDICT = "Grader verdict:"  # how the grader's own output in a grade cell begin
 
 
 def assignments() -> list[str]:
-    return sorted(p.stem for p in SOLUTIONS.glob("ch*.ipynb")) + sorted(p.stem for p in SOLUTIONS.glob("lab*.ipynb"))
+    return [*sorted(p.stem for p in SOLUTIONS.glob("ch*.ipynb")), *sorted(p.stem for p in SOLUTIONS.glob("lab*.ipynb")),
+            *sorted(p.stem for p in SOLUTIONS.glob("app*.ipynb"))]
 
 
 def _env(course: Path | None = None) -> dict[str, str]:
@@ -150,7 +151,11 @@ def assignment_exercises(name: str):
     """The package exercises an assignment grades: those of its book chapter, by section (ch08_device: the
     cuda_labs exercises lab01..lab07, all in §8.x; ch12_kvcache: ch12.*)."""
     chapter = name.split("_")[0]
-    return [ex for ex in discover(COURSE_ROOT) if f"ch{ex.section.split('.')[0].zfill(2)}" == chapter]
+    def part(ex: Exercise) -> str:  # §8.x is Chapter 8's (ch08), §A.x Appendix A's (appA)
+        p = ex.section.split(".")[0]
+        return f"ch{p.zfill(2)}" if p.isdigit() else f"app{p}"
+
+    return [ex for ex in discover(COURSE_ROOT) if part(ex) == chapter]
 
 
 def ungraded(name: str) -> list[str]:
