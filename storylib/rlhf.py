@@ -4,11 +4,13 @@ The losses are storylib.rl's; the sampler is Chapter 12's (storylib.sft.generate
 optimiser is Chapter 7's (storylib.optim.AdamW, update, and Chapter 3's warmup_cosine_lr). Nothing here samples,
 clips or steps on its own.
 
-    RewardModel, reward_model_from   the storyteller's trunk + a scalar head on the last token's hidden state
-    train_reward_model, pair_accuracy, rm_scores, correlation
+    RewardModel, reward_model_from   the storyteller's trunk + a scalar head on the last token's (or the mean) state
+    train_reward_model, pair_accuracy, accuracy_by_gap, rm_scores, correlation
+    split_pairs, freeze_lower_blocks  a validation split by request, and fewer trainable weights: against overfitting
     make_policy                      the merged chat model + a fresh LoRA adapter; the reference is the chat model
     reply_batch, reply_logprobs      (prompt, reply) batches, a mask on the reply's tokens, per-token log-probs
     train_dpo                        Direct Preference Optimisation on pairs (rl.dpo_loss)
+    train_iterative_dpo              rounds of: sample from the current policy, rank by the rules, pair, train_dpo
     train_ppo                        rollouts, per-token KL penalty (k1), terminal reward, value head, GAE, clipped loss
     train_grpo                       k replies per prompt, group-normalised advantages, k3 KL in the loss
     evaluate_policy                  held-out prompts: programmatic reward, each rule's pass rate, KL to SFT, drift
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import random
 import time
@@ -151,33 +154,42 @@ def _batches(n: int, batch_size: int, rng: random.Random):
 
 class RewardModel(nn.Module):
     """r(prompt, reply): the storyteller's trunk (GPT.hidden: blocks and final LayerNorm; its LM head unused) and a
-    scalar head reading the hidden state of the sequence's LAST id — the reply's closing <|end|> when it stopped,
-    else its last token: the one position that has read the whole request and the whole reply."""
+    scalar head. pooling "last" reads the hidden state of the sequence's LAST id — the reply's closing <|end|> when
+    it stopped, else its last token: the one position that has read the whole request and the whole reply; "mean"
+    reads the mean of the reply's positions (each has read the request and the reply so far)."""
 
-    def __init__(self, gpt: GPT):
+    def __init__(self, gpt: GPT, pooling: str = "last"):
         super().__init__()
-        self.gpt = gpt
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        self.gpt, self.pooling = gpt, pooling
         self.head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) ids, last (B,) the position of each row's last id → rewards (B,) in float32."""
+    def forward(self, idx: torch.Tensor, last: torch.Tensor, reply_mask: torch.Tensor | None = None,
+                dropout: float = 0.0) -> torch.Tensor:
+        """idx (B, T) ids, last (B,) the position of each row's last id, reply_mask (B, T) 1 on the reply's ids
+        (needed by "mean" pooling) → rewards (B,) in float32. dropout: on the pooled vector (training only)."""
         with amp(idx.device):
             h = self.gpt.hidden(idx)
-        h = h[torch.arange(idx.size(0), device=idx.device), last].float()
-        return self.head(h).squeeze(-1)
+        if self.pooling == "mean":
+            if reply_mask is None:
+                raise ValueError("mean pooling needs the reply's mask")
+            m = reply_mask.to(h.dtype)[..., None]
+            pooled = ((h * m).sum(1) / m.sum(1).clamp(min=1.0)).float()
+        else:
+            pooled = h[torch.arange(idx.size(0), device=idx.device), last].float()
+        return self.head(nn.functional.dropout(pooled, dropout, training=dropout > 0)).squeeze(-1)
 
     def score(self, prompts: Sequence[Sequence[int]], replies: Sequence[Reply], tok: RegexTokenizer,
               batch_size: int = 64) -> torch.Tensor:
         """Rewards (B,) of (prompt, reply) rows, without gradients, on the CPU."""
-        end_id, pad_id = _ids(tok)
         out = []
         with torch.no_grad():
             for i in range(0, len(prompts), batch_size):
-                x, y, _, last = reply_batch(prompts[i:i + batch_size], replies[i:i + batch_size], end_id, pad_id,
-                                            _device(self))
-                out.append(self(_full(x, y, pad_id), last + 1).cpu())
+                out.append(self(*_rm_inputs(prompts[i:i + batch_size], replies[i:i + batch_size], tok,
+                                            _device(self))).cpu())
         return torch.cat(out)
 
 
@@ -188,50 +200,146 @@ def _full(x: torch.Tensor, y: torch.Tensor, pad_id: int) -> torch.Tensor:
     return full
 
 
-def reward_model_from(chat_model: GPT) -> RewardModel:
-    """A reward model whose trunk is a copy of the chat model (every weight trainable) and whose head starts at 0."""
-    rm = RewardModel(copy.deepcopy(chat_model)).to(_device(chat_model))
-    rm.requires_grad_(True)
-    return rm.eval()  # no dropout: the scores of a pair must differ only by the replies
-
-
-def _rm_batch(rm: RewardModel, rows: Sequence[tuple], tok: RegexTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+def _rm_inputs(prompts: Sequence[Sequence[int]], replies: Sequence[Reply], tok: RegexTokenizer,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(whole sequences, the position of each one's last id, the mask of its reply's ids) for the reward model."""
     end_id, pad_id = _ids(tok)
+    x, y, mask, last = reply_batch(prompts, replies, end_id, pad_id, device)
+    return _full(x, y, pad_id), last + 1, torch.cat([torch.zeros_like(mask[:, :1]), mask], 1)
+
+
+def reward_model_from(chat_model: GPT, pooling: str = "last") -> RewardModel:
+    """A reward model whose trunk is a copy of the chat model (every weight trainable) and whose head starts at 0."""
+    rm = RewardModel(copy.deepcopy(chat_model), pooling).to(_device(chat_model))
+    rm.requires_grad_(True)
+    return rm.eval()  # no dropout in the trunk: the scores of a pair must differ only by the replies
+
+
+def _rm_batch(rm: RewardModel, rows: Sequence[tuple], tok: RegexTokenizer,
+              dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     prompts = [r[0] for r in rows] * 2
     replies = [r[1] for r in rows] + [r[2] for r in rows]
-    x, y, _, last = reply_batch(prompts, replies, end_id, pad_id, _device(rm))
-    r = rm(_full(x, y, pad_id), last + 1)
+    r = rm(*_rm_inputs(prompts, replies, tok, _device(rm)), dropout=dropout)
     return r[:len(rows)], r[len(rows):]
+
+
+def freeze_lower_blocks(rm: RewardModel, train_layers: int | None) -> int:
+    """Leave only the top `train_layers` blocks of the trunk, its final LayerNorm and the head trainable (None: every
+    weight). Fewer trainable weights overfit a few thousand pairs less, and the frozen lower blocks keep what
+    pre-training taught. Returns the number of trainable parameters."""
+    blocks = rm.gpt.transformer.h
+    if train_layers is not None:
+        if not 0 <= train_layers <= len(blocks):
+            raise ValueError(f"train_layers must be in 0..{len(blocks)}, got {train_layers}")
+        rm.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - train_layers:]:
+            block.requires_grad_(True)
+        rm.gpt.transformer.ln_f.requires_grad_(True)
+        rm.head.requires_grad_(True)
+    return sum(p.numel() for p in rm.parameters() if p.requires_grad)
+
+
+def split_pairs(pairs: Sequence[dict], val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, validation) pairs split BY REQUEST (the pair's messages): pairs of one request share replies, so a
+    split by pair would let the validation side see its replies in training."""
+    keys = sorted({json.dumps(p["messages"], sort_keys=True) for p in pairs})
+    random.Random(seed).shuffle(keys)
+    val = set(keys[:round(val_fraction * len(keys))])
+    side = [json.dumps(p["messages"], sort_keys=True) in val for p in pairs]
+    return [p for p, v in zip(pairs, side, strict=True) if not v], [p for p, v in zip(pairs, side, strict=True) if v]
 
 
 def train_reward_model(rm: RewardModel, pairs: Sequence[dict], tok: RegexTokenizer, steps: int, batch_size: int = 32,
                        lr: float = 3e-5, warmup: int = 10, grad_clip: float = 1.0, seed: int = 0,
+                       weight_decay: float = 0.0, head_dropout: float = 0.0, train_layers: int | None = None,
+                       val_pairs: Sequence[dict] = (), eval_every: int = 50, patience: int | None = None,
                        quiet: bool = False) -> list[dict]:
-    """Bradley–Terry training (rl.bradley_terry_loss) of the whole reward model on preference pairs, with Chapter 7's
-    AdamW and update and a warm-up + cosine schedule. Returns the log: {"step", "loss", "accuracy", "lr"} per step."""
-    rows = _pair_data(pairs, tok, rm.gpt.config.block_size)
-    opt = _optimizer(list(rm.parameters()), lr)
-    batches, log = _batches(len(rows), min(batch_size, len(rows)), random.Random(seed)), []
+    """Bradley–Terry training (rl.bradley_terry_loss) of the reward model on preference pairs, with Chapter 7's
+    AdamW and update and a warm-up + cosine schedule. Returns the log: {"step", "loss", "accuracy", "lr"} per step.
+
+    Against overfitting a few thousand pairs: weight_decay (AdamW's, decoupled), head_dropout (on the pooled vector),
+    train_layers (freeze_lower_blocks), and early stopping: with val_pairs (split_pairs: other requests than the
+    training pairs'), every eval_every steps and at the end the validation accuracy and loss join the log entry
+    ("val_accuracy", "val_loss"), and the weights of the best check (accuracy, then loss) are put back at the end;
+    patience: stop after that many checks without a better one."""
     from storylib.optim import update
 
+    rows = _pair_data(pairs, tok, rm.gpt.config.block_size)
+    freeze_lower_blocks(rm, train_layers)
+    trainable = [p for p in rm.parameters() if p.requires_grad]
+    opt = _optimizer(trainable, lr, weight_decay)
+    batches, log = _batches(len(rows), min(batch_size, len(rows)), random.Random(seed)), []
+    best, best_state, since = None, None, 0
     for step in tqdm(range(steps), desc="reward model", disable=quiet):
-        rc, rr = _rm_batch(rm, [rows[i] for i in next(batches)], tok)
+        rc, rr = _rm_batch(rm, [rows[i] for i in next(batches)], tok, head_dropout)
         loss = rl.bradley_terry_loss(rc, rr)
         lr_t = _lr(step, steps, lr, warmup)
         update(opt, loss, lr_t, grad_clip)
         log.append({"step": step, "loss": loss.item(), "accuracy": (rc > rr).float().mean().item(), "lr": lr_t})
+        if val_pairs and ((step + 1) % eval_every == 0 or step == steps - 1):
+            acc, vloss = _pair_metrics(rm, val_pairs, tok)
+            log[-1].update(val_accuracy=acc, val_loss=vloss)
+            if best is None or (acc, -vloss) > best:
+                best, since = (acc, -vloss), 0
+                best_state = {k: v.detach().clone() for k, v in rm.state_dict().items()}
+            else:
+                since += 1
+            if patience is not None and since >= patience:
+                break
+    if best_state is not None:
+        rm.load_state_dict(best_state)
+        log[-1]["best_val_step"] = next(e["step"] for e in log if e.get("val_accuracy") == best[0]
+                                        and e.get("val_loss") == -best[1])
     return log
 
 
 @torch.no_grad()
+def _pair_right(rm: RewardModel, pairs: Sequence[dict], tok: RegexTokenizer,
+                batch_size: int = 64) -> tuple[list[bool | None], list[float]]:
+    """Per pair: whether the reward model scores chosen above rejected (None: the pair does not fit the context),
+    and the Bradley–Terry loss of those that fit."""
+    rows = [pair_rows(p, tok, rm.gpt.config.block_size) for p in pairs]
+    fit = [i for i, r in enumerate(rows) if r is not None]
+    if not fit:
+        raise ValueError("no preference pair fits the context")
+    right: list[bool | None] = [None] * len(pairs)
+    losses = []
+    for i in range(0, len(fit), batch_size):
+        idx = fit[i:i + batch_size]
+        rc, rr = _rm_batch(rm, [rows[j] for j in idx], tok)
+        for j, ok in zip(idx, (rc > rr).tolist(), strict=True):
+            right[j] = ok
+        losses += nn.functional.softplus(rr - rc).tolist()  # -log σ(rc - rr), per pair
+    return right, losses
+
+
+def _pair_metrics(rm: RewardModel, pairs: Sequence[dict], tok: RegexTokenizer) -> tuple[float, float]:
+    right, losses = _pair_right(rm, pairs, tok)
+    kept = [r for r in right if r is not None]
+    return sum(kept) / len(kept), float(np.mean(losses))
+
+
 def pair_accuracy(rm: RewardModel, pairs: Sequence[dict], tok: RegexTokenizer, batch_size: int = 64) -> float:
     """The fraction of pairs whose chosen reply the reward model scores above the rejected one."""
-    rows = _pair_data(pairs, tok, rm.gpt.config.block_size)
-    right = 0
-    for i in range(0, len(rows), batch_size):
-        rc, rr = _rm_batch(rm, rows[i:i + batch_size], tok)
-        right += int((rc > rr).sum())
-    return right / len(rows)
+    right = [r for r in _pair_right(rm, pairs, tok, batch_size)[0] if r is not None]
+    return sum(right) / len(right)
+
+
+def accuracy_by_gap(rm: RewardModel, pairs: Sequence[dict], tok: RegexTokenizer,
+                    edges: Sequence[float] = (0.1, 0.15, 0.2, 0.3, 0.5)) -> list[dict]:
+    """Pair accuracy by the gap between the pair's programmatic rewards (pair["scores"]), in buckets [edges[i],
+    edges[i+1]) and a last one from edges[-1] up (a first one below edges[0] when there are such pairs): a learned
+    model can hardly tell replies the rules score a hair apart. [{"lo", "hi", "n", "accuracy"}] (lo / hi None: no
+    bound, JSON has no infinity; n = 0: accuracy None)."""
+    right = _pair_right(rm, pairs, tok)[0]
+    gaps = [p["scores"]["chosen"] - p["scores"]["rejected"] for p in pairs]
+    bounds = [*([-math.inf] if min(gaps) < edges[0] else []), *edges, math.inf]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        got = [r for r, g in zip(right, gaps, strict=True) if lo <= g < hi and r is not None]
+        out.append({"lo": None if lo == -math.inf else lo, "hi": None if hi == math.inf else hi, "n": len(got),
+                    "accuracy": sum(got) / len(got) if got else None})
+    return out
 
 
 def rm_scores(rm: RewardModel, tasks: Sequence[dict], replies: Sequence[Reply], tok: RegexTokenizer,
@@ -284,10 +392,13 @@ def frozen(model: GPT) -> GPT:
 
 
 def _seq_logps(policy: GPT, ref: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               temperature: float = 1.0, length_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     logp = rl.sequence_logprob(_logits(policy, x, temperature), y, mask)
     with torch.no_grad():
         ref_logp = rl.sequence_logprob(_logits(ref, x, temperature), y, mask)
+    if length_norm:  # per reply token: a long reply no longer weighs more than a short one
+        n = mask.sum(1).clamp(min=1.0)
+        logp, ref_logp = logp / n, ref_logp / n
     return logp, ref_logp
 
 
@@ -299,10 +410,12 @@ def _logits(model: GPT, x: torch.Tensor, temperature: float = 1.0) -> torch.Tens
 
 def train_dpo(policy: GPT, ref: GPT, pairs: Sequence[dict], tok: RegexTokenizer, steps: int, beta: float = 0.1,
               batch_size: int = 32, lr: float = 2e-4, warmup: int = 10, grad_clip: float = 1.0, seed: int = 0,
-              quiet: bool = False) -> list[dict]:
+              length_norm: bool = False, quiet: bool = False) -> list[dict]:
     """DPO (rl.dpo_loss on rl.sequence_logprob of policy and frozen reference) over preference pairs. Returns
     the log per step: loss, margin (mean r_chosen - r_rejected, the implicit rewards), accuracy (r_chosen >
-    r_rejected), chosen_logp and rejected_logp (mean policy log-probs), lr."""
+    r_rejected), chosen_logp and rejected_logp (mean policy log-probs), lr. length_norm: log-probs averaged over
+    the reply's tokens instead of summed (as SimPO, Meng et al. 2024), so that length alone does not make a margin;
+    β then scales a per-token quantity and wants to be ~100× larger."""
     from storylib.optim import update
 
     rows = _pair_data(pairs, tok, policy.config.block_size)
@@ -313,7 +426,7 @@ def train_dpo(policy: GPT, ref: GPT, pairs: Sequence[dict], tok: RegexTokenizer,
         b = [rows[i] for i in next(batches)]
         x, y, mask, _ = reply_batch([r[0] for r in b] * 2, [r[1] for r in b] + [r[2] for r in b], end_id, pad_id,
                                     _device(policy))
-        logp, ref_logp = _seq_logps(policy, ref, x, y, mask)
+        logp, ref_logp = _seq_logps(policy, ref, x, y, mask, length_norm=length_norm)
         n = len(b)
         loss, rc, rr = rl.dpo_loss(logp[:n], logp[n:], ref_logp[:n], ref_logp[n:], beta)
         lr_t = _lr(step, steps, lr, warmup)
@@ -321,6 +434,94 @@ def train_dpo(policy: GPT, ref: GPT, pairs: Sequence[dict], tok: RegexTokenizer,
         log.append({"step": step, "loss": loss.item(), "margin": (rc - rr).mean().item(),
                     "accuracy": (rc > rr).float().mean().item(), "chosen_logp": logp[:n].mean().item(),
                     "rejected_logp": logp[n:].mean().item(), "lr": lr_t})
+    return log
+
+
+def train_iterative_dpo(policy: GPT, ref: GPT, rounds: Sequence[Sequence[dict]], tok: RegexTokenizer, *, k: int = 4,
+                        min_gap: float = 0.1, all_pairs: bool = True, steps: int = 100, beta: float = 0.1,
+                        batch_size: int = 32, lr: float = 2e-4, warmup: int = 10, length_norm: bool = False,
+                        seed: int = 0, sample_batch: int = 128, max_new_tokens: int | None = None,
+                        check_tasks: Sequence[dict] = (), kl_stop: float | None = None,
+                        max_seconds: float | None = None, quiet: bool = False) -> list[dict]:
+    """Iterative, on-policy DPO (Xu et al. 2023 "Some things are more CRINGE than others"; Yuan et al. 2024
+    "Self-rewarding language models"). Offline DPO learns from pairs of the SFT model's replies; once the policy has
+    moved, those pairs no longer show the mistakes it makes now, and DPO stalls. So, for each round's tasks:
+
+      sample   k replies per task from the CURRENT policy (storylib.preferences.sample_replies: Chapter 12's KV
+               cache at CHAT_SAMPLING, as the prefs stage samples, on a merged copy of the policy)
+      score    by the rules (preferences.score_replies), and measure the policy's KL to ref on these replies
+      pair     preferences.make_pairs: the best reply against the worst (all_pairs: every two), gaps under
+               min_gap and identical texts dropped
+      train    `steps` of train_dpo on the new pairs, continuing the same adapter, against the same frozen ref
+
+    The reference stays `ref` (the SFT model) in every round: the KL budget is measured to it, and a reference
+    that followed the policy would let every round walk another β-leash further. rounds: each round's tasks
+    (fresh ones each round). check_tasks: one reply each from the final policy, its reward and KL (a last
+    measurement; none when empty). kl_stop: when the KL per reply measured at the start of a round (or on
+    check_tasks) exceeds it, the adapter of the round before is put back and the loop stops. max_seconds: no new
+    round that would end after this time (each round's time predicted by the last one).
+    Returns one entry per round: round, tasks, pairs, sampled_reward (the rules' mean over the round's samples: the
+    policy as the previous round left it), kl_reply and kl_token (kl_to_reference on them), loss, margin,
+    accuracy (train_dpo's, mean of the round's last 10 steps), sample_seconds, train_seconds, seconds; a final
+    entry (round "check") for check_tasks; "stopped" on the entry where a limit stopped the loop."""
+    from storylib import preferences as P
+    from storylib.lora import lora_state_dict
+    from storylib.sft import plain_copy
+
+    def measure(tasks: Sequence[dict], n: int, round_seed: int) -> tuple[list, list, dict, float]:
+        t0 = time.time()
+        replies = P.sample_replies(plain_copy(policy).eval(), tok, tasks, n, seed=round_seed, batch_size=sample_batch,
+                                   max_new_tokens=max_new_tokens)
+        scores = P.score_replies(tasks, replies)
+        flat = [(r["ids"], r["stopped"]) for rs in replies for r in rs]
+        kl = kl_to_reference(policy, ref, tok, [t["prompt"] for t in tasks for _ in range(n)], flat)
+        return replies, scores, kl, time.time() - t0
+
+    def over(kl: dict) -> bool:
+        return kl_stop is not None and kl["kl_reply"] > kl_stop
+
+    start, log, last = time.time(), [], None
+    snapshot = {n: v.clone() for n, v in lora_state_dict(policy).items()}
+    if not all(rounds):
+        raise ValueError("every round needs at least one task")
+    for r, tasks in enumerate(rounds):
+        elapsed = time.time() - start
+        if max_seconds is not None and log and elapsed + log[-1]["seconds"] > max_seconds:
+            log[-1]["stopped"] = f"time: {elapsed:.0f} s + a round of {log[-1]['seconds']:.0f} s > {max_seconds:.0f} s"
+            break
+        t0 = time.time()
+        replies, scores, kl, sample_s = measure(tasks, k, seed + 1009 * (r + 1))
+        flat = [s for ss in scores for s in ss]
+        entry = {"round": r, "tasks": len(tasks), "sampled_reward": float(np.mean(flat)), **kl,
+                 "sample_seconds": round(sample_s, 1)}
+        if over(kl):
+            policy.load_state_dict(snapshot, strict=False)
+            log.append({**entry, "stopped": f"KL {kl['kl_reply']:.2f} > {kl_stop}: the previous round's adapter kept",
+                        "seconds": time.time() - t0})
+            return log
+        snapshot = {n: v.clone() for n, v in lora_state_dict(policy).items()}
+        pairs = P.make_pairs(tasks, replies, scores, min_gap=min_gap, all_pairs=all_pairs)
+        entry["pairs"] = len(pairs)
+        if pairs:
+            t1 = time.time()
+            last = train_dpo(policy, ref, pairs, tok, steps, beta=beta, batch_size=batch_size, lr=lr, warmup=warmup,
+                             seed=seed + r, length_norm=length_norm, quiet=True)
+            entry["train_seconds"] = round(time.time() - t1, 1)
+            entry.update({m: float(np.mean([e[m] for e in last[-10:]])) for m in ("loss", "margin", "accuracy")})
+        entry["seconds"] = time.time() - t0
+        log.append(entry)
+        if not quiet:
+            tqdm.write(f"iterative DPO round {r}: {len(tasks)} tasks, sampled reward {entry['sampled_reward']:.3f}, "
+                       f"KL/reply {kl['kl_reply']:.2f}, {len(pairs)} pairs, loss {entry.get('loss', float('nan')):.3f}"
+                       f" ({entry['seconds']:.0f} s)")
+    if check_tasks:  # (a KL stop has returned above)
+        _, scores, kl, sample_s = measure(check_tasks, 1, seed + 7)
+        entry = {"round": "check", "tasks": len(check_tasks), "sampled_reward": float(np.mean([s[0] for s in scores])),
+                 **kl, "sample_seconds": round(sample_s, 1), "seconds": sample_s}
+        if over(kl):
+            policy.load_state_dict(snapshot, strict=False)
+            entry["stopped"] = f"KL {kl['kl_reply']:.2f} > {kl_stop}: the previous round's adapter kept"
+        log.append(entry)
     return log
 
 

@@ -194,3 +194,170 @@ def test_rl_adapter_loads_through_load_chat_model(tmp_path):
     assert not lora_layers(loaded), "merged: a plain GPT"
     assert (want - sft).abs().max() > 1e-2, "the adapter changes the model"
     assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
+
+
+def _chat_tasks(tok, n_stories: int, seed: int, block_size: int = 96) -> list[dict]:
+    from storylib.conversations import build_conversations
+    from storylib.data import synthetic_stories
+    from storylib.preferences import rl_tasks
+
+    return rl_tasks(build_conversations(synthetic_stories(n_stories, seed=seed)), tok, block_size)
+
+
+def test_iterative_dpo_samples_from_the_current_policy_and_ranks_by_the_rules(tok, monkeypatch):
+    from storylib import preferences as P
+    from storylib.lora import lora_state_dict
+
+    base = tiny_gpt(7, embed_scale=5.0)
+    policy, ref = rlhf.make_policy(base, r=2, alpha=4), rlhf.frozen(base)
+    rounds = [_chat_tasks(tok, 3, seed=1), _chat_tasks(tok, 3, seed=2)]
+    probe = torch.randint(0, 4096, (1, 9), generator=torch.Generator().manual_seed(0))
+    calls, sample, score = [], P.sample_replies, P.score_replies
+
+    def spy_sample(model, tok_, tasks, k, *args, **kw):  # the sampler sees a model that IS the policy right now
+        with torch.no_grad():
+            calls.append({"tasks": tasks, "k": k, "sampler": model(probe)[0], "policy": policy(probe)[0],
+                          "lora": {n: v.clone() for n, v in lora_state_dict(policy).items()}})
+        calls[-1]["replies"] = sample(model, tok_, tasks, k, *args, **kw)
+        return calls[-1]["replies"]
+
+    monkeypatch.setattr(P, "sample_replies", spy_sample)
+    log = rlhf.train_iterative_dpo(policy, ref, rounds, tok, k=3, min_gap=0.0, steps=4, beta=0.5, batch_size=2,
+                                   lr=5e-2, warmup=0, seed=0, max_new_tokens=6, quiet=True)
+    assert [e["round"] for e in log] == [0, 1] and len(calls) == 2
+    for call, tasks in zip(calls, rounds, strict=True):
+        assert call["tasks"] is tasks and call["k"] == 3
+        assert torch.allclose(call["sampler"], call["policy"], atol=1e-4), "sampled from the policy as it is now"
+    moved = max((calls[1]["lora"][n] - calls[0]["lora"][n]).abs().max().item() for n in calls[0]["lora"])
+    assert moved > 0, "round 1 samples from the policy that round 0 trained"
+    assert not torch.allclose(calls[1]["sampler"], calls[0]["sampler"])
+    for e, call, tasks in zip(log, calls, rounds, strict=True):
+        want = [P.reward(t["spec"], r["text"], r["stopped"], t["previous"])["total"]
+                for t, rs in zip(tasks, call["replies"], strict=True) for r in rs]
+        assert e["sampled_reward"] == pytest.approx(np.mean(want)), "the rules' reward of the round's own samples"
+        assert e["pairs"] == len(P.make_pairs(tasks, call["replies"], score(tasks, call["replies"]), min_gap=0.0,
+                                              all_pairs=True))
+        assert e["tasks"] == len(tasks) and e["kl_reply"] >= 0.0
+    assert log[0]["kl_reply"] == pytest.approx(0.0, abs=1e-9), "round 0 samples the untrained policy: KL 0"
+    assert log[1]["kl_reply"] > 0.0
+
+
+def test_iterative_dpo_puts_back_the_last_adapter_within_the_kl_limit(tok):
+    from storylib.lora import lora_state_dict
+
+    base = tiny_gpt(8, embed_scale=5.0)
+    policy, ref = rlhf.make_policy(base, r=2, alpha=4), rlhf.frozen(base)
+    start = {n: v.clone() for n, v in lora_state_dict(policy).items()}
+    tasks = _chat_tasks(tok, 6, seed=3)
+    log = rlhf.train_iterative_dpo(policy, ref, [tasks[:3], tasks[3:6]], tok, k=3, min_gap=0.0, steps=4, beta=0.5,
+                                   batch_size=2, lr=5e-2, warmup=0, max_new_tokens=6, kl_stop=1e-6, quiet=True)
+    assert [e["round"] for e in log] == [0, 1] and "stopped" in log[1] and "pairs" not in log[1]
+    assert log[1]["kl_reply"] > 1e-6
+    for n, v in lora_state_dict(policy).items():
+        assert torch.equal(v, start[n]), "round 0's training went past the limit: the adapter before it is back"
+
+
+def test_iterative_dpo_check_and_time_limit(tok):
+    base = tiny_gpt(9)
+    policy, ref = rlhf.make_policy(base, r=2, alpha=4), rlhf.frozen(base)
+    tasks = _chat_tasks(tok, 8, seed=4)
+    log = rlhf.train_iterative_dpo(policy, ref, [tasks[:2], tasks[2:4], tasks[4:6]], tok, k=2, min_gap=0.0, steps=1,
+                                   batch_size=2, max_new_tokens=4, check_tasks=tasks[6:8], max_seconds=0.0,
+                                   quiet=True)
+    assert [e["round"] for e in log] == [0, "check"], "no second round fits in 0 s; the check still runs"
+    assert log[0]["stopped"].startswith("time") and log[1]["tasks"] == len(tasks[6:8])
+
+
+def test_dpo_with_length_normalised_logprobs(tok):
+    base = tiny_gpt(2)
+    pairs = toy_pairs(16, seed=3)
+    logs = {}
+    for norm in (False, True):
+        policy = rlhf.make_policy(base, r=4, alpha=8)
+        logs[norm] = rlhf.train_dpo(policy, rlhf.frozen(base), pairs, tok, steps=10, beta=5.0 if norm else 0.5,
+                                    batch_size=8, lr=1e-2, warmup=0, length_norm=norm, quiet=True)
+    assert logs[True][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    ratio = logs[False][0]["chosen_logp"] / logs[True][0]["chosen_logp"]  # sums / means: the replies' mean length
+    rows = [rlhf.pair_rows(p, tok, 96) for p in pairs]
+    assert 3 < ratio < max(len(r[1][0]) + 1 for r in rows)
+    assert logs[True][-1]["margin"] > 0.0 and logs[True][-1]["loss"] < logs[True][0]["loss"]
+
+
+def _scored(pairs: list[dict], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    for p in pairs:
+        lo = rng.random() * 0.5
+        p["scores"] = {"chosen": lo + rng.choice([0.05, 0.12, 0.17, 0.25, 0.4, 0.6]), "rejected": lo}
+    return pairs
+
+
+def test_reward_model_mean_pooling_reads_only_the_reply(tok):
+    rm = rlhf.reward_model_from(tiny_gpt(11), pooling="mean")
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(0))
+    prompts, replies = [[5, 17, 40, 8], [9, 3]], [([3, 11, 12], True), ([60, 2], False)]
+    full, last, m = rlhf._rm_inputs(prompts, replies, tok, torch.device("cpu"))
+    assert m.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0, 0]], "the reply's ids and its <|end|>"
+    with torch.no_grad():
+        h = rm.gpt.hidden(full).double()
+        want = torch.stack([h[0, 4:8].mean(0), h[1, 2:4].mean(0)]) @ rm.head.weight.double()[0] + rm.head.bias.double()
+    assert torch.allclose(rm.score(prompts, replies, tok).double(), want, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        rlhf.RewardModel(tiny_gpt(11), pooling="max")
+    log = rlhf.train_reward_model(rm, toy_pairs(48, seed=0), tok, steps=40, batch_size=16, lr=3e-3, warmup=2,
+                                  head_dropout=0.1, quiet=True)
+    assert log[-1]["loss"] < 0.3 and rlhf.pair_accuracy(rm, toy_pairs(40, seed=1), tok) >= 0.9
+
+
+def test_split_pairs_by_request_and_freezing_the_lower_blocks(tok):
+    pairs = toy_pairs(60, seed=4)
+    pairs += [dict(p, chosen=p["chosen"] + " ball") for p in pairs[:20]]  # a second pair for 20 requests
+    train, val = rlhf.split_pairs(pairs, 0.25, seed=1)
+    key = lambda p: str(p["messages"])  # noqa: E731
+    assert not {key(p) for p in train} & {key(p) for p in val} and len(train) + len(val) == len(pairs)
+    assert 0.1 < len({key(p) for p in val}) / len({key(p) for p in pairs}) < 0.4
+    rm = rlhf.reward_model_from(tiny_gpt(12, n_embd=32))
+    before = {k: v.clone() for k, v in rm.state_dict().items()}
+    n = rlhf.freeze_lower_blocks(rm, 0)
+    assert n == 32 * 2 + 33, "only the final LayerNorm and the head"
+    rlhf.train_reward_model(rm, train, tok, steps=5, batch_size=8, lr=1e-2, warmup=0, train_layers=0, quiet=True)
+    after = rm.state_dict()
+    for k in ("gpt.transformer.h.0.attn.c_attn.weight", "gpt.transformer.wte.weight"):
+        assert torch.equal(after[k], before[k]), k
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    with pytest.raises(ValueError):
+        rlhf.freeze_lower_blocks(rm, 2)
+
+
+def test_reward_model_early_stopping_keeps_the_best_validation_check(tok):
+    rm = rlhf.reward_model_from(tiny_gpt(13))
+    train, val = toy_pairs(48, seed=5), toy_pairs(24, seed=6)
+    log = rlhf.train_reward_model(rm, train, tok, steps=24, batch_size=16, lr=2e-2, warmup=2, weight_decay=0.1,
+                                  val_pairs=val, eval_every=4, quiet=True)
+    checks = [e for e in log if "val_accuracy" in e]
+    assert [e["step"] for e in checks] == [3, 7, 11, 15, 19, 23]
+    best = max(checks, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert log[-1]["best_val_step"] == best["step"]
+    acc, loss = rlhf._pair_metrics(rm, val, tok)
+    assert acc == best["val_accuracy"] and loss == pytest.approx(best["val_loss"], abs=1e-5), "the best weights back"
+    short = rlhf.train_reward_model(rlhf.reward_model_from(tiny_gpt(13)), train, tok, steps=40, batch_size=16,
+                                    lr=0.0, warmup=0, val_pairs=val, eval_every=2, patience=2, quiet=True)
+    assert len(short) == 6, "lr 0: no check improves on the first, so it stops after two more"
+
+
+def test_accuracy_by_gap_buckets(tok):
+    rm = rlhf.reward_model_from(tiny_gpt(14))
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(1))
+    pairs = _scored(toy_pairs(50, seed=7), seed=8)
+    buckets = rlhf.accuracy_by_gap(rm, pairs, tok, edges=(0.1, 0.2, 0.3))
+    assert [(b["lo"], b["hi"]) for b in buckets] == [(None, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, None)]
+    assert sum(b["n"] for b in buckets) == len(pairs)
+    right = [rlhf.pair_accuracy(rm, [p], tok) for p in pairs]
+    for b in buckets:
+        lo, hi = b["lo"] if b["lo"] is not None else -math.inf, b["hi"] if b["hi"] is not None else math.inf
+        gaps = [p["scores"]["chosen"] - p["scores"]["rejected"] for p in pairs]
+        got = [r for r, g in zip(right, gaps, strict=True) if lo <= g < hi]
+        assert b["n"] == len(got) and b["accuracy"] == pytest.approx(np.mean(got))
+    assert rlhf.pair_accuracy(rm, pairs, tok) == pytest.approx(
+        sum(b["n"] * b["accuracy"] for b in buckets) / len(pairs))

@@ -6,6 +6,7 @@ The page runs every method on a toy policy small enough for two CPU cores (secon
 storyteller live for §15.1, and reads the storyteller-sized GPU run from bench/results/rl_h100.json.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -403,6 +404,60 @@ print(f"DPO, β = 0.1, 200 steps on {len(train_pairs['request'])} pairs ({time.p
       f"mean reward {dpo_log[0, 1]:.3f} -> {dpo_log[-1, 1]:.3f}, KL to the reference {dpo_log[-1, 2]:.2f} nats a reply")
 """)
 
+md("""
+### Iterative DPO: fresh pairs from the policy itself
+
+Look at where the pairs came from: the reference wrote them, before training. As DPO trains, the policy's replies
+change, and the pairs describe them less and less. They show mistakes the reference made and the policy may have
+stopped making; they say nothing about the new mistakes the policy makes now. The loss still has room to go down:
+it can keep widening the margin on those old pairs, mostly by pushing down replies the policy no longer writes,
+which buys no reward. Offline DPO stalls.
+
+The fix is to do what PPO and GRPO do anyway: learn from the policy's own samples. **Iterative** (or *on-policy*,
+*online*) DPO runs in rounds (Xu et al. 2023, "Some things are more CRINGE than others"; Yuan et al. 2024,
+"Self-Rewarding Language Models"; Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback"):
+sample $k$ replies to fresh requests from the *current* policy, judge them, pair the best with the worst, and run
+some more DPO steps on those pairs. The reference stays $\\pi_{\\text{ref}}$ in every round, so the leash of
+§15.4 is always measured from the same place. Below: the same 200 steps as above, in 4 rounds of 50, each on new
+pairs.
+""")
+code("""
+def train_iterative_dpo(beta, rounds=4, steps=50, lr=0.05, n=300):
+    policy = TablePolicy(reference_logits)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    log = [(0, *evaluate(policy))]
+    for r in range(rounds):
+        pairs = preference_pairs(policy, torch.arange(P).repeat(n), k=4, seed=20 + r)  # the policy's own replies
+        for step in range(steps):
+            loss, rc, rr = rl.dpo_loss(*dpo_terms(policy, pairs), beta=beta)
+            opt.zero_grad(); loss.backward(); opt.step()
+        log.append(((r + 1) * steps, *evaluate(policy)))
+        print(f"round {r + 1}: {len(pairs['request'])} pairs from the policy, then {steps} steps: "
+              f"reward {log[-1][1]:.3f}, KL {log[-1][2]:.2f} nats a reply")
+    return policy, np.array(log)
+
+
+t0 = time.perf_counter()
+idpo_policy, idpo_log = train_iterative_dpo(beta=0.1)
+print(f"({time.perf_counter() - t0:.1f} s)")
+peak = dpo_log[:, 1].argmax()
+print(f"offline DPO: its best reward {dpo_log[peak, 1]:.3f} at step {dpo_log[peak, 0]:.0f} "
+      f"(KL {dpo_log[peak, 2]:.2f}), {dpo_log[-1, 1]:.3f} at step {dpo_log[-1, 0]:.0f}")
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+ax.plot(dpo_log[:, 2], dpo_log[:, 1], "o-", label="DPO on the reference's pairs")
+ax.plot(idpo_log[:, 2], idpo_log[:, 1], "s-", label="iterative DPO, new pairs each round")
+ax.set(xlabel="KL to the reference (nats per reply)", ylabel="mean reward by rules",
+       title="reward bought per nat of KL")
+ax.legend(); plt.tight_layout(); plt.show()
+""")
+md("""
+Each point is one evaluation, placed by the distance it had walked from the reference. Offline DPO climbs, peaks,
+and then slides back: it is polishing pairs that no longer describe the policy. The
+iterative run sees its own mistakes every round, and for the same KL it reaches more reward. The price is
+sampling and judging in every round, which offline DPO does once; it needs a judge that can score new replies
+on demand: here the rules, elsewhere a reward model or another language model.
+""")
+
 # --------------------------------------------------------------------------------------------------- 15.4
 md("""
 ## The KL leash
@@ -654,6 +709,18 @@ a judge the optimiser never saw, as we did here with the rules.
 """)
 
 # --------------------------------------------------------------------------------------------------- 15.8
+
+
+def gap_text(rm: dict) -> str:
+    """A sentence on the reward model's accuracy by reward gap, when the results have it and it says something."""
+    acc = [b["accuracy"] for b in rm.get("accuracy_by_gap_heldout", []) if b["n"] >= 30]
+    if len(acc) < 2 or acc[0] != min(acc) or acc[-1] != max(acc) or acc[-1] - acc[0] < 0.1:
+        return ""
+    return ("\n\n    Where it errs shows in the accuracy by gap (above): it is wrong most often on pairs whose rewards"
+            "\n    by rules differ by a hair, and right most often on pairs far apart. A learned judge averages over"
+            "\n    what it saw; a rule that flips on one word is hard to copy.")
+
+
 if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists():
     md("""
     ## The storyteller, trained each way
@@ -676,6 +743,17 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
           f"(training pairs {rmst['accuracy_train']:.1%}); on fresh held-out replies its score correlates with "
           f"the rules' reward at Pearson {rmst['correlation_heldout']['pearson']:.2f}, "
           f"Spearman {rmst['correlation_heldout']['spearman']:.2f} ({rmst['n_correlation']} replies)")
+    for v in rmst.get("variants", []):  # every reward model trained, the kept one chosen on validation pairs
+        print(f"  {v['pooling']:>4}-token head, {'all' if v['train_layers'] is None else v['train_layers']} blocks "
+              f"trained, lr {v['lr']:g}: validation {v['accuracy_val']:.1%}, held-out {v['accuracy_heldout']:.1%}"
+              f" (stopped at step {v['best_val_step']})" + ("  <- kept" if v["name"] == rmst["chosen"] else ""))
+    if "accuracy_by_gap_heldout" in rmst:
+        print("held-out pair accuracy by the gap between the two replies' rewards by rules:")
+        for g in rmst["accuracy_by_gap_heldout"]:
+            if g["n"]:
+                where = (f"under {g['hi']:.2f}" if g["lo"] is None else f"{g['lo']:.2f} and up" if g["hi"] is None
+                         else f"{g['lo']:.2f} to {g['hi']:.2f}")
+                print(f"  gap {where:<14}{g['n']:>6} pairs  {g['accuracy']:.1%}")
     """)
     md("""
     Each policy then answered the held-out requests once, sampled as users get them. The table gives the mean
@@ -685,15 +763,22 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
     """)
     code("""
     T = R["table"]
-    names = {"sft": "chat storyteller (SFT)", "dpo": "DPO", "ppo": "PPO, reward model",
+    names = {"sft": "chat storyteller (SFT)", "dpo": "DPO", "idpo": "iterative DPO", "ppo": "PPO, reward model",
              "grpo": "GRPO, rules", "ppo_no_kl": "PPO, reward model, no KL"}
     print(f"{'':27}{'reward':>8}{'gain':>8}{'all rules':>11}{'KL/reply':>10}{'bits/byte':>11}{'GPU min':>9}")
     for k, ev in T.items():
+        run = ev.get("run_date", R["date"])[:16]
+        mark = " *" if run != T["sft"].get("run_date", R["date"])[:16] else ""
         print(f"{names.get(k, k):27}{ev['reward']:8.3f}{ev['reward_gain_rel']:+8.1%}{ev['ok_rate']:11.1%}"
-              f"{ev['kl_reply']:10.2f}{ev['plain_bpb']:11.4f}{ev['gpu_minutes']:9.2f}")
+              f"{ev['kl_reply']:10.2f}{ev['plain_bpb']:11.4f}{ev['gpu_minutes']:9.2f}{mark}")
+    now = T["sft"].get("run_date", "")[:16]
+    earlier = sorted({ev["run_date"][:16] for ev in T.values() if "run_date" in ev} - {now})
+    if earlier:
+        print(f"* from an earlier run of the same script and settings "
+              f"({', '.join(d.replace('T', ' ') for d in earlier)} UTC); its gain is against that run's SFT row")
     rule_names = [k for k in T["sft"]["rules"] if T["sft"]["rules"][k] is not None]
     print()
-    short = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO", "grpo": "GRPO", "ppo_no_kl": "PPO no KL"}
+    short = {"sft": "SFT", "dpo": "DPO", "idpo": "iter. DPO", "ppo": "PPO", "grpo": "GRPO", "ppo_no_kl": "PPO no KL"}
     print(f"{'rule (pass rate)':27}" + "".join(f"{short.get(k, k):>11}" for k in T))
     for r in rule_names:
         print(f"{r:27}" + "".join(f"{T[k]['rules'][r]:11.3f}" if T[k]["rules"].get(r) is not None else f"{'':>11}"
@@ -710,24 +795,50 @@ if (Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").exists()
         if k != "sft" and not ev["within_budget"]:
             print(f"  outside it: {names[k]} (KL {ev['kl_reply']:.1f} nats per reply, drift {ev['bpb_drift']:+.3f})")
     """)
-    md("""
+    # the prose below depends on what the results file holds: rebuild the page after a new GPU run
+    R0 = json.loads((Path(__file__).resolve().parents[2] / "bench/results/rl_h100.json").read_text())
+    T0, rm0 = R0["table"], R0["stages"]["rm"]
+    top = sorted((k for k in T0 if k in ("dpo", "grpo", "ppo")), key=lambda k: -T0[k]["reward"])
+    close = top[:2] == ["dpo", "grpo"] or top[:2] == ["grpo", "dpo"]
+    md(f"""
     Read the table with the KL column next to the reward. Every method bought some reward, and each paid for it
-    in distance from the chat storyteller. DPO and GRPO end close together at the top. DPO learnt from pairs
-    sampled once, before training, in the least GPU time of all (the table's last column). GRPO sampled fresh
+    in distance from the chat storyteller.{" DPO and GRPO end close together at the top." if close else ""} DPO
+    learnt from pairs sampled once, before training, in the least GPU time of all. GRPO sampled fresh
     replies from itself at every step and was scored by the rules themselves, and it was still climbing when its
     few GPU minutes ran out (its curve below). PPO on the learned reward model gained less: it can only be as good
     as the reward model, and that model is the weak link here.
 
-    The reward model fits its training pairs far better than the held-out ones, and its scores on fresh replies
+    {"The reward model fits its training pairs far better than the held-out ones, and its" if
+     rm0["accuracy_train"] - rm0["accuracy_heldout"] > 0.1 else "The reward model's"} scores on fresh replies
     follow the rules' reward only loosely (the correlations printed above). A reward model needs many more pairs
     than these to learn what a rule sees at once, such as whether a word is in the story; on the toy, where the
-    reward model could see the words, it learnt them in fifty steps.
+    reward model could see the words, it learnt them in fifty steps.{gap_text(rm0)}
 
     PPO *without* the leash shows what the leash is for. Its reward-model score climbed fastest of all (the plot
     below), while the rules' reward of the very replies it was trained on hardly moved; it walked furthest from
     the chat storyteller and lost the most on plain stories: the reward hacking of §15.7, starting. None of the
     gains is large: each method ran for a few minutes of one GPU at most.
     """)
+    if "idpo" in T0:
+        md("""
+        Iterative DPO started exactly as DPO did, on the chat storyteller's pairs, and then ran rounds of §15.3's
+        recipe on fresh training requests: the current policy's own replies, judged by the rules, paired, a few
+        more DPO steps, the reference always the chat storyteller. Its log gives, for each round, the reward of
+        the replies that round sampled (the policy as the round before left it) and their KL; the table row above
+        is its held-out result.
+        """)
+        code("""
+        rounds = [r for r in st["idpo"]["rounds"] if "sampled_reward" in r]
+        for r in rounds:
+            what = "a last check" if r["round"] == "check" else f"round {r['round'] + 1}"
+            print(f"{what:>13}: {r['tasks']:>5} requests, their replies' reward {r['sampled_reward']:.3f}, "
+                  f"KL {r['kl_reply']:5.2f} nats per reply" + (f", {r['pairs']:,} pairs" if "pairs" in r else "")
+                  + (f"  ({r['stopped']})" if "stopped" in r else ""))
+        d, i = T["dpo"], T["idpo"]
+        print(f"held out: iterative DPO {i['reward']:.3f} (KL {i['kl_reply']:.2f}) against DPO {d['reward']:.3f} "
+              f"(KL {d['kl_reply']:.2f}); {i['gpu_minutes']:.1f} GPU minutes with its sampling, against "
+              f"{d['gpu_minutes']:.2f}")
+        """)
     code("""
     best = R["best"]
     if best:
