@@ -25,6 +25,8 @@ _WIDGETS = {
     "StoryChat": "storylib.widgets.chat",
     "ReplyCompare": "storylib.widgets.compare",
     "DenoiseViewer": "storylib.widgets.denoise",
+    "StrideExplorer": "storylib.widgets.strides",
+    "FloatExplorer": "storylib.widgets.floats",
 }
 
 __all__ = sorted(_WIDGETS)

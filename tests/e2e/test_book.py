@@ -21,7 +21,7 @@ from .conftest import ROOT, chapter_url, wait_for_book_page, widget_views
 # (comma-separated stems) replaces the list, e.g. to dry-run the tests on a preview page.
 DEFAULT_WIDGET_PAGES = (
     "ch01_bigram,ch02_micrograd,ch03_mlp,ch04_attention,ch05_gpt2,ch06_tokenization,ch11_datasets,ch12_kvcache,"
-    "ch14_sft,ch15_rl,ch17_multimodal"
+    "ch09_precision,ch14_sft,ch15_rl,ch17_multimodal,appendix_a_tensors"
 )
 WIDGET_CHAPTERS = [s for s in os.environ.get("LLM101N_E2E_WIDGET_PAGES", DEFAULT_WIDGET_PAGES).split(",") if s]
 MATH_CHAPTER = WIDGET_CHAPTERS[0] if WIDGET_CHAPTERS else "ch01_bigram"
