@@ -138,7 +138,8 @@ def test_utf8_decode_random_byte_strings_like_python():
             good = good[:k + 1]
         cases.append(bytes(good))
     accepted = sum(strict(c) is not None for c in cases)
-    assert 0.1 * len(cases) < accepted < 0.9 * len(cases), "the draw mixes valid and invalid strings"
+    # ~10% of the draw is valid text whatever the seed (the class regrade salts it): enough of both kinds
+    assert 50 < accepted < len(cases) - 50, f"the draw should mix valid and invalid strings: {accepted} valid"
     mismatches = [(c.hex(" "), strict(c), decode_or_none(c)) for c in cases if strict(c) != decode_or_none(c)]
     assert not mismatches, f"{len(mismatches)} of {len(cases)} differ from bytes.decode, e.g. {mismatches[:3]}"
 
