@@ -58,7 +58,7 @@ print("bench/results/distributed_cpu.json:", bench["machine"]["cpu"], bench["mac
 """)
 
 md("""
-## 10.1 Collectives
+## Collectives
 
 Four ranks, each with a vector of four numbers (rank r holds r+1 in every place, to follow them). The four
 collectives, run on `LocalGroup` threads:
@@ -119,7 +119,7 @@ plt.tight_layout(); plt.show()
 """)
 
 md("""
-## 10.2 The ring all-reduce
+## The ring all-reduce
 
 How should N processes sum their gradients? Sending everything to rank 0, which adds and sends the sum back,
 makes rank 0 receive and send N−1 whole vectors: its link is the bottleneck, and it gets worse with every rank
@@ -209,7 +209,7 @@ Markdown(f"Fitted on N=2: α = {model['alpha_s'] * 1e6:.0f} µs per message, β 
 """)
 
 md("""
-## 10.3 Data parallelism
+## Data parallelism
 
 Give each of N ranks a copy of the model and 1/N of the batch. Rank r computes the gradient of its mean loss $L_r$;
 the loss of the whole batch is the mean of the ranks' (equal slices), so its gradient is the mean of theirs:
@@ -252,7 +252,7 @@ and the tests of `tests/test_distributed.py` hold every strategy to it (1e-10 in
 """)
 
 md("""
-## 10.4 DDP: buckets, and overlapping communication with backward
+## DDP: buckets, and overlapping communication with backward
 
 Waiting for backward to finish and then all-reducing wastes time: the network is idle during backward, the
 processors during the all-reduce. But backward produces the gradients of the *last* layers first, so their
@@ -285,7 +285,7 @@ sum once. Both ways are checked against one process (and our DDP against PyTorch
 """)
 
 md("""
-## 10.5 ZeRO-1 and ZeRO-2: shard the optimizer, then the gradients
+## ZeRO-1 and ZeRO-2: shard the optimizer, then the gradients
 
 With data parallelism, every rank holds a full copy of everything. In fp32 with AdamW, per parameter: 4 bytes of
 weight, 4 of gradient, 8 of optimizer moments (m and v) — 16Ψ bytes for Ψ parameters, on *every* rank. Yet each
@@ -312,7 +312,7 @@ ex("ch10.shard_range", "The slice [start, stop) of a flat tensor that a rank own
 ex("ch10.zero_step", "Reduce-scatter the flat gradient, divide by N, step the optimizer on your shard, all-gather "
    "the parameters.")
 md("""
-## 10.6 ZeRO-3 / FSDP: shard the weights too
+## ZeRO-3 / FSDP: shard the weights too
 
 Stage 3 ($P_{os+g+p}$, PyTorch's **FSDP**) shards the weights as well: between uses, each rank holds 1/N of every
 layer. Just before a layer runs forward, its shards are all-gathered into the whole layer; right after, the whole
@@ -371,7 +371,7 @@ Markdown(f"A 7B model needs {big['ddp'][0] / 1e9:.0f} GB per rank under DDP, wha
 """)
 
 md("""
-## 10.7 Checkpoints: save shards, resume on a different number of ranks
+## Checkpoints: save shards, resume on a different number of ranks
 
 Each ZeRO rank saves only its slice (`ZeRO.state_dict()`: parameters, m, v, the step count). To resume on M ranks
 instead of N, **consolidate** (concatenate the N slices, drop the padding) and **reshard** (pad for M, cut in M).
@@ -403,7 +403,7 @@ for world in (1, 4):
 """)
 
 md("""
-## 10.8 On real processes
+## On real processes
 
 Everything above ran on threads. `D.launch(fn, N, ...)` starts N processes, joins them with gloo
 (MASTER_ADDR=127.0.0.1 and a free port, as `torchrun` would set) and runs `fn(TorchGroup(), ...)` in each; a rank
